@@ -1,0 +1,29 @@
+# The two commands a newcomer needs (README): `make run` and `make test`.
+# Both create or reuse .venv from requirements.lock (scripts/setup.sh); a second run skips the install.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export DIFFUSERS_VERBOSITY := error
+export TRANSFORMERS_VERBOSITY := error
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: setup run test lint sync-notebooks check-notebooks
+
+setup:
+	@bash scripts/setup.sh
+
+## Main job: execute every notebook headless on the offline model; executed notebooks and images -> outputs/
+run: setup
+	@$(PY) scripts/run_notebooks.py
+
+## Tests: unit tests, the real-architecture check, nbval over every notebook, notebook hygiene, ruff
+test: setup
+	@$(PY) -m ruff check .
+	@$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup
+	@$(PY) -m ruff check . && $(PY) -m ruff format --check helpers tests scripts login.py
+
+## Regenerate each .ipynb from its py:percent twin (edit the .py, then run this)
+sync-notebooks: setup
+	@$(PY) scripts/sync_notebooks.py

@@ -1,0 +1,79 @@
+"""Pick the device and dtype in one call, and say why.
+
+    CUDA GPU   -> fp16  (half the memory of fp32 and the GPU's tensor cores run it fastest)
+    Apple MPS  -> fp16
+    CPU        -> fp32  (fp16 runs on CPU but ~20x slower); bf16 only where it is measured faster
+
+Also tells Colab and Paperspace Gradient apart from a local machine, so notebooks can skip their
+install cells elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: str  # "cuda", "mps" or "cpu"
+    dtype: torch.dtype
+    platform: str  # "colab", "gradient", "kaggle" or "local"
+    reason: str  # one sentence a learner can read
+
+    def __str__(self) -> str:
+        dtype = str(self.dtype).replace("torch.", "")
+        return f"{self.device} / {dtype} on {self.platform}: {self.reason}"
+
+
+def detect_platform() -> str:
+    """'colab', 'gradient', 'kaggle' or 'local', from the environment each service sets."""
+    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
+        return "colab"
+    if os.environ.get("PAPERSPACE_NOTEBOOK_REPO_ID") or os.environ.get("PAPERSPACE_FQDN"):
+        return "gradient"
+    if os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):
+        return "kaggle"
+    return "local"
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def pick_device(prefer: str | None = None, cpu_dtype: torch.dtype | None = None) -> DeviceChoice:
+    """Choose (device, dtype). `prefer` forces "cuda", "mps" or "cpu"; `SD_DEVICE` does the same.
+
+    On CPU the dtype is fp32 unless `cpu_dtype` (or `SD_CPU_DTYPE=bfloat16`) asks for bf16, which
+    `benchmarks/` measures: bf16 only pays off on CPUs with native bf16 instructions.
+    """
+    prefer = prefer or os.environ.get("SD_DEVICE") or None
+    platform = detect_platform()
+    if prefer not in (None, "cuda", "mps", "cpu"):
+        raise ValueError(f"Unknown device {prefer!r}: use 'cuda', 'mps', 'cpu' or None (auto).")
+    if prefer == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "No CUDA GPU found. On Colab: Runtime > Change runtime type > GPU. "
+            "Or pass device=None to run on CPU with the offline model."
+        )
+    mps_ok = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    if prefer in (None, "cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        return DeviceChoice("cuda", torch.float16, platform, f"CUDA GPU ({name}) found; fp16 halves memory")
+    if prefer in (None, "mps") and mps_ok:
+        return DeviceChoice("mps", torch.float16, platform, "Apple GPU (MPS) found; fp16 halves memory")
+    env_dtype = os.environ.get("SD_CPU_DTYPE")
+    if cpu_dtype is None and env_dtype:
+        cpu_dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16}.get(env_dtype, torch.float32)
+    if cpu_dtype == torch.bfloat16:
+        why = "bf16 requested" + ("" if cpu_has_bf16() else " (this CPU has no native bf16: it may be slower)")
+        return DeviceChoice("cpu", torch.bfloat16, platform, why)
+    return DeviceChoice("cpu", torch.float32, platform, "no GPU found; fp32 is the fast, exact choice on CPU")

@@ -1,0 +1,24 @@
+"""Where things live on disk: the repo, the cache that setup fills, and `outputs/`.
+
+Every path can be moved with an environment variable, so a notebook opened on Colab (where the
+repo is pip-installed, not cloned) still has somewhere sensible to write.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: True in a git checkout; False when helpers was pip-installed (e.g. on Colab from a git tag).
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").exists()
+_BASE = REPO_ROOT if IN_CHECKOUT else Path.cwd()
+
+#: Build artefacts made by `scripts/setup.sh` (tokenizer files, offline models). Never committed.
+CACHE_DIR = Path(os.environ.get("SD_TUTORIAL_CACHE", _BASE / ".cache"))
+
+#: Everything a run produces: images, manifests, executed notebooks, benchmark results.
+OUTPUTS_DIR = Path(os.environ.get("SD_TUTORIAL_OUTPUTS", _BASE / "outputs"))
+
+#: Model configs kept in the repo (the public SD v1-4 and CLIP ViT-B/32 configs).
+CONFIGS_DIR = REPO_ROOT / "configs"
