@@ -87,9 +87,7 @@ def write_tokenizer_files(out_dir: Path, bpe_path: Path | None = None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab, merges = build_vocab_and_merges(bpe_path or find_bpe_file())
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (out_dir / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
-    )
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": MODEL_MAX_LENGTH,

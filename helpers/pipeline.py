@@ -1,0 +1,450 @@
+"""Load a Stable Diffusion pipeline and generate images with it: the blog's fp16 inference, made to work.
+
+The blog (2022) wrote::
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_id, torch_dtype=torch.float16, revision="fp16", use_auth_token=True)
+    for i in range(sample_num):
+        with autocast("cuda"):
+            lst.append(pipe(prompt, guidance_scale=7.5)["sample"][0])
+
+Today: `revision="fp16"` became `variant="fp16"`, `use_auth_token` became `token` (or a saved login),
+`["sample"]` became `.images`, and `autocast` is slower than pure fp16 and can give black images.
+We also make one batched call for all `n_images` with one `torch.Generator` per image, so image `i`
+is reproducible alone from seed `seed + i`.
+
+The same `load_pipeline(model)` call takes a Hub id (Colab, GPU) or a local folder (CI, CPU, offline).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .device import pick_device
+from .paths import REPO_ROOT
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+LICENSE_URL = "https://huggingface.co/CompVis/stable-diffusion-v1-4"
+TOY_MODEL_DIR = REPO_ROOT / "models" / "toy-sd"  # the trained offline family, when present
+
+MAX_IMAGES = 64  # one batched call; beyond this use scripts/generate_many.py
+MAX_STEPS = 1000  # the schedule has 1000 training timesteps
+MIN_SIZE, MAX_SIZE = 8, 2048  # pixels; SD v1 was trained at 512
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds; keep seed + n within int64
+
+# name -> diffusers class name; every one is built from the pipeline's own scheduler config
+SCHEDULERS = {
+    "pndm": "PNDMScheduler",  # SD v1-4's default (and the blog's)
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+#: What each memory preset switches on, and what it costs (see `apply_memory_preset`).
+MEMORY_PRESETS = {
+    "none": "everything on the GPU, no slicing: fastest; SD v1 fp16 peaks at ~2.6 GiB for one 512 px image",
+    "balanced": "attention slicing + VAE slicing: attention computed in slices and the VAE decoding one image at a "
+    "time; saves ~1 GiB at batch 4 for a few % of speed",
+    "low": "balanced + VAE tiling + model CPU offload: each model moves to the GPU only while it runs; fits ~4 GiB "
+    "GPUs, ~20-30% slower",
+    "lowest": "sequential CPU offload: weights stream to the GPU layer by layer; runs in < 2 GiB but several times slower",
+}
+
+
+class ModelUnavailableError(OSError):
+    """The model could not be loaded from the Hub or the cache; the message names the fixes."""
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def offline_model_dir() -> Path:
+    """The offline model: the trained toy family if the repo has it, else the tiny random model."""
+    if (TOY_MODEL_DIR / "model_index.json").exists():
+        return TOY_MODEL_DIR
+    from .offline import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+def choose_model(model: str | os.PathLike | None = None) -> tuple[str, str]:
+    """Decide which model to run, and say why (no silent fallback: notebooks print the reason).
+
+    Order: the `model` argument -> the `SD_MODEL` environment variable ("offline" means the offline
+    model) -> the real `CompVis/stable-diffusion-v1-4` when a CUDA GPU is present -> the offline model.
+    """
+    if model is not None:
+        return str(model), "you passed it explicitly"
+    env = os.environ.get("SD_MODEL")
+    if env:
+        if env.lower() == "offline":
+            return str(offline_model_dir()), "SD_MODEL=offline asks for the offline model"
+        return env, "the SD_MODEL environment variable names it"
+    if torch.cuda.is_available():
+        return DEFAULT_MODEL, "a CUDA GPU is available, so we run the real Stable Diffusion v1-4 from the Hub"
+    offline = offline_model_dir()
+    kind = "trained toy family" if offline == TOY_MODEL_DIR else "tiny random-weight model (noise, not pictures)"
+    return str(offline), (
+        f"no GPU here: the real model would take ~20 min per image on CPU, so we run the offline {kind} "
+        "with exactly the same code (set SD_MODEL to override)"
+    )
+
+
+def _has_fp16_variant(folder: Path) -> bool:
+    return any(folder.glob("*/*.fp16.safetensors")) or any(folder.glob("*/*.fp16.bin"))
+
+
+def _unavailable(model: str, err: Exception) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"Could not load {model!r} from the Hugging Face Hub or the local cache ({type(err).__name__}: "
+        f"{str(err).splitlines()[0][:200]}).\nFixes:\n"
+        "  1. Log in: `python login.py` (or set HF_TOKEN; on Colab add it under Secrets).\n"
+        f"  2. Accept the model license on {LICENSE_URL} with the same account.\n"
+        "  3. Check the network (no internet: set HF_HUB_OFFLINE=1 only if the model is already cached).\n"
+        "  4. Or run offline: load_pipeline(offline_model_dir()) / SD_MODEL=offline uses the offline model."
+    )
+
+
+def load_pipeline(
+    model: str | os.PathLike | None = None,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    variant: str | None = "auto",
+    safety_checker: bool = True,
+    token: str | None = None,
+    scheduler: str | None = None,
+):
+    """Load a `StableDiffusionPipeline` from a Hub id or a local folder, on the best device.
+
+    - `model`: Hub id (default: `choose_model()`), or a folder made by `save_pretrained`.
+    - `device`/`dtype`: default from `pick_device()` (CUDA/MPS -> fp16, CPU -> fp32).
+    - `variant`: "auto" loads the `fp16` weight files when running in fp16 and they exist (half the download).
+    - `safety_checker=False` drops the checker (you then get no NSFW filtering: use responsibly).
+    - `token`: only if you must; `python login.py` stores it so you never paste it in a notebook.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    choice = pick_device(device)
+    dtype = dtype or choice.dtype
+    model_str, _ = choose_model(model)
+    path = Path(model_str).expanduser()
+    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    if not safety_checker:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise ValueError(
+                f"{path} is a folder but holds no model_index.json: pass a folder made by save_pretrained."
+            )
+        want_fp16 = variant == "fp16" or (variant == "auto" and dtype == torch.float16)
+        if want_fp16 and _has_fp16_variant(path):
+            kwargs["variant"] = "fp16"
+        elif variant not in ("auto", None, "fp16"):
+            kwargs["variant"] = variant
+        pipe = StableDiffusionPipeline.from_pretrained(path, **kwargs)
+    elif model_str.count("/") == 1 and not model_str.startswith((".", "/", "~")) and not path.exists():
+        if variant == "fp16" or (variant == "auto" and dtype == torch.float16):
+            kwargs["variant"] = "fp16"  # the modern form of the blog's revision="fp16"
+        elif variant not in ("auto", None):
+            kwargs["variant"] = variant
+        if token:
+            kwargs["token"] = token
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(model_str, **kwargs)
+        except ValueError as err:
+            if "variant" not in str(err) or "variant" not in kwargs:
+                raise
+            warnings.warn(
+                f"{model_str} has no fp16 weight files; loading the fp32 files and casting to {dtype}.", stacklevel=2
+            )
+            kwargs.pop("variant")
+            pipe = StableDiffusionPipeline.from_pretrained(model_str, **kwargs)
+        except OSError as err:
+            raise _unavailable(model_str, err) from err
+    else:
+        raise ValueError(
+            f"{model_str!r} is neither a folder nor a Hub id like 'CompVis/stable-diffusion-v1-4'. "
+            "Check the path, or pass a Hub id."
+        )
+    pipe = pipe.to(choice.device)
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(pipe, scheduler)
+    return pipe
+
+
+def make_scheduler(pipe, name: str):
+    """A scheduler of another kind built from the pipeline's own config (same betas, same timesteps)."""
+    import diffusers
+
+    key = _check_scheduler(name)
+    return getattr(diffusers, SCHEDULERS[key]).from_config(pipe.scheduler.config)
+
+
+def scheduler_name(pipe) -> str:
+    """Our short name for the pipeline's current scheduler ("pndm", "ddim", ...)."""
+    cls = type(pipe.scheduler).__name__
+    return next((k for k, v in SCHEDULERS.items() if v == cls), cls)
+
+
+# ---------------------------------------------------------------------------------------- input checks
+
+
+def _check_scheduler(name) -> str:
+    if not isinstance(name, str) or name.lower() not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}.")
+    return name.lower()
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def validate_inputs(
+    prompt,
+    n_images: int = 1,
+    seed: int = 0,
+    guidance_scale: float = 7.5,
+    num_inference_steps: int = 50,
+    negative_prompt=None,
+    height: int | None = None,
+    width: int | None = None,
+    scheduler: str | None = None,
+) -> None:
+    """Raise `ValueError` (saying what to do) for any bad input, before any model work."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}: pass one text prompt.")
+    if not prompt.strip():
+        raise ValueError("prompt is empty: describe the image, e.g. 'Kermit the Frog on the Iron Throne'.")
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise ValueError("negative_prompt must be a string or None.")
+    if not _is_int(n_images) or not 1 <= n_images <= MAX_IMAGES:
+        raise ValueError(
+            f"n_images must be a whole number from 1 to {MAX_IMAGES}, got {n_images!r}; "
+            "for more images use scripts/generate_many.py or call generate() again with another seed."
+        )
+    if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= MAX_STEPS:
+        raise ValueError(
+            f"num_inference_steps must be a whole number from 1 to {MAX_STEPS}, got {num_inference_steps!r} "
+            "(typical: 20-50)."
+        )
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating)):
+        raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r} (typical: 7.5).")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(
+            f"guidance_scale must be finite and >= 0, got {guidance_scale}: use 1.0 for no guidance, 7.5 typically."
+        )
+    if not _is_int(seed) or not 0 <= seed or seed + n_images - 1 > MAX_SEED:
+        raise ValueError(
+            f"seed must be a whole number from 0 to {MAX_SEED - n_images + 1} (images use seed, seed+1, ...), "
+            f"got {seed!r}."
+        )
+    for name, value in (("height", height), ("width", width)):
+        if value is None:
+            continue
+        if not _is_int(value) or value % 8 or not MIN_SIZE <= value <= MAX_SIZE:
+            raise ValueError(
+                f"{name} must be a multiple of 8 between {MIN_SIZE} and {MAX_SIZE} pixels, got {value!r} "
+                f"(the VAE shrinks images 8x; try {max(MIN_SIZE, min(MAX_SIZE, int(value) // 8 * 8 if _is_int(value) else 512))})."
+            )
+    if scheduler is not None:
+        _check_scheduler(scheduler)
+
+
+def truncation_message(tokenizer, prompt: str, what: str = "prompt") -> str | None:
+    """If the prompt is longer than CLIP's 77 tokens, say where the cut falls (the rest is ignored)."""
+    max_len = tokenizer.model_max_length  # 77 = <start> + 75 tokens + <end>
+    ids = tokenizer(prompt, truncation=False, add_special_tokens=True).input_ids
+    if len(ids) <= max_len:
+        return None
+    kept = tokenizer.decode(ids[1 : max_len - 1])
+    dropped = tokenizer.decode(ids[max_len - 1 : -1])
+    return (
+        f"The {what} is {len(ids) - 2} tokens but CLIP reads only {max_len - 2}: it is cut after "
+        f"'...{kept[-40:]}' and this part is ignored: '{dropped}'. Shorten it or move key words first."
+    )
+
+
+# -------------------------------------------------------------------------------------------- generate
+
+
+@dataclass
+class GenerationResult:
+    images: list  # PIL images
+    records: list[dict]  # one per image: everything needed to regenerate it
+    nsfw: list[bool] = field(default_factory=list)  # blanked by the safety checker
+    nan: list[bool] = field(default_factory=list)  # held NaNs (fp16 overflow)
+    messages: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _to_pil(arr: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray((np.nan_to_num(arr, nan=0.0).clip(0, 1) * 255).round().astype(np.uint8))
+
+
+def explain_black_images(nsfw: list[bool], nan: list[bool], records: list[dict], dtype: torch.dtype) -> list[str]:
+    """Messages for images that came out black, with the reason and the fix."""
+    out = []
+    for flagged, has_nan, rec in zip(nsfw, nan, records):
+        tag = f"Image {rec['index']} (seed {rec['seed']})"
+        if flagged:
+            out.append(
+                f"{tag} is black because the safety checker flagged it as possibly NSFW and blanked it. "
+                "Try another seed or reword the prompt; this is not a bug."
+            )
+        if has_nan:
+            fix = (
+                "reload in fp32 (load_pipeline(..., dtype=torch.float32)), or keep fp16 and run the VAE in fp32 "
+                "(pipe.vae.to(torch.float32))"
+                if dtype == torch.float16
+                else "lower guidance_scale or use another scheduler"
+            )
+            out.append(
+                f"{tag} contains NaN values (shown black): the numbers overflowed ({dtype}), usually in the VAE "
+                f"decode in fp16 on older GPUs. Fix: {fix}."
+            )
+    return out
+
+
+def generate(
+    pipe,
+    prompt: str,
+    n_images: int = 1,
+    seed: int = 0,
+    guidance_scale: float = 7.5,
+    num_inference_steps: int = 50,
+    negative_prompt: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    scheduler: str | None = None,
+    callback_on_step_end: Callable | None = None,
+    show_progress: bool = True,
+) -> GenerationResult:
+    """Generate `n_images` for one prompt in ONE batched call; image i uses seed `seed + i`.
+
+    Regenerate image i alone with `generate(pipe, prompt, n_images=1, seed=seed + i, ...)`.
+    A `scheduler` name swaps the scheduler for this call only.
+    """
+    validate_inputs(
+        prompt, n_images, seed, guidance_scale, num_inference_steps, negative_prompt, height, width, scheduler
+    )
+    messages = [m for m in (truncation_message(pipe.tokenizer, prompt),) if m]
+    if negative_prompt:
+        msg = truncation_message(pipe.tokenizer, negative_prompt, "negative prompt")
+        messages += [msg] if msg else []
+    for m in messages:
+        warnings.warn(m, stacklevel=2)
+
+    original = pipe.scheduler
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(pipe, scheduler)
+    sched_name = scheduler_name(pipe)
+    height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    # One CPU generator per image: the same seed gives the same starting noise on CPU, CUDA or MPS.
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(n_images)]
+    pipe.set_progress_bar_config(disable=not show_progress, leave=False)
+    t0 = time.perf_counter()
+    try:
+        out = pipe(
+            prompt=prompt,
+            negative_prompt=negative_prompt or None,
+            num_images_per_prompt=n_images,
+            generator=generators,
+            guidance_scale=float(guidance_scale),
+            num_inference_steps=num_inference_steps,
+            height=height,
+            width=width,
+            output_type="np",  # floats, so NaNs survive for diagnosis
+            callback_on_step_end=callback_on_step_end,
+        )
+    finally:
+        pipe.scheduler = original
+    seconds = time.perf_counter() - t0
+    arrays = np.asarray(out.images)  # (n, H, W, 3) in [0, 1]
+    nan = [bool(np.isnan(a).any()) for a in arrays]
+    nsfw = [bool(x) for x in (out.nsfw_content_detected or [False] * n_images)]
+    model = str(getattr(pipe, "name_or_path", "") or type(pipe).__name__)
+    records = [
+        {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt or "",
+            "seed": seed + i,
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": float(guidance_scale),
+            "scheduler": sched_name,
+            "model": model,
+            "height": height,
+            "width": width,
+            "index": i,
+            "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+            "device": str(pipe.device),
+        }
+        for i in range(n_images)
+    ]
+    black = explain_black_images(nsfw, nan, records, pipe.unet.dtype)
+    for m in black:
+        warnings.warn(m, stacklevel=2)
+    return GenerationResult(
+        images=[_to_pil(a) for a in arrays],
+        records=records,
+        nsfw=nsfw,
+        nan=nan,
+        messages=messages + black,
+        interrupted=bool(getattr(pipe, "_interrupt", False)),
+        seconds=seconds,
+    )
+
+
+# -------------------------------------------------------------------------------------- memory presets
+
+
+def apply_memory_preset(pipe, preset: str = "balanced") -> list[str]:
+    """Switch memory savers on (or all off with "none") in one call; returns what it did.
+
+    See MEMORY_PRESETS for what each costs. CPU offload needs a CUDA GPU (and accelerate); on CPU the
+    offload steps are skipped and the returned list says so.
+    """
+    if preset not in MEMORY_PRESETS:
+        raise ValueError(f"Unknown memory preset {preset!r}: choose one of {', '.join(MEMORY_PRESETS)}.")
+    done = []
+    pipe.disable_attention_slicing()
+    pipe.vae.disable_slicing()
+    pipe.vae.disable_tiling()
+    if preset == "none":
+        return ["all memory savers off"]
+    if preset in ("balanced", "low"):
+        pipe.enable_attention_slicing("auto")
+        pipe.vae.enable_slicing()
+        done += ["attention slicing", "VAE slicing"]
+    if preset in ("low", "lowest"):
+        pipe.vae.enable_tiling()
+        done.append("VAE tiling")
+    if preset in ("low", "lowest"):
+        if not torch.cuda.is_available():
+            done.append("CPU offload skipped (needs a CUDA GPU)")
+        elif preset == "low":
+            pipe.enable_model_cpu_offload()
+            done.append("model CPU offload")
+        else:
+            pipe.enable_sequential_cpu_offload()
+            done.append("sequential CPU offload")
+    return done
