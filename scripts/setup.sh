@@ -35,4 +35,6 @@ if ! ls .cache/wheels/open_clip_torch-3.3.0-*.whl >/dev/null 2>&1; then
   quiet_pip download -q --no-deps open_clip_torch==3.3.0 -d .cache/wheels
 fi
 
-"$VENV/bin/python" -m helpers.setup_assets
+if [ ! -f .cache/clip-tokenizer/vocab.json ] || [ ! -f .cache/models/tiny-sd-random/model_index.json ]; then
+  "$VENV/bin/python" -m helpers.setup_assets
+fi
