@@ -8,6 +8,7 @@ and review; the `.ipynb` (what Colab opens) is written from it, with no outputs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -46,7 +47,9 @@ def problems() -> list[str]:
 def write_all() -> None:
     for py in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py")):
         nb = jupytext.read(py)
-        for cell in nb.cells:
+        for i, cell in enumerate(nb.cells):
+            # stable ids (from position and text), so re-syncing an unchanged notebook changes nothing
+            cell.id = hashlib.sha1(f"{i}:{cell.source}".encode()).hexdigest()[:8]
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
         nb.metadata.pop("jupytext", None)  # the pairing lives in the .py header
