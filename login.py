@@ -149,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         token, source = args.token.strip(), "--token"
     elif args.token_stdin:
         token, source = sys.stdin.readline().strip(), "standard input"
+    elif hub_offline():
+        _say(
+            "error: no Hugging Face token found and HF_HUB_OFFLINE is set, so it could not be checked: I will not "
+            "prompt. Unset HF_HUB_OFFLINE and retry online, or use the offline model (SD_MODEL=offline)."
+        )
+        return UNAVAILABLE
     elif non_interactive():
         _say(
             "error: no Hugging Face token found and this is not an interactive session (CI, or no terminal), so "

@@ -65,6 +65,11 @@ def pick_device(prefer: str | None = None, cpu_dtype: torch.dtype | None = None)
             "Or pass device=None to run on CPU with the offline model."
         )
     mps_ok = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    if prefer == "mps" and not mps_ok:
+        raise ValueError(
+            "No Apple GPU (MPS) found: it needs a Mac with Apple silicon and a torch built with MPS. "
+            "Or pass device=None to use the best device here."
+        )
     if prefer in (None, "cuda") and torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         return DeviceChoice("cuda", torch.float16, platform, f"CUDA GPU ({name}) found; fp16 halves memory")

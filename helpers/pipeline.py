@@ -107,6 +107,11 @@ def _has_fp16_variant(folder: Path) -> bool:
     return any(folder.glob("*/*.fp16.safetensors")) or any(folder.glob("*/*.fp16.bin"))
 
 
+def _has_plain_weights(folder: Path) -> bool:
+    """Weight files without a variant tag ("model.safetensors", not "model.fp16.safetensors")."""
+    return any(f.name.count(".") == 1 for ext in ("safetensors", "bin") for f in folder.glob(f"*/*.{ext}"))
+
+
 def _unavailable(model: str, err: Exception) -> ModelUnavailableError:
     return ModelUnavailableError(
         f"Could not load {model!r} from the Hugging Face Hub or the local cache ({type(err).__name__}: "
@@ -154,6 +159,8 @@ def load_pipeline(
             kwargs["variant"] = "fp16"
         elif variant not in ("auto", None, "fp16"):
             kwargs["variant"] = variant
+        elif variant == "auto" and _has_fp16_variant(path) and not _has_plain_weights(path):
+            kwargs["variant"] = "fp16"  # the folder holds only fp16 files: load them, cast to `dtype`
         pipe = StableDiffusionPipeline.from_pretrained(path, **kwargs)
     elif model_str.count("/") == 1 and not model_str.startswith((".", "/", "~")) and not path.exists():
         if variant == "fp16" or (variant == "auto" and dtype == torch.float16):
@@ -171,7 +178,10 @@ def load_pipeline(
                 f"{model_str} has no fp16 weight files; loading the fp32 files and casting to {dtype}.", stacklevel=2
             )
             kwargs.pop("variant")
-            pipe = StableDiffusionPipeline.from_pretrained(model_str, **kwargs)
+            try:
+                pipe = StableDiffusionPipeline.from_pretrained(model_str, **kwargs)
+            except OSError as err2:
+                raise _unavailable(model_str, err2) from err2
         except OSError as err:
             raise _unavailable(model_str, err) from err
     else:
@@ -346,6 +356,9 @@ def generate(
     validate_inputs(
         prompt, n_images, seed, guidance_scale, num_inference_steps, negative_prompt, height, width, scheduler
     )
+    # numpy integers pass the checks; plain ints keep the records JSON-exact (a saved seed reads back as a number)
+    n_images, seed, num_inference_steps = int(n_images), int(seed), int(num_inference_steps)
+    height, width = (None if v is None else int(v) for v in (height, width))
     messages = [m for m in (truncation_message(pipe.tokenizer, prompt),) if m]
     if negative_prompt:
         msg = truncation_message(pipe.tokenizer, negative_prompt, "negative prompt")

@@ -90,9 +90,17 @@ def _write_new_file(path_for: Any, write) -> Path:
                 return target
             except FileExistsError:
                 continue
+            except OSError:  # no hard links on this file system (some network/FUSE mounts, e.g. Google Drive)
+                try:
+                    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # claim the name, or fail
+                except FileExistsError:
+                    continue
+                os.replace(tmp, target)  # replaces only the empty placeholder we just created
+                return target
         raise RuntimeError(f"No free file name near {first}")
     finally:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def save_image(image: Image.Image, record: Mapping[str, Any], run_dir: Path | str, stem: str) -> Path:

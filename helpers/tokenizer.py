@@ -46,16 +46,27 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
+def _check_bpe_size(size: int, where) -> None:
+    if size != BPE_SIZE:
+        raise ValueError(
+            f"{BPE_NAME} from {where} is {size:,} bytes, not the {BPE_SIZE:,} of OpenAI's file: it is not the "
+            f"tokenizer Stable Diffusion was trained with. Delete it and run `make setup` "
+            f"(it downloads {OPEN_CLIP_WHEEL})."
+        )
+
+
 def find_bpe_file(search_dirs: list[Path] | None = None) -> Path:
     """Find the BPE merges file: extracted already, or inside a downloaded open_clip wheel."""
     extracted = TOKENIZER_DIR / BPE_NAME
     if extracted.exists():
+        _check_bpe_size(extracted.stat().st_size, extracted)
         return extracted
     dirs = search_dirs or [CACHE_DIR / "wheels", CACHE_DIR]
     for d in dirs:
         for wheel in sorted(glob.glob(str(Path(d) / "open_clip_torch-*.whl"))):
             with zipfile.ZipFile(wheel) as zf:
                 data = zf.read(f"open_clip/{BPE_NAME}")
+            _check_bpe_size(len(data), wheel)
             extracted.parent.mkdir(parents=True, exist_ok=True)
             tmp = extracted.with_suffix(".tmp")
             tmp.write_bytes(data)
@@ -71,7 +82,8 @@ def find_bpe_file(search_dirs: list[Path] | None = None) -> Path:
 
 def build_vocab_and_merges(bpe_path: Path) -> tuple[dict[str, int], list[str]]:
     """Derive CLIP's `vocab.json` and `merges.txt` content from the gzipped merges file."""
-    lines = gzip.open(bpe_path, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
     merges = lines[1 : NUM_MERGES + 1]  # line 0 is a version header
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols]  # "</w>" marks the end of a word

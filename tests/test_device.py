@@ -1,0 +1,159 @@
+"""pick_device: CUDA -> fp16, Apple MPS -> fp16, CPU -> fp32, forced choices, Colab/Gradient detection."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from helpers import device as dev
+from helpers.device import DeviceChoice, detect_platform, pick_device
+
+PLATFORM_VARS = (
+    "COLAB_RELEASE_TAG",
+    "PAPERSPACE_NOTEBOOK_REPO_ID",
+    "PAPERSPACE_FQDN",
+    "KAGGLE_KERNEL_RUN_TYPE",
+    "SD_DEVICE",
+    "SD_CPU_DTYPE",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in PLATFORM_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Tesla T4")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.fixture
+def fake_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+
+
+def test_cpu_gets_fp32(no_gpu):
+    choice = pick_device()
+    assert isinstance(choice, DeviceChoice)
+    assert (choice.device, choice.dtype, choice.platform) == ("cpu", torch.float32, "local")
+    assert "fp32" in choice.reason
+    assert str(choice).startswith("cpu / float32 on local:")
+
+
+def test_this_machine_without_a_gpu_gets_cpu_fp32():
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has a GPU")
+    assert (pick_device().device, pick_device().dtype) == ("cpu", torch.float32)
+
+
+def test_cuda_gets_fp16_and_names_the_gpu(fake_cuda):
+    choice = pick_device()
+    assert (choice.device, choice.dtype) == ("cuda", torch.float16)
+    assert "Tesla T4" in choice.reason and "fp16" in choice.reason
+
+
+def test_mps_gets_fp16(fake_mps):
+    choice = pick_device()
+    assert (choice.device, choice.dtype) == ("mps", torch.float16)
+    assert "MPS" in choice.reason
+
+
+def test_cpu_can_be_forced_on_a_gpu_machine(fake_cuda):
+    assert (pick_device("cpu").device, pick_device("cpu").dtype) == ("cpu", torch.float32)
+
+
+def test_sd_device_env_forces(fake_cuda, monkeypatch):
+    monkeypatch.setenv("SD_DEVICE", "cpu")
+    assert pick_device().device == "cpu"
+    assert pick_device("cuda").device == "cuda"  # the argument wins over the environment
+
+
+@pytest.mark.parametrize("bad", ["gpu", "CUDA:0", "tpu", 3])
+def test_unknown_device_raises(bad, no_gpu):
+    with pytest.raises(ValueError, match="'cuda', 'mps', 'cpu'"):
+        pick_device(bad)
+
+
+def test_forcing_cuda_without_one_says_how_to_get_one(no_gpu):
+    with pytest.raises(ValueError) as info:
+        pick_device("cuda")
+    assert "Runtime > Change runtime type > GPU" in str(info.value)
+    assert "CPU" in str(info.value)
+
+
+def test_forcing_mps_without_one_raises(no_gpu):
+    """Asking for the Apple GPU on a machine without one must not silently run on the CPU."""
+    with pytest.raises(ValueError, match="MPS"):
+        pick_device("mps")
+
+
+def test_bf16_on_request(no_gpu, monkeypatch):
+    monkeypatch.setattr(dev, "cpu_has_bf16", lambda: True)
+    choice = pick_device(cpu_dtype=torch.bfloat16)
+    assert (choice.device, choice.dtype) == ("cpu", torch.bfloat16)
+    assert "may be slower" not in choice.reason
+    monkeypatch.setattr(dev, "cpu_has_bf16", lambda: False)
+    assert "may be slower" in pick_device(cpu_dtype=torch.bfloat16).reason
+
+
+@pytest.mark.parametrize("value", ["bfloat16", "bf16"])
+def test_bf16_from_env(no_gpu, monkeypatch, value):
+    monkeypatch.setenv("SD_CPU_DTYPE", value)
+    assert pick_device().dtype == torch.bfloat16
+    assert pick_device(cpu_dtype=torch.float32).dtype == torch.float32  # the argument wins
+
+
+def test_bf16_env_does_not_touch_gpus(fake_cuda, monkeypatch):
+    monkeypatch.setenv("SD_CPU_DTYPE", "bfloat16")
+    assert pick_device().dtype == torch.float16
+
+
+def test_cpu_has_bf16_reads_cpu_flags(monkeypatch, tmp_path):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p, *a, **k))
+    assert dev.cpu_has_bf16() is True
+    fake.write_text("flags\t\t: fpu sse2 avx2\n")
+    assert dev.cpu_has_bf16() is False
+
+
+def test_platform_local():
+    assert detect_platform() == "local"
+
+
+def test_platform_colab_from_module(monkeypatch, no_gpu):
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert detect_platform() == "colab"
+    assert pick_device().platform == "colab"
+
+
+def test_platform_colab_from_env(monkeypatch):
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab_20260101")
+    assert detect_platform() == "colab"
+
+
+@pytest.mark.parametrize("var", ["PAPERSPACE_NOTEBOOK_REPO_ID", "PAPERSPACE_FQDN"])
+def test_platform_gradient(monkeypatch, var):
+    monkeypatch.setenv(var, "x")
+    assert detect_platform() == "gradient"
+
+
+def test_platform_kaggle(monkeypatch):
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    assert detect_platform() == "kaggle"
