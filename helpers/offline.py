@@ -101,6 +101,10 @@ def ensure_tiny_model(path: Path | str = TINY_MODEL_DIR) -> Path:
     build_tiny_pipeline().save_pretrained(tmp)
     if not path.exists():
         tmp.replace(path)  # atomic: a half-saved model is never seen as ready
+    else:  # another process finished first: keep its copy
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -155,6 +155,11 @@ def load_pipeline(
                 f"{path} is a folder but holds no model_index.json: pass a folder made by save_pretrained."
             )
         want_fp16 = variant == "fp16" or (variant == "auto" and dtype == torch.float16)
+        if variant == "fp16" and not _has_fp16_variant(path):
+            raise ValueError(
+                f"variant='fp16' was asked for, but {path} has no *.fp16.safetensors files. Use variant='auto' "
+                "(loads what is there and casts to `dtype`), or save with pipe.save_pretrained(dir, variant='fp16')."
+            )
         if want_fp16 and _has_fp16_variant(path):
             kwargs["variant"] = "fp16"
         elif variant not in ("auto", None, "fp16"):

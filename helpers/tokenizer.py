@@ -20,7 +20,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from .paths import CACHE_DIR
+from .paths import CACHE_DIR, IN_CHECKOUT
 
 BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 BPE_SIZE = 1_356_917  # bytes; a different file is not the tokenizer Stable Diffusion was trained with
@@ -72,6 +72,15 @@ def find_bpe_file(search_dirs: list[Path] | None = None) -> Path:
             tmp.write_bytes(data)
             os.replace(tmp, extracted)
             return extracted
+    if os.environ.get("SD_TUTORIAL_FETCH_BPE") == "1" or not IN_CHECKOUT:
+        # pip-installed (Colab, Gradient): fetch the wheel the way `make setup` does, once; never install it.
+        import subprocess
+        import sys
+
+        wheels = CACHE_DIR / "wheels"
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", OPEN_CLIP_WHEEL, "-d", str(wheels)]
+        if subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0:
+            return find_bpe_file([wheels])
     raise FileNotFoundError(
         f"CLIP's BPE file ({BPE_NAME}) was not found in {extracted.parent} or in an open_clip_torch "
         f"wheel under {dirs}. Run `make setup` (it runs `pip download --no-deps {OPEN_CLIP_WHEEL} "

@@ -589,3 +589,8 @@ def test_offload_presets_on_a_gpu(fresh_tiny_pipe, monkeypatch, preset, method):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="choose one of none, balanced, low, lowest"):
         apply_memory_preset(Untouchable(), "tiny")
+
+
+def test_explicit_fp16_variant_on_a_folder_without_fp16_files_says_so(tiny_model_dir):
+    with pytest.raises(ValueError, match="no \\*.fp16.safetensors files.*variant='auto'"):
+        load_pipeline(tiny_model_dir, device="cpu", dtype=torch.float32, variant="fp16")
