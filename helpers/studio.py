@@ -73,7 +73,7 @@ def default_ranker() -> Ranker | None:
             loaded["clip"] = clip_ranking.load_clip(TOY_CLIP_DIR, backend="torch")
         return clip_ranking.rank(images, prompt, clip=loaded["clip"]).scores
 
-    ranker.__name__ = "toy_clip_ranker"
+    ranker.__name__ = "CLIP (models/toy-clip)"
     return ranker
 
 
@@ -90,7 +90,7 @@ def describe(record: dict, score: float | None = None) -> str:
     if record.get("stopped_at"):
         lines.append(f"stopped at step {record['stopped_at']}")
     if score is not None:
-        lines.append(f"<b>CLIP score {score:.3f}</b>")
+        lines.append(f"<b>score {score:.3f}</b>")
     return "<div style='font-size:11px;line-height:1.3'>" + "<br>".join(lines) + "</div>"
 
 
@@ -118,7 +118,7 @@ class PromptStudio:
         thumb_px: int = 160,
     ):
         self.pipe = pipe
-        self.ranker = default_ranker() if ranker == "auto" else ranker
+        self._ranker: Ranker | None = None
         self.save_root = save_root
         self.threaded = threaded
         self.rng = rng or random.Random()
@@ -192,8 +192,18 @@ class PromptStudio:
             ]
         )
         self.app.add_class("sd-studio")
-        if self.ranker is None:
-            self.rank_button.description = "Rank with CLIP (no ranker)"
+        self.ranker = default_ranker() if ranker == "auto" else ranker
+
+    @property
+    def ranker(self) -> Ranker | None:
+        return self._ranker
+
+    @ranker.setter
+    def ranker(self, ranker: Ranker | None) -> None:
+        """Plug in (or remove) a ranker at any time; the Rank button follows."""
+        self._ranker = ranker
+        self.rank_button.description = "Rank with CLIP" if ranker is not None else "Rank (no CLIP model)"
+        self.rank_button.disabled = ranker is None or not self.items
 
     def _ipython_display_(self):  # works in ipywidgets 7 and 8
         from IPython.display import display
@@ -355,7 +365,8 @@ class PromptStudio:
             item["score"] = score
         self.items = sorted(items, key=lambda it: -it["score"])  # stable: ties keep their order
         self._render()
-        self._show(f"Ranked {len(items)} image(s) by CLIP score (best first).", "ok")
+        name = getattr(self.ranker, "__name__", type(self.ranker).__name__)
+        self._show(f"Ranked {len(items)} image(s) by {name} score, best first.", "ok")
         return [it["score"] for it in self.items]
 
     def save(self) -> list[Path] | None:

@@ -198,6 +198,7 @@ def brightness(images, prompt):
 def test_rank_reorders_gallery_and_shows_scores(studio, tmp_path):
     assert studio.rank() is None and "No ranker" in studio.last_error
     studio.ranker = brightness
+    assert studio.rank_button.disabled and studio.rank_button.description == "Rank with CLIP"  # nothing to rank yet
     studio.n_images.value = 4
     run(studio)
     assert not studio.rank_button.disabled
@@ -207,7 +208,8 @@ def test_rank_reorders_gallery_and_shows_scores(studio, tmp_path):
     after = [it["record"]["seed"] for it in studio.items]
     assert after == sorted(before, key=lambda seed: -values[seed]) and sorted(after) == before
     for seed, label in zip(after, labels(studio)):
-        assert f"seed {seed}</b>" in label and f"CLIP score {values[seed]:.3f}" in label
+        assert f"seed {seed}</b>" in label and f"score {values[seed]:.3f}" in label
+    assert "by brightness score" in studio.message.value
     paths = studio.save()  # saved in the ranked order, with the scores
     meta = [read_metadata(p) for p in paths]
     assert [m["seed"] for m in meta] == after and [m["clip_rank"] for m in meta] == [0, 1, 2, 3]
