@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import io
+import os
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -55,26 +56,39 @@ def png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
-def default_ranker() -> Ranker | None:
-    """A CLIP ranker from helpers.clip_ranking with models/toy-clip (torch), or None if either is missing.
+def clip_ranker(model_or_dir: str | os.PathLike) -> Ranker:
+    """A ranker that scores with `helpers.clip_ranking` (torch backend). CLIP loads on the first ranking."""
+    from . import clip_ranking
 
-    The CLIP model loads on the first ranking, not when the studio is built.
+    loaded: dict[str, Any] = {}
+
+    def ranker(images, prompt):
+        if "clip" not in loaded:
+            loaded["clip"] = clip_ranking.load_clip(model_or_dir, backend="torch")
+        return clip_ranking.rank(images, prompt, clip=loaded["clip"], method="torch").scores
+
+    ranker.__name__ = f"CLIP ({Path(str(model_or_dir)).name})"
+    return ranker
+
+
+def default_ranker(sd_model: str | os.PathLike | None = None) -> Ranker | None:
+    """The CLIP ranker that fits `sd_model`, or None when there is no meaningful one.
+
+    `CLIP_MODEL` in the environment wins; images of a Hub model are scored by the blog's CLIP (ViT-B/32, from the
+    Hub on first use); images of a local model by the mini CLIP trained on the same shapes (models/toy-clip),
+    if present. A random-weight CLIP would give meaningless scores, so without toy-clip there is no default.
     """
     try:
         from . import clip_ranking
     except ImportError:
         return None
-    if not (TOY_CLIP_DIR / "config.json").exists():
-        return None
-    loaded: dict[str, Any] = {}
-
-    def ranker(images, prompt):
-        if "clip" not in loaded:
-            loaded["clip"] = clip_ranking.load_clip(TOY_CLIP_DIR, backend="torch")
-        return clip_ranking.rank(images, prompt, clip=loaded["clip"]).scores
-
-    ranker.__name__ = "CLIP (models/toy-clip)"
-    return ranker
+    if os.environ.get("CLIP_MODEL"):
+        return clip_ranker(os.environ["CLIP_MODEL"])
+    if sd_model and not Path(str(sd_model)).expanduser().is_dir():
+        return clip_ranker(clip_ranking.DEFAULT_CLIP)
+    if (TOY_CLIP_DIR / "config.json").exists():
+        return clip_ranker(TOY_CLIP_DIR)
+    return None
 
 
 def describe(record: dict, score: float | None = None) -> str:
@@ -98,7 +112,8 @@ class PromptStudio:
     """The app: controls, Generate/Stop, a progress bar, a gallery, Rank with CLIP and Save.
 
     - `pipe`: a StableDiffusionPipeline (from `load_pipeline`).
-    - `ranker`: `ranker(images, prompt) -> scores`; "auto" uses `default_ranker()`; None disables ranking.
+    - `ranker`: `ranker(images, prompt) -> scores`; "auto" picks a CLIP for this model (`default_ranker`);
+      None disables ranking until you set `studio.ranker`.
     - `save_root`: where Save makes its new run folders (default `outputs/`).
     - `threaded`: run generation in a background thread (so Stop can be clicked); `wait()` waits for it.
     - `rng`: the random source of the "random" seed button (pass `random.Random(0)` to make it repeatable).
@@ -128,6 +143,7 @@ class PromptStudio:
         self.items: list[dict] = []  # the gallery on screen: {"image", "record", "score"}, in display order
         self.saved_dirs: list[Path] = []
         self.runs_started = 0
+        self.last_message = ""  # the message on screen, as plain text
         self.last_error: str | None = None
         self.step_hooks: list[Callable] = []  # extra `hook(pipe, step, timestep)` calls after each step
         self._lock = threading.Lock()
@@ -192,7 +208,7 @@ class PromptStudio:
             ]
         )
         self.app.add_class("sd-studio")
-        self.ranker = default_ranker() if ranker == "auto" else ranker
+        self.ranker = default_ranker(getattr(pipe, "name_or_path", None)) if ranker == "auto" else ranker
 
     @property
     def ranker(self) -> Ranker | None:
@@ -231,6 +247,7 @@ class PromptStudio:
         }
 
     def _show(self, text: str, kind: str = "info") -> None:
+        self.last_message = text
         colour = {"info": "#333", "error": "#b00020", "ok": "#1b5e20"}[kind]
         self.message.value = f"<div style='color:{colour};white-space:pre-wrap'>{html.escape(text)}</div>"
         if kind == "error":
@@ -353,6 +370,7 @@ class PromptStudio:
             return None
         items = list(self.items)
         prompt = items[0]["record"]["prompt"]
+        self._show(f"Ranking {len(items)} image(s)…")
         try:
             scores = self.ranker([it["image"] for it in items], prompt)
             scores = [float(s) for s in getattr(scores, "scores", scores)]

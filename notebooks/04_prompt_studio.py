@@ -41,10 +41,11 @@ import ipywidgets as widgets
 import numpy as np
 from IPython.display import display
 
+from helpers.clip_ranking import choose_clip
 from helpers.pipeline import choose_model, generate, load_pipeline
 from helpers.plotting import show_images
 from helpers.saving import read_metadata
-from helpers.studio import PromptStudio
+from helpers.studio import PromptStudio, clip_ranker
 
 SEED = 0
 MODEL, WHY = choose_model()  # set SD_MODEL, or pass a Hub id / folder, to choose another
@@ -78,7 +79,7 @@ studio.n_images.value = 4
 studio.generate_button.click()
 assert studio.wait(timeout=300)
 first = list(studio.items)
-show_images([it["image"] for it in first], [f"seed {it['record']['seed']}" for it in first], suptitle=prompt)
+fig = show_images([it["image"] for it in first], [f"seed {it['record']['seed']}" for it in first], suptitle=prompt)
 
 # %%
 # Self-check: the gallery filled, the progress bar reached its end, and the labels say how to remake each image.
@@ -86,7 +87,7 @@ assert len(studio.gallery.children) == 4 and [it["record"]["seed"] for it in fir
 assert studio.progress.value == studio.progress.max > 0 and not studio.generate_button.disabled
 again = generate(pipe, prompt, n_images=1, seed=SEED + 2, num_inference_steps=STEPS, show_progress=False)
 diff = np.abs(np.asarray(again.images[0], float) - np.asarray(first[2]["image"], float)).max()
-print(studio.progress.description, "| image 2 remade alone from its label: max abs pixel diff", diff)
+print(studio.progress.description, "(PNDM, the default scheduler, adds one step) | image 2 remade from its label: max abs diff", diff)
 assert diff <= 2
 
 # %% [markdown]
@@ -129,7 +130,9 @@ def on_step(pipe, step, timestep, callback_kwargs):
     return callback_kwargs  # must be returned (a callback may also change the latents)
 
 
-result = generate(pipe, prompt, seed=SEED, num_inference_steps=STEPS, scheduler="ddim", callback_on_step_end=on_step)
+result = generate(
+    pipe, prompt, seed=SEED, num_inference_steps=STEPS, scheduler="ddim", callback_on_step_end=on_step, show_progress=False
+)
 print("step, timestep, latents shape:", seen)
 assert result.interrupted and [s for s, _, _ in seen] == [0, 1, 2]
 
@@ -147,7 +150,7 @@ studio.step_hooks.append(lambda pipe, step, timestep: step == 1 and studio.stop_
 studio.generate_button.click()
 assert studio.wait(timeout=300)
 studio.step_hooks.clear()
-print(studio.message.value)
+print(studio.last_message)
 assert studio.history[-1].interrupted and studio.progress.value == 2 < studio.progress.max == STEPS
 
 # %% [markdown]
@@ -173,23 +176,23 @@ studio.height.value = pipe.unet.config.sample_size * pipe.vae_scale_factor
 # %% [markdown]
 # ## 4. Rank and save
 #
-# **Rank with CLIP** scores each image against the prompt with CLIP (notebook 03: cosine similarity of the image
-# and text embeddings, $\text{score} = 100 \cos(E_I(x), E_T(p))$) and reorders the gallery, best first. The studio
-# takes any function `ranker(images, prompt) -> scores`; by default it uses `helpers.clip_ranking` when a CLIP
-# model is available. Without one, we plug in a stand-in that prefers bright images, to see the mechanics.
+# **Rank with CLIP** scores each image against the prompt with CLIP (notebook 03: the cosine similarity of the
+# image and text embeddings times CLIP's temperature, $\text{score} = 100 \cos(E_I(x), E_T(p))$ for OpenAI's CLIP)
+# and reorders the gallery, best first. The studio takes any function `ranker(images, prompt) -> scores`;
+# `clip_ranker(model)` makes one from `helpers.clip_ranking`. By itself the studio picks the blog's CLIP for the
+# real model and the mini CLIP trained on shapes for the offline family; with no trained CLIP here we plug in
+# the tiny random-weight one: the code path is exact, but then the scores mean nothing.
 
 # %%
-def brightness(images, prompt):
-    return [float(np.asarray(im, float).mean() / 255) for im in images]
-
-
-if studio.ranker is None:  # no CLIP model here: any (images, prompt) -> scores function plugs in
-    studio.ranker = brightness
+if studio.ranker is None:
+    clip_model, why = choose_clip(MODEL)
+    print("CLIP:", clip_model, "|", why)
+    studio.ranker = clip_ranker(clip_model)
 studio.generate_button.click()
 assert studio.wait(timeout=300)
 studio.rank_button.click()
 scores = [it["score"] for it in studio.items]
-print(studio.message.value, "| scores:", [round(s, 3) for s in scores])
+print(studio.ranker.__name__, "scores, best first:", [round(s, 3) for s in scores])
 assert scores == sorted(scores, reverse=True) and "score" in studio.gallery.children[0].children[1].value
 
 # %% [markdown]
@@ -231,7 +234,7 @@ print(f"{len(studio.history)} runs so far; the last one: {studio.history[-1].rec
 # 2. Watch an image form: write a `callback_on_step_end` that keeps `callback_kwargs["latents"][0, 0]` (the first
 #    latent channel) every few steps, and plot them with `show_images`. Why is looking at latents cheap, and
 #    decoding them with the VAE at every step not?
-# 3. Write a ranker that prefers images whose colours are far from grey, plug it in with `studio.ranker = ...` and
+# 3. Write a ranker that prefers colourful images (far from grey), plug it in with `studio.ranker = ...` and
 #    compare its order with CLIP's.
 #
 # <details><summary>Solutions</summary>

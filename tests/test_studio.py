@@ -16,7 +16,7 @@ import torch
 import helpers  # noqa: F401  (quiet library logs before diffusers is imported)
 from helpers.pipeline import generate, load_pipeline, make_scheduler, offline_model_dir
 from helpers.saving import read_manifest, read_metadata
-from helpers.studio import MAX_SEED_BUTTON, PromptStudio, default_ranker
+from helpers.studio import MAX_SEED_BUTTON, TOY_CLIP_DIR, PromptStudio, clip_ranker, default_ranker
 
 STEPS, N = 3, 2
 WAIT = 120  # seconds: generous bound for a shared 2-core CPU; a hang fails instead of blocking CI
@@ -215,11 +215,22 @@ def test_rank_reorders_gallery_and_shows_scores(studio, tmp_path):
     assert [m["seed"] for m in meta] == after and [m["clip_rank"] for m in meta] == [0, 1, 2, 3]
 
 
-def test_default_ranker_uses_clip_ranking_when_available(studio):
-    ranker = default_ranker()
-    if ranker is None:
-        pytest.skip("helpers.clip_ranking or models/toy-clip not present: the studio runs without CLIP ranking")
-    studio.ranker = ranker
+def test_clip_ranker_orders_like_clip_ranking(studio, monkeypatch):
+    clip_ranking = pytest.importorskip("helpers.clip_ranking", reason="helpers.clip_ranking is not here yet")
+    folder = clip_ranking.offline_clip_dir()  # the trained toy CLIP, else a tiny random one: same code path
+    studio.ranker = clip_ranker(folder)
+    studio.n_images.value = 3
     run(studio)
+    images = [it["image"] for it in studio.items]
     scores = studio.rank()
-    assert scores is not None and len(scores) == N and scores == sorted(scores, reverse=True)
+    expected = clip_ranking.rank(
+        images, studio.prompt.value, clip_ranking.load_clip(folder, backend="torch"), method="torch"
+    )
+    assert [it["image"] for it in studio.items] == [images[i] for i in expected.order]
+    assert np.allclose(scores, expected.sorted_scores, atol=1e-4)
+    # Which CLIP the studio picks by itself: none without a trained one (random scores mean nothing).
+    monkeypatch.delenv("CLIP_MODEL", raising=False)
+    hub = default_ranker("CompVis/stable-diffusion-v1-4")  # lazy: nothing is downloaded here
+    assert hub is not None and "clip-vit-base-patch32" in hub.__name__
+    local = default_ranker(str(offline_model_dir()))
+    assert (local is not None) == (TOY_CLIP_DIR / "config.json").exists()
