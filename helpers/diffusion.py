@@ -288,3 +288,34 @@ def unscale_latents(latents: torch.Tensor, scaling_factor: float = LATENT_SCALIN
 def values_per_image(height: int, width: int, channels: int) -> int:
     """How many numbers describe one image (or one latent)."""
     return height * width * channels
+
+
+def sd_unet_on_meta(configs_dir=None):
+    """Stable Diffusion v1's UNet (859.5 M parameters) on PyTorch's "meta" device: shapes only, no memory, no weights.
+
+    Enough to count its FLOPs at any input size in about a second.
+    """
+    from diffusers import UNet2DConditionModel
+
+    from .offline import SD_V1_4_CONFIGS
+
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(
+            UNet2DConditionModel.load_config((configs_dir or SD_V1_4_CONFIGS) / "unet")
+        )
+
+
+def unet_flops(unet, height: int, width: int, batch_size: int = 2) -> float:
+    """FLOPs of one UNet call on (batch_size, C, height, width) inputs (batch 2 = one guided denoising step).
+
+    Counted by `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions, 2 FLOPs per multiply-add).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(unet.parameters()).device
+    sample = torch.zeros(batch_size, unet.config.in_channels, height, width, device=device)
+    context = torch.zeros(batch_size, 77, unet.config.cross_attention_dim, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        unet(sample, torch.tensor(500, device=device), encoder_hidden_states=context)
+    return float(counter.get_total_flops())

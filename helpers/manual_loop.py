@@ -126,3 +126,24 @@ def manual_generate(
     result.images = image.cpu().permute(0, 2, 3, 1).float().numpy()  # (B, H, W, 3)
     result.latents = latents
     return result
+
+
+@torch.no_grad()
+def capture_guidance(pipe, prompt: str, guidance_scale: float, **pipe_kwargs) -> list[tuple[torch.Tensor, ...]]:
+    """Run `pipe(...)` itself and record, per step, (uncond, text, combined): the UNet's two halves and the noise
+    prediction the pipeline handed to `scheduler.step`. Proves what the pipeline's guidance computes."""
+    unet_outputs, step_inputs = [], []
+    hook = pipe.unet.register_forward_hook(lambda module, args, output: unet_outputs.append(output[0].clone()))
+    original_step = pipe.scheduler.step
+
+    def spy_step(model_output, *args, **kwargs):
+        step_inputs.append(model_output.clone())
+        return original_step(model_output, *args, **kwargs)
+
+    pipe.scheduler.step = spy_step  # an instance attribute shadows the method; removed again below
+    try:
+        pipe(prompt, guidance_scale=guidance_scale, output_type="latent", **pipe_kwargs)
+    finally:
+        hook.remove()
+        del pipe.scheduler.step
+    return [(*doubled.chunk(2), combined) for doubled, combined in zip(unet_outputs, step_inputs)]

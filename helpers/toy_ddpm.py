@@ -19,6 +19,33 @@ from torch import nn
 from .diffusion import alphas_cumprod_from_betas, ddpm_step, make_betas, training_loss
 
 
+def load_sample_image(size: int = 128) -> torch.Tensor:
+    """A (3, size, size) picture in [-1, 1], the range Stable Diffusion's VAE works in.
+
+    It is matplotlib's bundled photo of Grace Hopper (no download); if that file is missing, a drawn sun and house.
+    """
+    from PIL import Image, ImageDraw
+
+    try:
+        from matplotlib import cbook
+
+        with cbook.get_sample_data("grace_hopper.jpg") as f:
+            image = Image.open(f).convert("RGB")
+        w, h = image.size
+        side = min(w, h)
+        image = image.crop(((w - side) // 2, 0, (w + side) // 2, side))  # square, from the top: keep the face
+    except (OSError, ValueError):
+        image = Image.new("RGB", (256, 256), (110, 170, 240))
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((0, 180, 256, 256), fill=(60, 150, 60))
+        draw.ellipse((170, 20, 230, 80), fill=(250, 210, 40))
+        draw.rectangle((50, 110, 150, 190), fill=(200, 80, 60))
+        draw.polygon([(40, 110), (100, 60), (160, 110)], fill=(120, 50, 40))
+    image = image.resize((size, size), Image.BICUBIC)
+    pixels = torch.tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1) / 255  # (3, H, W) in [0, 1]
+    return pixels * 2 - 1
+
+
 def make_swiss_roll(n: int = 4000, noise: float = 0.03, seed: int = 0) -> torch.Tensor:
     """(n, 2) points on a 2-D spiral, scaled to roughly [-1, 1] (numpy only, no sklearn)."""
     rng = np.random.default_rng(seed)
@@ -159,6 +186,20 @@ def sample_toy_ddpm(
             x_t = ddpm_step(eps, t, x_t, toy.alphas_cumprod, noise=noise, prev_t=t - stride)
     recorded[-1] = x_t.clone()
     return x_t, recorded
+
+
+def plot_point_clouds(clouds, titles, reference: torch.Tensor | None = None, size: float = 2.4):
+    """Scatter plots side by side (e.g. x_t from t = T-1 down to 0), with the data in grey behind them."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(clouds), figsize=(size * len(clouds), size), squeeze=False)
+    for ax, points, title in zip(axes[0], clouds, titles):
+        if reference is not None:
+            ax.scatter(reference[:, 0], reference[:, 1], s=1, c="lightgrey")
+        ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.6)
+        ax.set(xlim=(-2.2, 2.2), ylim=(-2.2, 2.2), xticks=[], yticks=[], aspect="equal", title=title)
+    fig.tight_layout()
+    return fig
 
 
 def mean_nearest_distance(points: torch.Tensor, reference: torch.Tensor) -> float:

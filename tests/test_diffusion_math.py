@@ -11,7 +11,14 @@ from diffusers.training_utils import compute_snr
 
 from helpers import diffusion as d
 from helpers.offline import SD_V1_4_CONFIGS, sd_scheduler
-from helpers.toy_ddpm import make_swiss_roll, make_two_moons, mean_nearest_distance, sample_toy_ddpm, train_toy_ddpm
+from helpers.toy_ddpm import (
+    load_sample_image,
+    make_swiss_roll,
+    make_two_moons,
+    mean_nearest_distance,
+    sample_toy_ddpm,
+    train_toy_ddpm,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -226,3 +233,17 @@ def test_toy_ddpm_short_training_loss_falls_and_sampling_matches_diffusers():
     # even 400 steps pull the samples much closer to the data than the starting noise
     noise = torch.randn((300, 2), generator=torch.Generator().manual_seed(4))
     assert mean_nearest_distance(ours, data) < 0.6 * mean_nearest_distance(noise, data)
+
+
+def test_unet_flops_latent_vs_pixel_space():
+    """SD's real UNet, counted on the meta device: one guided step at 64x64 latents vs the same UNet on 512x512."""
+    unet = d.sd_unet_on_meta()
+    assert sum(p.numel() for p in unet.parameters()) > 800e6
+    latent, pixel = d.unet_flops(unet, 64, 64), d.unet_flops(unet, 512, 512)
+    assert 1e12 < latent < 3e12  # ~1.6 TFLOP per step with guidance (batch 2)
+    assert pixel / latent > 64  # more than the 8x8 = 64x more positions: attention grows with their square
+
+
+def test_sample_image():
+    image = load_sample_image(64)
+    assert image.shape == (3, 64, 64) and image.min() >= -1 and image.max() <= 1 and image.std() > 0.1

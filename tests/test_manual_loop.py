@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 
 from helpers.diffusion import classifier_free_guidance
-from helpers.manual_loop import encode_text, initial_noise, manual_generate
+from helpers.manual_loop import capture_guidance, encode_text, initial_noise, manual_generate
 
 TOL = 1e-4
 
@@ -64,25 +64,12 @@ def test_manual_loop_without_guidance(tiny_pipe):
 
 def test_pipeline_guidance_is_uncond_plus_scale_times_difference(fresh_tiny_pipe):
     """Spy on the pipeline: what it hands to scheduler.step is our CFG combination of the UNet's two halves."""
-    pipe = fresh_tiny_pipe
-    unet_outputs, step_inputs = [], []
-    hook = pipe.unet.register_forward_hook(lambda module, args, output: unet_outputs.append(output[0].clone()))
-    original_step = pipe.scheduler.step
-
-    def spy_step(model_output, *args, **kwargs):
-        step_inputs.append(model_output.clone())
-        return original_step(model_output, *args, **kwargs)
-
-    pipe.scheduler.step = spy_step
-    try:
-        pipe("a yellow star", num_inference_steps=3, guidance_scale=6.0, generator=_gen(0), output_type="latent")
-    finally:
-        hook.remove()
-        pipe.scheduler.step = original_step
-    assert len(unet_outputs) == len(step_inputs) >= 3  # PNDM takes one extra UNet call
-    for doubled, combined in zip(unet_outputs, step_inputs):
-        uncond, text = doubled.chunk(2)  # the pipeline's batch order: [negative/empty prompt, prompt]
+    steps = capture_guidance(fresh_tiny_pipe, "a yellow star", 6.0, num_inference_steps=3, generator=_gen(0))
+    assert len(steps) >= 3  # PNDM makes one extra UNet call
+    for uncond, text, combined in steps:  # the pipeline's batch order: [negative/empty prompt, prompt]
         assert (classifier_free_guidance(uncond, text, 6.0) - combined).abs().max().item() < 1e-6
+        assert (text - uncond).abs().max().item() > 1e-4  # the two halves differ, so the check has teeth
+    assert "step" not in vars(fresh_tiny_pipe.scheduler)  # the spy is gone
 
 
 def test_guidance_scale_changes_the_image_and_is_recorded(tiny_pipe):
