@@ -284,11 +284,38 @@ def to_rgb(image, index: int = 0) -> Image.Image:
                 arr = (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)  # floats are read as 0..1
             mode = {1: "L", 3: "RGB", 4: "RGBA"}[arr.shape[-1]]
             return to_rgb(Image.fromarray(arr.squeeze(-1) if mode == "L" else arr, mode=mode), index)
-    what = f"array of shape {image.shape} and dtype {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+    what = (
+        f"array of shape {image.shape} and dtype {image.dtype}"
+        if isinstance(image, np.ndarray)
+        else type(image).__name__
+    )
     raise ValueError(
         f"Image {index} is a {what}, not an image: pass PIL images, or numpy arrays (H, W[, 1|3|4]) of uint8 "
         "0..255 or floats 0..1 (open files with PIL.Image.open(path) first)."
     )
+
+
+def example_inputs(n: int, seed: int = 0) -> list:
+    """`n` random images of every kind `rank` accepts, in different sizes: PIL RGB, RGBA and L, and numpy
+    arrays of uint8 (0..255) and float32 (0..1). For tests and for trying the converter."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = 24 + 7 * (i % 5), 40 - 3 * (i % 4)
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)  # (H, W, 3)
+        kind = i % 5
+        if kind == 0:
+            out.append(Image.fromarray(arr))
+        elif kind == 1:
+            alpha = rng.integers(128, 256, (h, w, 1), dtype=np.uint8)
+            out.append(Image.fromarray(np.concatenate([arr, alpha], axis=-1), "RGBA"))
+        elif kind == 2:
+            out.append(Image.fromarray(arr).convert("L"))
+        elif kind == 3:
+            out.append(arr)
+        else:
+            out.append(arr.astype(np.float32) / 255)
+    return out
 
 
 def check_inputs(images, prompt) -> list[Image.Image]:
@@ -503,6 +530,20 @@ def ranking_grid(result: RankResult, ncols: int | None = None, size: float = 2.2
     return image_grid(result.images, titles=result.titles(), ncols=ncols, size=size, suptitle=title)
 
 
+def faithfulness(results: Sequence[RankResult], judge_fn, k: int = 1) -> dict[str, float]:
+    """How often CLIP's top-`k` images are faithful to their prompt per an independent `judge_fn(image, prompt)`,
+    against the average image: ranking helps when `top_k` > `mean`."""
+    if not results:
+        raise ValueError("No rankings to judge: pass a list of rank(...) results.")
+    verdicts = [[bool(judge_fn(im, r.prompt)) for im in r.images] for r in results]  # in ranked order
+    return {
+        f"top_{k}": float(np.mean([v[:k] for v in verdicts])),
+        "mean": float(np.mean([x for v in verdicts for x in v])),
+        "n_prompts": len(results),
+        "n_images": sum(len(v) for v in verdicts),
+    }
+
+
 # ------------------------------------------------------------------------------------ what the score is
 
 
@@ -532,8 +573,18 @@ def embed(images, prompt: str, clip: Clip) -> Embeddings:
             )
             scale = model.logit_scale.exp().item()
         return Embeddings(img.float().cpu().numpy(), txt[0].float().cpu().numpy(), float(scale))
-    img = clip.model.get_image_features(pixels, params=clip.params)
-    txt = clip.model.get_text_features(text["input_ids"], text["attention_mask"], params=clip.params)
+    if "embed" not in clip._cache:
+        import jax
+
+        model = clip.model
+
+        def towers(params, pixels, input_ids, attention_mask):
+            img = model.get_image_features(pixels, params=params)  # (N, D)
+            txt = model.get_text_features(input_ids, attention_mask, params=params)  # (1, D)
+            return img, txt
+
+        clip._cache["embed"] = jax.jit(towers)  # one compilation instead of hundreds of op-by-op ones
+    img, txt = clip._cache["embed"](clip.params, pixels, text["input_ids"], text["attention_mask"])
     scale = float(np.exp(np.asarray(clip.params["logit_scale"], dtype=np.float32)))
     return Embeddings(np.asarray(img, np.float32), np.asarray(txt, np.float32)[0], scale)
 
