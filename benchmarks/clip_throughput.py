@@ -78,7 +78,9 @@ def worker(args) -> list[dict]:
                 continue
             clip = clips["torch" if method == "torch" else "flax"]
             seconds = common.time_calls(
-                lambda: cr.rank(images, PROMPT, clip, method=method, chunk_size=args.chunk_size),
+                lambda clip=clip, method=method: cr.rank(
+                    images, PROMPT, clip, method=method, chunk_size=args.chunk_size
+                ),
                 repeats=args.repeats,
                 warmup=1,
             )

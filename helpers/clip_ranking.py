@@ -734,7 +734,7 @@ def clips_from_torch_model(model, processor, backends: Sequence[str] = BACKENDS,
 
             flax_model = FlaxCLIPModel(model.config, _do_init=False)
             # the converter reads only the params' names and shapes: trace the init (eval_shape), never run it
-            shapes = jax.eval_shape(lambda: flax_model.init_weights(jax.random.PRNGKey(0), flax_model.input_shape))
+            shapes = jax.eval_shape(lambda m=flax_model: m.init_weights(jax.random.PRNGKey(0), m.input_shape))
             shim = SimpleNamespace(base_model_prefix=flax_model.base_model_prefix, params=shapes)
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             params = jax.tree_util.tree_map(jnp.asarray, convert_pytorch_state_dict_to_flax(state, shim))
