@@ -161,7 +161,7 @@ class PromptStudio:
         )  # fmt: skip
         self.seed = widgets.IntText(value=seed, description="Seed", layout=widgets.Layout(width="180px"))
         self.random_button = widgets.Button(description="random", layout=widgets.Layout(width="80px"))
-        self.steps = widgets.IntSlider(value=num_inference_steps, min=1, max=150, description="Steps")
+        self.steps = widgets.IntSlider(value=num_inference_steps, min=1, max=250, description="Steps")
         self.guidance = widgets.FloatSlider(value=7.5, min=0.0, max=20.0, step=0.5, description="Guidance")
         self.scheduler = widgets.Dropdown(options=list(SCHEDULERS), value=scheduler_name(pipe), description="Scheduler")
         self.n_images = widgets.IntSlider(value=n_images, min=1, max=min(16, MAX_IMAGES), description="Images")
@@ -187,7 +187,7 @@ class PromptStudio:
         self._describe_memory({"new": self.memory.value})
 
         for widget, name in [
-            (self.prompt, "prompt"), (self.negative_prompt, "negative"), (self.seed, "seed"),
+            (self.prompt, "prompt"), (self.negative_prompt, "negative"), (self.seed, "seed"), (self.steps, "steps"),
             (self.generate_button, "generate"), (self.stop_button, "stop"), (self.rank_button, "rank"),
             (self.save_button, "save"), (self.progress, "progress"), (self.message, "message"),
             (self.gallery, "gallery"),

@@ -214,7 +214,7 @@ assert read_metadata(saved[0])["prompt"] == prompt
 # press Stop half-way, then Rank and Save. `studio.history` keeps every run you made, stopped ones included.
 
 # %%
-print(f"{len(studio.history)} runs so far; the last one: {studio.history[-1].records[0]}")
+print(f"{len(studio.history)} runs so far; the last one: {studio.history[-1].records[0]}")  # the browser test waits for this line
 
 # %% [markdown]
 # ## Summary

@@ -30,6 +30,7 @@ VOILA = Path(sys.executable).with_name("voila")  # the .venv's voila: its kernel
 SCREENSHOTS = Path(os.environ.get("SD_SCREENSHOTS_DIR", REPO_ROOT / "outputs" / "screenshots"))
 WAIT = 120  # seconds: every wait below is bounded by this
 PROMPT = "a blue square above a red circle, browser test"
+NOTEBOOK_DONE = "runs so far"  # printed by the notebook's last cell: only then is the app ours to click
 
 
 def free_port() -> int:
@@ -166,8 +167,12 @@ def test_studio_in_a_real_browser(voila_url, browser):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(voila_url)  # Voila runs the whole notebook (its self-checks fill the gallery once)
+    browser.get(voila_url)  # Voila runs the whole notebook (its self-checks click the studio too)
     wait = WebDriverWait(browser, WAIT, poll_frequency=0.5)
+    # The page shows cells while later ones still run; clicking before the end would race the self-checks.
+    wait.until(
+        lambda d: NOTEBOOK_DONE in d.execute_script("return document.body.innerText"), "the notebook never finished"
+    )
     first = wait.until(lambda d: (s := d.execute_script(GALLERY_STATE)) and s["n"] and s["loaded"] == s["n"] and s)
     assert PROMPT not in first["text"]
 
@@ -190,9 +195,35 @@ def test_studio_in_a_real_browser(voila_url, browser):
     seeds = re.findall(r"seed (\d+)", state["text"])
     assert len(seeds) == state["n"] and len(set(seeds)) == state["n"]  # each image labelled with its own seed
 
+    # Rank with CLIP: the notebook plugged in a CLIP ranker; the gallery comes back sorted, with scores.
+    browser.find_element(By.CSS_SELECTOR, "button.sd-rank").click()
+    state = wait.until(lambda d: (s := d.execute_script(GALLERY_STATE)) and "Ranked" in s["message"] and s)
+    scores = [float(x) for x in re.findall(r"score (-?[\d.]+)", state["text"])]
+    assert len(scores) == state["n"] and scores == sorted(scores, reverse=True), state["text"]
+
     folder = new_run_dir("studio", root=SCREENSHOTS)  # never overwrites an earlier screenshot
     studio = browser.find_element(By.CSS_SELECTOR, ".sd-studio")
     browser.execute_script("arguments[0].scrollIntoView();", studio)
     assert studio.screenshot(str(folder / "studio.png"))
+
+    # Stop, clicked in the browser while a long run goes: the kernel hears it because the run is in a thread.
+    readout = browser.find_element(By.CSS_SELECTOR, ".sd-steps .widget-readout")
+    readout.click()
+    readout.send_keys(Keys.CONTROL, "a")
+    readout.send_keys("250", Keys.ENTER)
+    wait.until(lambda d: readout.text.strip() == "250")
+    browser.find_element(By.CSS_SELECTOR, "button.sd-generate").click()
+
+    def running(d):
+        s = d.execute_script(GALLERY_STATE)
+        return s if s["generateDisabled"] and re.search(r"Steps [1-9]\d*/", s["progress"]) else False
+
+    WebDriverWait(browser, WAIT, poll_frequency=0.1).until(running, message="the long run never showed progress")
+    browser.find_element(By.CSS_SELECTOR, "button.sd-stop").click()
+    state = wait.until(lambda d: (s := d.execute_script(GALLERY_STATE)) and not s["generateDisabled"] and s)
+    assert "Stopped early" in state["message"], state["message"]
+    reached, total = map(int, re.search(r"Steps (\d+)/(\d+)", state["progress"]).groups())
+    assert 1 <= reached < total >= 250 and state["text"].count(f"stopped at step {reached}/{total}") == state["n"]
+    assert state["loaded"] == state["n"] > 0  # the half-denoised images are shown
     assert browser.save_screenshot(str(folder / "page.png"))
-    print("screenshots:", folder)
+    print("screenshots:", folder, "| stopped at step", reached, "of", total)
