@@ -18,6 +18,7 @@ run: setup
 
 ## Tests: unit tests, the real-architecture check, nbval over every notebook, notebook hygiene, ruff
 test: setup
+	@bash scripts/setup_browser.sh
 	@$(PY) -m ruff check .
 	@$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider $(PYTEST_ARGS)
 
