@@ -1,0 +1,487 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Diffusion theory: equations that run
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/01_diffusion_theory.ipynb)
+#
+# The blog explains diffusion in words: "the model learns to remove noise, step by step". Here every equation
+# behind that sentence is a line of code, and every line is checked against what 🤗 diffusers does.
+#
+# **What you will learn**
+# - the forward process: how an image becomes noise, in one jump or step by step, and the three noise schedules;
+# - the training objective (predict the noise) and the reverse steps (DDPM and DDIM), by training a small
+#   diffusion model live on your CPU and watching it turn noise into data;
+# - why Stable Diffusion works on 64x64x4 *latents* instead of 512x512x3 pixels, with the numbers;
+# - Stable Diffusion's whole denoising loop written by hand, reproducing `StableDiffusionPipeline` exactly;
+# - what classifier-free guidance computes, and what `guidance_scale` does to an image.
+#
+# **Needs**: no GPU. About 2 minutes on a laptop CPU (most of it training the small model).
+# The helpers live in `helpers/diffusion.py` (the equations), `helpers/toy_ddpm.py` (the small model)
+# and `helpers/manual_loop.py` (the hand-written loop): open them beside this notebook.
+
+# %% tags=["skip-execution", "nbval-skip"]
+# Colab / Gradient only: install the helpers this notebook imports (local runs use the repo's .venv).
+# %pip install -q "sd-step-by-step @ git+https://github.com/sd-step-by-step/sd-step-by-step@v0.1.0"
+
+# %%
+import helpers  # first: it quietens diffusers' and transformers' import-time log messages
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from IPython.display import display
+
+from helpers import diffusion as d
+from helpers.manual_loop import capture_guidance, manual_generate
+from helpers.offline import sd_scheduler
+from helpers.pipeline import TOY_MODEL_DIR, load_pipeline, offline_model_dir
+from helpers.plotting import show_images
+from helpers.toy_ddpm import (
+    load_sample_image,
+    make_swiss_roll,
+    mean_nearest_distance,
+    plot_point_clouds,
+    sample_toy_ddpm,
+    train_toy_ddpm,
+)
+
+SEED = 0
+torch.set_num_threads(1)  # every model here is small: one CPU thread is fastest (no thread synchronisation)
+T = 1000  # diffusion steps used in training, for every schedule below (num_train_timesteps)
+
+# %% [markdown]
+# ## 1. The forward process: from an image to noise
+#
+# Diffusion models are trained on a process that destroys images. At each of $T = 1000$ steps we shrink the image a
+# little and add a little Gaussian noise, with a *noise schedule* $\beta_0, \dots, \beta_{T-1}$:
+#
+# $$x_t = \sqrt{1 - \beta_t}\, x_{t-1} + \sqrt{\beta_t}\, \epsilon, \qquad \epsilon \sim \mathcal{N}(0, I)$$
+#
+# In words: keep $\sqrt{1-\beta_t}$ of the picture, add noise with variance $\beta_t$. (Like diffusers, we number
+# the steps $t = 0, \dots, 999$ and call the clean image $x_0$, so even $t = 0$ adds a little noise: $\beta_0 < 10^{-3}$.)
+#
+# Because Gaussians add up to a Gaussian, $t$ steps collapse into **one jump** with $\alpha_t = 1 - \beta_t$ and
+# $\bar\alpha_t = \prod_{s \le t} \alpha_s$:
+#
+# $$x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon$$
+#
+# In words: $\bar\alpha_t$ is how much of the picture's variance is left at step $t$; the rest is noise.
+# This is `q_sample`, and diffusers calls it `DDPMScheduler.add_noise`. Stable Diffusion's schedule is
+# `scaled_linear` (its config says so: we read it from `configs/sd-v1-4/scheduler`).
+
+# %%
+scheduler = sd_scheduler()  # Stable Diffusion v1-4's own scheduler config
+betas = d.make_betas(scheduler.config.beta_schedule, T, scheduler.config.beta_start, scheduler.config.beta_end)
+alphas_cumprod = d.alphas_cumprod_from_betas(betas)
+x_0 = load_sample_image(128)  # (3, 128, 128) in [-1, 1]: matplotlib's bundled photo of Grace Hopper
+generator = torch.Generator().manual_seed(SEED)
+eps = torch.randn(x_0.shape, generator=generator)
+ts = [0, 50, 100, 250, 500, 750, 999]
+noisy = [d.q_sample(x_0[None], t, eps[None], alphas_cumprod)[0] for t in ts]
+fig = show_images(noisy, [f"t = {t}\n$\\bar\\alpha_t$ = {alphas_cumprod[t]:.3f}" for t in ts], ncols=7, size=1.8)
+
+# %% [markdown]
+# **Self-check**: our betas and $\bar\alpha_t$ are the scheduler's, and `q_sample` is `add_noise`, on the same noise.
+
+# %%
+diff_betas = (betas - scheduler.betas).abs().max().item()
+diff_abar = (alphas_cumprod - scheduler.alphas_cumprod).abs().max().item()
+ddpm = DDPMScheduler.from_config(scheduler.config)  # same betas, the scheduler that has add_noise
+t_batch = torch.tensor(ts)
+ours = d.q_sample(x_0.expand(len(ts), -1, -1, -1), t_batch, eps.expand(len(ts), -1, -1, -1), alphas_cumprod)
+theirs = ddpm.add_noise(x_0.expand(len(ts), -1, -1, -1), eps.expand(len(ts), -1, -1, -1), t_batch)
+diff_noise = (ours - theirs).abs().max().item()
+print(f"max abs diff: betas {diff_betas:.1e}, alphas_cumprod {diff_abar:.1e}, q_sample vs add_noise {diff_noise:.1e}")
+assert diff_betas < 1e-8 and diff_abar < 1e-6 and diff_noise < 1e-5
+
+# %% [markdown]
+# **Self-check**: the one jump equals many small steps. Composing the steps one at a time, the signal coefficient
+# follows $m_t = \sqrt{1-\beta_t}\, m_{t-1}$ and the noise variance $v_t = (1-\beta_t)\, v_{t-1} + \beta_t$; they must land
+# on $\sqrt{\bar\alpha_t}$ and $1 - \bar\alpha_t$. Then we check it by simulation: noise 20,000 copies of one
+# pixel step by step with `q_step` and measure.
+
+# %%
+for t in (10, 250, 999):
+    coef, std = d.stepwise_mean_std(betas.double(), t)
+    print(f"t={t:3d}: step by step {coef:.5f} x_0 + {std:.5f} eps;  closed form {alphas_cumprod[t].sqrt():.5f}, {(1 - alphas_cumprod[t]).sqrt():.5f}")  # fmt: skip
+    assert (
+        abs(coef - alphas_cumprod[t].sqrt().item()) < 1e-4 and abs(std - (1 - alphas_cumprod[t]).sqrt().item()) < 1e-4
+    )
+pixel = torch.full((20_000,), 0.8, dtype=torch.float64)
+x_250 = d.q_sample_stepwise(pixel, 250, betas.double(), generator=torch.Generator().manual_seed(SEED))
+print(f"simulated x_250: mean {x_250.mean():.4f} (expected {0.8 * alphas_cumprod[250].sqrt():.4f}), std {x_250.std():.4f} (expected {(1 - alphas_cumprod[250]).sqrt():.4f})")  # fmt: skip
+assert (
+    abs(x_250.mean() - 0.8 * alphas_cumprod[250].sqrt()) < 0.02
+    and abs(x_250.std() - (1 - alphas_cumprod[250]).sqrt()) < 0.02
+)
+
+# %% [markdown]
+# ## 2. Three noise schedules
+#
+# - **linear** (DDPM): $\beta_t$ evenly spaced from $10^{-4}$ to $0.02$.
+# - **scaled_linear** (Stable Diffusion): $\sqrt{\beta_t}$ evenly spaced from $\sqrt{0.00085}$ to $\sqrt{0.012}$.
+# - **cosine** (improved DDPM; diffusers `squaredcos_cap_v2`): $\bar\alpha_t \propto \cos^2\!\left(\frac{t/T + s}{1 + s}\cdot\frac{\pi}{2}\right)$, $s = 0.008$, with $\beta_t \le 0.999$.
+#
+# A schedule is best read through the **signal-to-noise ratio** $\mathrm{SNR}(t) = \bar\alpha_t / (1 - \bar\alpha_t)$:
+# how loud the picture is compared with the noise. $\log \mathrm{SNR}$ runs from high (almost clean) to low (almost
+# pure noise); where it crosses 0, picture and noise are equally loud.
+
+# %%
+schedules = {name: d.alphas_cumprod_from_betas(d.make_betas(name, T)) for name in d.SCHEDULES}
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
+for name, abar in schedules.items():
+    ax1.plot(abar, label=name)
+    ax2.plot(d.log_snr(abar), label=name)
+ax1.set(xlabel="t", ylabel=r"$\bar\alpha_t$", title="signal variance left")
+ax2.set(xlabel="t", ylabel=r"$\log\,\mathrm{SNR}(t)$", title="signal-to-noise ratio (log)")
+ax2.axhline(0, color="grey", lw=0.5)
+ax1.legend()
+plt.show()
+
+# %% [markdown]
+# **Self-check**: each schedule equals diffusers' schedule of the same name, and SNR matches diffusers' own
+# `compute_snr` (used by Min-SNR training).
+
+# %%
+from diffusers.training_utils import compute_snr
+
+for name, abar in schedules.items():
+    sd_ends = dict(beta_start=0.00085, beta_end=0.012) if name == "scaled_linear" else {}  # SD's ends
+    reference = DDPMScheduler(num_train_timesteps=T, beta_schedule=name, **sd_ends)
+    diff = (abar - reference.alphas_cumprod).abs().max().item()
+    diff_snr = ((d.snr(abar) - compute_snr(reference, torch.arange(T))).abs() / d.snr(abar)).max().item()
+    print(f"{name:18s} alphas_cumprod max abs diff {diff:.1e}; SNR max rel diff {diff_snr:.1e}; final SNR {d.snr(abar)[-1]:.2e}")  # fmt: skip
+    assert diff < 1e-6 and diff_snr < 1e-4
+
+# %% [markdown]
+# ### Try it: slide over t
+#
+# Move the slider: the same $t$ is a different amount of noise under each schedule (SD's `scaled_linear` keeps
+# more of the picture at the end than `linear`: $\bar\alpha_{999}$ is 0.0047 vs 0.00004). The figure below the
+# slider is drawn once at fixed $t$ values, so that a notebook run without a live kernel still shows it.
+
+
+# %%
+def noised_row(t: int):
+    images = [d.q_sample(x_0[None], t, eps[None], abar)[0] for abar in schedules.values()]
+    titles = [f"{name}, t={t}\n" + r"$\bar\alpha_t$" + f"={abar[t]:.4f}" for name, abar in schedules.items()]
+    show_images(images, titles, ncols=3, size=2.2)
+
+
+slider = widgets.IntSlider(value=500, min=0, max=T - 1, step=10, description="t", continuous_update=False)
+display(widgets.VBox([slider, widgets.interactive_output(noised_row, {"t": slider})]))
+fig = show_images(
+    [d.q_sample(x_0[None], t, eps[None], abar)[0] for abar in schedules.values() for t in (100, 300, 500, 700, 900)],
+    [f"{name}, t={t}" for name in schedules for t in (100, 300, 500, 700, 900)],
+    ncols=5,
+    size=1.8,
+    suptitle="static view: rows = linear / scaled_linear / cosine",
+)
+
+# %% [markdown]
+# ## 3. Training: predict the noise
+#
+# A neural network $\epsilon_\theta(x_t, t)$ sees a noised sample and its step, and guesses the noise that was added.
+# DDPM's simplified objective is just the mean squared error:
+#
+# $$L_{simple} = \mathbb{E}_{x_0,\, t \sim \mathcal{U}\{0..T-1\},\, \epsilon \sim \mathcal{N}(0, I)}\left[\lVert \epsilon - \epsilon_\theta(\sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon,\ t)\rVert^2\right]$$
+#
+# In words: noise a training image to a random step, ask the network for the noise, penalise the squared error.
+# Stable Diffusion is trained exactly like this, on latents, with the caption as an extra input.
+#
+# **Self-check**: an "oracle" that knows $x_0$ recovers the noise exactly (loss 0); a network that always answers
+# "no noise" pays $\mathbb{E}[\epsilon^2] = 1$.
+
+# %%
+points = torch.randn(4096, 2, generator=torch.Generator().manual_seed(SEED))
+oracle = lambda x_t, t: (x_t - alphas_cumprod[t, None].sqrt() * points) / (1 - alphas_cumprod[t, None]).sqrt()
+zero = lambda x_t, t: torch.zeros_like(x_t)
+loss_oracle = d.training_loss(oracle, points, alphas_cumprod, torch.Generator().manual_seed(SEED)).item()
+loss_zero = d.training_loss(zero, points, alphas_cumprod, torch.Generator().manual_seed(SEED)).item()
+print(f"oracle loss {loss_oracle:.2e}, 'no noise' loss {loss_zero:.3f}")
+assert loss_oracle < 1e-8 and abs(loss_zero - 1) < 0.05
+
+# %% [markdown]
+# ## 4. Sampling: run the process backwards
+#
+# If we knew $x_0$, the step back from $x_t$ would be a known Gaussian, the **posterior**
+#
+# $$q(x_{t-1} \mid x_t, x_0) = \mathcal{N}\!\left(\tilde\mu_t,\ \tilde\beta_t I\right),\quad
+# \tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1 - \bar\alpha_t} x_0 + \frac{\sqrt{\alpha_t}\,(1 - \bar\alpha_{t-1})}{1 - \bar\alpha_t} x_t,\quad
+# \tilde\beta_t = \frac{1 - \bar\alpha_{t-1}}{1 - \bar\alpha_t}\beta_t$$
+#
+# We don't know $x_0$, but the network's noise guess gives one: $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\epsilon)/\sqrt{\bar\alpha_t}$.
+#
+# - **DDPM** step: $x_{t-1} = \tilde\mu_t(x_t, \hat x_0) + \sqrt{\tilde\beta_t}\, z$ with fresh noise $z$ (none at the last step).
+# - **DDIM** step (from $t$ to an earlier $t'$, any jump size):
+#   $x_{t'} = \sqrt{\bar\alpha_{t'}}\, \hat x_0 + \sqrt{1 - \bar\alpha_{t'} - \sigma_t^2}\, \hat\epsilon + \sigma_t z$,
+#   where $\sigma_t = \eta\sqrt{\tilde\beta}$; with $\eta = 0$ it adds no noise at all: sampling becomes deterministic.
+#
+# In words: guess the clean sample, then move part of the way towards it, re-noised to the next step's level.
+#
+# **Self-check**: on the same inputs and the same random draws, our steps are diffusers' `DDPMScheduler.step`
+# and `DDIMScheduler.step` (Stable Diffusion's betas; 50 DDIM steps with $\eta = 0$ and $\eta = 1$).
+
+# %%
+g = torch.Generator().manual_seed(SEED)
+x_t, eps_hat = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)  # any x_t and "model output"
+ddpm = DDPMScheduler.from_config(scheduler.config, clip_sample=False)
+for t in (999, 500, 1, 0):
+    theirs = ddpm.step(eps_hat, t, x_t, generator=torch.Generator().manual_seed(t)).prev_sample
+    noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t))  # the same draw the scheduler makes
+    ours = d.ddpm_step(eps_hat, t, x_t, alphas_cumprod, noise=noise)
+    print(f"DDPM t={t:3d}: max abs diff {(ours - theirs).abs().max():.1e}")
+    assert (ours - theirs).abs().max() < 1e-5
+ddim = DDIMScheduler.from_config(scheduler.config)
+ddim.set_timesteps(50)
+final_alpha = 1.0 if ddim.config.set_alpha_to_one else alphas_cumprod[0].item()  # SD: set_alpha_to_one=False
+for t in ddim.timesteps[[0, 25, -1]].tolist():
+    for eta in (0.0, 1.0):
+        z = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t))
+        theirs = ddim.step(eps_hat, t, x_t, eta=eta, variance_noise=z if eta else None).prev_sample
+        ours = d.ddim_step(
+            eps_hat, t, x_t, alphas_cumprod, t - T // 50, eta=eta, noise=z, final_alpha_cumprod=final_alpha
+        )
+        assert (ours - theirs).abs().max() < 1e-5, (t, eta)
+print("DDIM steps (eta 0 and 1) match DDIMScheduler.step")
+
+# %% [markdown]
+# ## 5. A diffusion model trained live on your CPU
+#
+# Everything above, on data small enough to train in seconds: 2-D points on a spiral (a "swiss roll").
+# The network is a 3-layer MLP that reads $(x_t, t)$ and predicts $\epsilon$ (`helpers/toy_ddpm.py`); the
+# training loop is Algorithm 1 of the DDPM paper with our `training_loss`; the schedule is DDPM's `linear`.
+# Stable Diffusion differs in size, not in kind: its "points" are 16,384 latent numbers and its network is a UNet.
+
+# %%
+data = make_swiss_roll(4000, seed=SEED)  # (4000, 2)
+toy = train_toy_ddpm(data, seed=SEED)  # 5,000 Adam steps of batch 512: ~15-30 s on one CPU core
+window = 100
+smoothed = np.convolve(toy.losses, np.ones(window) / window, mode="valid")
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3))
+ax1.scatter(data[:, 0], data[:, 1], s=1)
+ax1.set(title="training data", aspect="equal")
+ax2.plot(smoothed)
+ax2.set(title=f"L_simple (moving average of {window})", xlabel="step", yscale="log")
+plt.show()
+print(
+    f"loss: first {window} steps {np.mean(toy.losses[:window]):.3f}, last {window} steps {np.mean(toy.losses[-window:]):.3f}"
+)
+assert np.mean(toy.losses[-window:]) < 0.5 * np.mean(toy.losses[:window])
+
+# %% [markdown]
+# Now Algorithm 2: start from pure noise $x_{999} \sim \mathcal{N}(0, I)$ and apply `ddpm_step` 1,000 times.
+# Watch the reverse process from **coarse to fine**: first the cloud contracts to the right size, then the spiral's
+# arms appear, and only in the last few dozen steps do the points settle onto the thin curve.
+
+# %%
+record_at = (999, 600, 300, 150, 60, 20)
+samples, trajectory = sample_toy_ddpm(toy, n=2000, seed=SEED, record_at=record_at)
+clouds = [trajectory[t] for t in record_at] + [samples]
+fig = plot_point_clouds(clouds, [f"x_{t}" for t in record_at] + ["x_0 (samples)"], reference=data)
+plt.show()
+
+# %% [markdown]
+# **Self-check**: samples lie on the data (mean distance to the nearest training point, compared with the starting
+# noise and with fresh data from the same spiral); and with 50 DDPM steps (jumping 20 timesteps at a time,
+# as Stable Diffusion's samplers do) they still do.
+
+# %%
+fresh_data = make_swiss_roll(2000, seed=SEED + 1)
+dist = {
+    "noise x_999": mean_nearest_distance(trajectory[999], data),
+    "samples, 1000 steps": mean_nearest_distance(samples, data),
+    "samples, 50 steps": mean_nearest_distance(
+        sample_toy_ddpm(toy, n=2000, seed=SEED, num_inference_steps=50)[0], data
+    ),
+    "fresh data": mean_nearest_distance(fresh_data, data),
+}
+for name, value in dist.items():
+    print(f"{name:20s} mean distance to the data {value:.4f}")
+assert (
+    dist["samples, 1000 steps"] < 0.15 * dist["noise x_999"] and dist["samples, 50 steps"] < 0.3 * dist["noise x_999"]
+)
+
+# %% [markdown]
+# ## 6. Why latents?
+#
+# Stable Diffusion does not diffuse pixels. A VAE encoder compresses a $512\times512\times3$ image into a
+# $64\times64\times4$ latent (8x smaller per side, 4 channels), the UNet runs the whole diffusion there, and the
+# VAE decoder turns the final latent back into pixels once. Latents are multiplied by a **scaling factor** so that
+# they have roughly unit variance, like the $\mathcal{N}(0, I)$ noise they are mixed with:
+#
+# $$z = 0.18215 \cdot \mathcal{E}(x), \qquad x = \mathcal{D}(z / 0.18215)$$
+#
+# How much does that save? We count values, and we count the FLOPs of Stable Diffusion's real UNet
+# (859.5 M parameters, built on PyTorch's `meta` device: shapes only, no memory) for one guided step.
+
+# %%
+pixels, latents_n = d.values_per_image(512, 512, 3), d.values_per_image(64, 64, 4)
+print(f"values: image {pixels:,}  latent {latents_n:,}  -> {pixels / latents_n:.0f}x fewer")
+sd_unet = d.sd_unet_on_meta()
+flops_latent = d.unet_flops(sd_unet, 64, 64)  # batch 2: one denoising step with guidance
+flops_pixel = d.unet_flops(sd_unet, 512, 512)  # the same UNet run directly on 512x512 inputs
+print(f"UNet, one guided step: on 64x64 latents {flops_latent / 1e12:.2f} TFLOP; on 512x512 pixels {flops_pixel / 1e12:,.0f} TFLOP ({flops_pixel / flops_latent:.0f}x)")  # fmt: skip
+print(
+    f"50 steps: {50 * flops_latent / 1e12:.0f} TFLOP in latent space vs {50 * flops_pixel / 1e15:.0f} PFLOP in pixel space"
+)
+assert pixels // latents_n == 48 and pixels == 48 * latents_n
+assert flops_pixel / flops_latent > 64  # 64x more positions, and self-attention grows with their square
+assert sd_unet.config.in_channels == 4 and d.LATENT_SCALING_FACTOR == 0.18215
+
+# %% [markdown]
+# ## 7. Stable Diffusion's loop, by hand
+#
+# `StableDiffusionPipeline.__call__` is about 300 lines, mostly input checks and options. The algorithm is
+# `manual_generate` in `helpers/manual_loop.py` (~40 lines):
+#
+# 1. tokenize the prompt and the negative (or empty) prompt to 77 tokens; the CLIP text encoder turns each into 77 vectors;
+# 2. draw noise latents of shape $(B, 4, H/8, W/8)$ from the generator, times the scheduler's `init_noise_sigma`;
+# 3. `scheduler.set_timesteps(num_inference_steps)`; for each $t$: run the UNet **once** on the doubled batch
+#    [uncond, cond], apply guidance (section 8), and let `scheduler.step` move $x_t \to x_{t-1}$;
+# 4. decode `latents / vae.config.scaling_factor` with the VAE.
+#
+# We run it next to the pipeline with the same seed. The model is the offline one: the trained toy family
+# (`models/toy-sd`: coloured shapes, 32 px) when the repo has it, otherwise a tiny *random-weight* model whose
+# images are noise; either way, the loop is exactly Stable Diffusion's, and the same code runs the real model on a GPU
+# (`load_pipeline("CompVis/stable-diffusion-v1-4")`).
+
+# %%
+MODEL = offline_model_dir()
+TRAINED = MODEL == TOY_MODEL_DIR
+pipe = load_pipeline(MODEL, device="cpu", dtype=torch.float32)
+pipe.set_progress_bar_config(disable=True)
+print("model:", MODEL, "(trained toy family)" if TRAINED else "(tiny random weights: expect noise, not pictures)")
+PROMPT = "a red circle on a blue background"
+kw = dict(num_inference_steps=25, guidance_scale=7.5)
+ref = pipe(PROMPT, generator=torch.Generator().manual_seed(SEED), output_type="np", **kw).images
+mine = manual_generate(pipe, PROMPT, generator=torch.Generator().manual_seed(SEED), keep_intermediates=True, **kw)
+max_diff = np.abs(ref - mine.images).max()
+fig = show_images([ref[0], mine.images[0]], ["pipe(...)", f"manual_generate\nmax abs diff {max_diff:.1e}"], size=2.5)
+assert max_diff < 1e-4
+
+# %% [markdown]
+# Decoding the latents along the way shows Stable Diffusion's own coarse-to-fine: layout and colours first,
+# edges last (with the random-weight model you only see the noise change).
+
+# %%
+steps_to_show = np.linspace(0, len(mine.intermediates) - 1, 6).round().astype(int)
+with torch.no_grad():
+    decoded = [
+        pipe.vae.decode(d.unscale_latents(mine.intermediates[i], pipe.vae.config.scaling_factor)).sample[0]
+        for i in steps_to_show
+    ]
+fig = show_images(decoded, [f"after step {i + 1}\n(t = {mine.timesteps[i]})" for i in steps_to_show], ncols=6, size=1.8)
+
+# %% [markdown]
+# ## 8. Classifier-free guidance
+#
+# The UNet predicts the noise twice, with the prompt $c$ and with the empty (or negative) prompt $\varnothing$, and
+# the sampler uses an extrapolation:
+#
+# $$\hat\epsilon = \epsilon_\theta(x_t, \varnothing) + s\,\big(\epsilon_\theta(x_t, c) - \epsilon_\theta(x_t, \varnothing)\big)$$
+#
+# In words: start from "any image", and go $s$ times as far as the prompt pushes. $s = 1$ is the plain
+# conditional model; $s = 7.5$ (the default) exaggerates whatever makes the image match the prompt.
+#
+# **Self-check**: we spy on `pipe(...)` itself (a hook on the UNet, a wrapper on `scheduler.step`): at every step
+# the noise it hands to the scheduler is `classifier_free_guidance(uncond, text, s)`.
+
+# %%
+steps = capture_guidance(pipe, PROMPT, 7.5, num_inference_steps=5, generator=torch.Generator().manual_seed(SEED))
+worst = max((d.classifier_free_guidance(u, c, 7.5) - combined).abs().max().item() for u, c, combined in steps)
+print(f"{len(steps)} UNet calls; max abs diff between the pipeline's guided noise and ours: {worst:.1e}")
+assert worst < 1e-6
+
+# %% [markdown]
+# ### Try it: the guidance scale
+#
+# Same prompt, same seed, different $s$; the second row magnifies what changed compared with $s = 1$. With the
+# trained toy model, low guidance gives vague or wrong colours and shapes, higher guidance gives what the prompt asks
+# for (too high over-saturates). With the random-weight model the changes are real but small: its two noise
+# predictions barely differ, so there is little to amplify. Change `PROMPT` or the scales.
+
+# %%
+scales = [1.0, 2.0, 4.0, 7.5, 12.0]
+images = [
+    manual_generate(
+        pipe, PROMPT, num_inference_steps=25, guidance_scale=s, generator=torch.Generator().manual_seed(SEED)
+    ).images[0]
+    for s in scales
+]
+amplified = [np.clip(10 * np.abs(image - images[0]), 0, 1) for image in images]  # what changed vs s = 1, x10
+fig = show_images(
+    images + amplified,
+    [f"guidance_scale = {s}" for s in scales] + [f"|s={s} - s=1| x 10" for s in scales],
+    ncols=5,
+    size=2.0,
+    suptitle=PROMPT,
+)
+change = [np.abs(images[i + 1] - images[i]).mean() for i in range(len(scales) - 1)]
+print("mean abs change between neighbouring scales:", np.round(change, 4))
+assert min(change) > 1e-3  # guidance visibly changes the image at every scale we tried
+
+# %% [markdown]
+# ## Summary
+#
+# - The forward process $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$ is one jump with the
+#   same distribution as $t$ small noising steps; the schedule ($\beta_t$, hence $\bar\alpha_t$ and SNR) decides how
+#   fast the picture disappears. Stable Diffusion uses `scaled_linear` 0.00085 → 0.012 over 1,000 steps.
+# - Training is regression: predict the added noise, mean squared error. Sampling runs the posterior backwards
+#   with the predicted $\hat x_0$: DDPM adds fresh noise each step, DDIM ($\eta = 0$) is deterministic and can skip steps.
+# - Stable Diffusion does all this on $64\times64\times4$ latents: 48x fewer values than the image and, for the UNet,
+#   hundreds of times fewer FLOPs per step than pixel space; latents are scaled by 0.18215.
+# - The pipeline is ~40 lines of algorithm: encode text, draw noise, loop (UNet on [uncond, cond], guidance,
+#   scheduler step), decode. Our hand-written loop reproduces it to the last bit.
+# - Classifier-free guidance is one line: $\epsilon_\varnothing + s(\epsilon_c - \epsilon_\varnothing)$.
+#
+# ## Exercises
+#
+# 1. At which $t$ does $\log\mathrm{SNR}$ cross 0 (signal and noise equally loud) for each of the three schedules?
+# 2. Train the toy model with `beta_schedule="squaredcos_cap_v2"` and compare the samples' mean distance to the data.
+# 3. Sample the toy model with `num_inference_steps=10`. What happens, and why do DDIM-style samplers cope better?
+# 4. With `guidance_scale=0`, what does the pipeline compute? (Careful: read `do_cfg` in `manual_generate`.)
+# 5. The VAE downsamples by 8. How many values does a 768x768 image's latent have, and what is the compression factor?
+#
+# Solutions are at the end of the notebook, below a blank section, so they are not in view while you work.
+
+# %% [markdown]
+# &nbsp;
+#
+# &nbsp;
+#
+# ## Solutions
+#
+# <details><summary>Click to show</summary>
+#
+# 1. `{n: int((d.log_snr(a) < 0).nonzero()[0]) for n, a in schedules.items()}`: linear 259, scaled_linear 354,
+#    cosine 496 (the cell below computes it). The cosine schedule keeps the picture longer, spending more steps at medium noise.
+# 2. `train_toy_ddpm(data, beta_schedule="squaredcos_cap_v2")`: its samples are about as good (with the defaults
+#    here); the cosine schedule matters most for small images, where the linear one wastes its last steps on noise.
+# 3. `sample_toy_ddpm(toy, num_inference_steps=10)`: the points are blurrier around the spiral. Each jump of 100 steps
+#    adds the posterior's noise in one go but relies on a single $\hat x_0$ guess; DDIM's deterministic update
+#    (section 4) follows the model's prediction smoothly, and higher-order samplers (PNDM, DPM-Solver) correct for curvature.
+# 4. `guidance_scale <= 1` switches guidance off: the UNet runs on the prompt only, i.e. $s = 1$ (not 0). In the
+#    formula, $s = 0$ would give the unconditional model, which ignores the prompt.
+# 5. $96 \times 96 \times 4 = 36{,}864$ values, against $768 \times 768 \times 3 = 1{,}769{,}472$: still 48x.
+#
+# </details>
+
+# %%
+crossings = {name: int((d.log_snr(abar) < 0).nonzero()[0]) for name, abar in schedules.items()}
+print("first t with log SNR < 0:", crossings)
+assert crossings["linear"] < crossings["scaled_linear"] < crossings["squaredcos_cap_v2"]
+assert d.values_per_image(768, 768, 3) // d.values_per_image(96, 96, 4) == 48
