@@ -349,7 +349,8 @@ assert sd_unet.config.in_channels == 4 and d.LATENT_SCALING_FACTOR == 0.18215
 # `manual_generate` in `helpers/manual_loop.py` (~40 lines):
 #
 # 1. tokenize the prompt and the negative (or empty) prompt to 77 tokens; the CLIP text encoder turns each into 77 vectors;
-# 2. draw noise latents of shape $(B, 4, H/8, W/8)$ from the generator, times the scheduler's `init_noise_sigma`;
+# 2. draw noise latents of shape $(B, 4, H/8, W/8)$ from the generator (the toy VAE shrinks by 4, not 8: `pipe.vae_scale_factor`),
+#    times the scheduler's `init_noise_sigma`;
 # 3. `scheduler.set_timesteps(num_inference_steps)`; for each $t$: run the UNet **once** on the doubled batch
 #    [uncond, cond], apply guidance (section 8), and let `scheduler.step` move $x_t \to x_{t-1}$;
 # 4. decode `latents / vae.config.scaling_factor` with the VAE.
@@ -469,9 +470,11 @@ assert min(change) > 1e-3  # guidance visibly changes the image at every scale w
 #
 # 1. `{n: int((d.log_snr(a) < 0).nonzero()[0]) for n, a in schedules.items()}`: linear 259, scaled_linear 354,
 #    cosine 496 (the cell below computes it). The cosine schedule keeps the picture longer, spending more steps at medium noise.
-# 2. `train_toy_ddpm(data, beta_schedule="squaredcos_cap_v2")`: its samples are about as good (with the defaults
-#    here); the cosine schedule matters most for small images, where the linear one wastes its last steps on noise.
-# 3. `sample_toy_ddpm(toy, num_inference_steps=10)`: the points are blurrier around the spiral. Each jump of 100 steps
+# 2. `train_toy_ddpm(data, beta_schedule="squaredcos_cap_v2")`: its samples sit closer to the spiral (mean distance
+#    ~0.011 vs ~0.024 with `linear`, on the same seed). The linear schedule destroys the signal early (its log SNR
+#    drops fastest), so few steps are spent at the low noise levels where the fine structure is decided.
+# 3. `sample_toy_ddpm(toy, num_inference_steps=10)`: the points are blurrier around the spiral (mean distance ~0.08
+#    instead of ~0.024 with 1,000 steps or ~0.026 with 50). Each jump of 100 steps
 #    adds the posterior's noise in one go but relies on a single $\hat x_0$ guess; DDIM's deterministic update
 #    (section 4) follows the model's prediction smoothly, and higher-order samplers (PNDM, DPM-Solver) correct for curvature.
 # 4. `guidance_scale <= 1` switches guidance off: the UNet runs on the prompt only, i.e. $s = 1$ (not 0). In the
