@@ -51,10 +51,10 @@ def image_grid(
     return fig
 
 
-def show_images(images: Sequence, titles: Sequence[str] | None = None, **kw):
-    """Plot a grid and show it (in a notebook, inline)."""
+def show_images(images: Sequence, titles: Sequence[str] | None = None, **kw) -> None:
+    """Plot a grid and show it (in a notebook, inline). Returns None, so a cell ending with this call
+    shows the grid once; use `image_grid` to get the Figure."""
     import matplotlib.pyplot as plt
 
-    fig = image_grid(images, titles, **kw)
+    image_grid(images, titles, **kw)
     plt.show()
-    return fig

@@ -91,7 +91,7 @@ generator = torch.Generator().manual_seed(SEED)
 eps = torch.randn(x_0.shape, generator=generator)
 ts = [0, 50, 100, 250, 500, 750, 999]
 noisy = [d.q_sample(x_0[None], t, eps[None], alphas_cumprod)[0] for t in ts]
-fig = show_images(noisy, [f"t = {t}\n$\\bar\\alpha_t$ = {alphas_cumprod[t]:.3f}" for t in ts], ncols=7, size=1.8)
+show_images(noisy, [f"t = {t}\n$\\bar\\alpha_t$ = {alphas_cumprod[t]:.3f}" for t in ts], ncols=7, size=1.8)
 
 # %% [markdown]
 # **Self-check**: our betas and $\bar\alpha_t$ are the scheduler's, and `q_sample` is `add_noise`, on the same noise.
@@ -183,7 +183,7 @@ def noised_row(t: int):
 
 slider = widgets.IntSlider(value=500, min=0, max=T - 1, step=10, description="t", continuous_update=False)
 display(widgets.VBox([slider, widgets.interactive_output(noised_row, {"t": slider})]))
-fig = show_images(
+show_images(
     [d.q_sample(x_0[None], t, eps[None], abar)[0] for abar in schedules.values() for t in (100, 300, 500, 700, 900)],
     [f"{name}, t={t}" for name in schedules for t in (100, 300, 500, 700, 900)],
     ncols=5,
@@ -371,7 +371,7 @@ kw = dict(num_inference_steps=25, guidance_scale=7.5)
 ref = pipe(PROMPT, generator=torch.Generator().manual_seed(SEED), output_type="np", **kw).images
 mine = manual_generate(pipe, PROMPT, generator=torch.Generator().manual_seed(SEED), keep_intermediates=True, **kw)
 max_diff = np.abs(ref - mine.images).max()
-fig = show_images([ref[0], mine.images[0]], ["pipe(...)", f"manual_generate\nmax abs diff {max_diff:.1e}"], size=2.5)
+show_images([ref[0], mine.images[0]], ["pipe(...)", f"manual_generate\nmax abs diff {max_diff:.1e}"], size=2.5)
 assert max_diff < 1e-4
 
 # %% [markdown]
@@ -385,7 +385,7 @@ with torch.no_grad():
         pipe.vae.decode(d.unscale_latents(mine.intermediates[i], pipe.vae.config.scaling_factor)).sample[0]
         for i in steps_to_show
     ]
-fig = show_images(decoded, [f"after step {i + 1}\n(t = {mine.timesteps[i]})" for i in steps_to_show], ncols=6, size=1.8)
+show_images(decoded, [f"after step {i + 1}\n(t = {mine.timesteps[i]})" for i in steps_to_show], ncols=6, size=1.8)
 
 # %% [markdown]
 # ## 8. Classifier-free guidance
@@ -424,7 +424,7 @@ images = [
     for s in scales
 ]
 amplified = [np.clip(10 * np.abs(image - images[0]), 0, 1) for image in images]  # what changed vs s = 1, x10
-fig = show_images(
+show_images(
     images + amplified,
     [f"guidance_scale = {s}" for s in scales] + [f"|s={s} - s=1| x 10" for s in scales],
     ncols=5,

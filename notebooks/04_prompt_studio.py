@@ -79,7 +79,7 @@ studio.n_images.value = 4
 studio.generate_button.click()
 assert studio.wait(timeout=300)
 first = list(studio.items)
-fig = show_images([it["image"] for it in first], [f"seed {it['record']['seed']}" for it in first], suptitle=prompt)
+show_images([it["image"] for it in first], [f"seed {it['record']['seed']}" for it in first], suptitle=prompt)
 
 # %%
 # Self-check: the gallery filled, the progress bar reached its end, and the labels say how to remake each image.
