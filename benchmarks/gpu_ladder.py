@@ -31,9 +31,6 @@ import warnings
 import common
 import torch
 
-from helpers.offline import build_real_architecture_pipeline, build_tiny_pipeline
-from helpers.pipeline import apply_memory_preset, generate
-
 #: Dense (no sparsity) fp16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets.
 PEAK_FP16_TFLOPS = {
     "H200": 989.4,  # same GH100 compute as H100 SXM
@@ -98,6 +95,8 @@ def flops_per_image(pipe, steps: int, height: int, width: int) -> dict:
 
 
 def build(smoke: bool, dtype: torch.dtype, device: str):
+    from helpers.offline import build_real_architecture_pipeline, build_tiny_pipeline
+
     pipe = build_tiny_pipeline() if smoke else build_real_architecture_pipeline()
     pipe.safety_checker, pipe.feature_extractor = None, None
     pipe.register_to_config(requires_safety_checker=False)
@@ -131,6 +130,8 @@ def sync(device: str) -> None:
 
 def measure(pipe, device: str, batch: int, steps: int, size: int, repeats: int, warmup: int) -> dict:
     """Seconds per image end to end, UNet steps/s and peak memory for one batch size."""
+    from helpers.pipeline import generate
+
     kw = dict(n_images=batch, num_inference_steps=steps, height=size, width=size, show_progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights in fp16 may give NaN images: irrelevant to speed
@@ -227,6 +228,8 @@ def main(argv=None) -> dict:
     presets = [] if args.no_presets else [p for p in args.presets.split(",") if p]
     for preset in presets:
         pipe = build(args.smoke, half, "cpu" if preset in ("low", "lowest") and cuda else device)
+        from helpers.pipeline import apply_memory_preset
+
         done = apply_memory_preset(pipe, preset)  # offload presets move the models themselves
         res = measure(pipe, device, args.preset_batch, args.steps, args.size, 1, 1)
         preset_rows.append({"preset": preset, "batch": args.preset_batch, "what": ", ".join(done), **res})
