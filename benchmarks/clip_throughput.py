@@ -9,7 +9,7 @@ with `--worker`). On a CPU, "devices" are slices of the same cores: more of them
 only shows that the recipe is right and what the splitting costs; on several GPUs/TPUs pmap scales.
 
     python benchmarks/clip_throughput.py            # 16 images, 3 repeats: ~3 min on 2 cores
-    python benchmarks/clip_throughput.py --smoke    # 4 images, 1 repeat, ViT-B/32 cut to 1 layer
+    python benchmarks/clip_throughput.py --smoke    # 4 images, 1 repeat, ViT-B/32 cut to 1 layer, 2 devices only
 """
 
 from __future__ import annotations
@@ -54,10 +54,12 @@ def n_params(clip) -> float:
 def worker(args) -> list[dict]:
     """Runs with XLA_FLAGS set by the parent: time every method that uses this many devices."""
     import jax
+    import torch
 
     from helpers import clip_ranking as cr
 
     n_dev = jax.local_device_count()
+    default_threads = torch.get_num_threads()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(args.n_images)]
     models = {}
@@ -74,30 +76,35 @@ def worker(args) -> list[dict]:
     for name, build in models.items():
         clips = build()
         for method, counts in PLAN:
-            if n_dev not in counts:
+            if n_dev not in counts and not args.smoke:  # smoke: every method in the one worker
                 continue
             clip = clips["torch" if method == "torch" else "flax"]
-            seconds = common.time_calls(
-                lambda clip=clip, method=method: cr.rank(
-                    images, PROMPT, clip, method=method, chunk_size=args.chunk_size
-                ),
-                repeats=args.repeats,
-                warmup=1,
-            )
-            sec = common.median(seconds)
-            rows.append(
-                {
-                    "model": name,
-                    "params_m": round(n_params(clip), 1),
-                    "image_px": clip.image_size,
-                    "method": method,
-                    "devices": n_dev if method in ("pmap", "sharded") else 1,
-                    "images": args.n_images,
-                    "seconds": round(sec, 4),
-                    "images_per_s": args.n_images / sec,
-                    "repeats": args.repeats,
-                }
-            )
+            # torch: its default threads, and 1 thread (on a shared, busy CPU, 2 threads can be far slower)
+            for threads in sorted({default_threads, 1}, reverse=True) if method == "torch" else [None]:
+                torch.set_num_threads(threads or default_threads)
+                seconds = common.time_calls(
+                    lambda clip=clip, method=method: cr.rank(
+                        images, PROMPT, clip, method=method, chunk_size=args.chunk_size
+                    ),
+                    repeats=args.repeats,
+                    warmup=1,
+                )
+                sec = common.median(seconds)
+                rows.append(
+                    {
+                        "model": name,
+                        "params_m": round(n_params(clip), 1),
+                        "image_px": clip.image_size,
+                        "method": method,
+                        "devices": n_dev if method in ("pmap", "sharded") else 1,
+                        "torch_threads": threads,
+                        "images": args.n_images,
+                        "seconds": round(sec, 4),
+                        "images_per_s": args.n_images / sec,
+                        "repeats": args.repeats,
+                    }
+                )
+            torch.set_num_threads(default_threads)
         del clips
     return rows
 
@@ -134,27 +141,27 @@ def main(argv=None) -> Path | None:
         print(json.dumps(worker(args)))
         return None
 
-    if args.smoke:  # numbers mean nothing here: run the device counts side by side to save time
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(DEVICE_COUNTS)) as pool:
-            rows = [row for rs in pool.map(lambda n: run_worker(n, args), DEVICE_COUNTS) for row in rs]
-    else:  # one at a time, so the two measurements do not share the cores
-        rows = [row for n in DEVICE_COUNTS for row in run_worker(n, args)]
-    rows.sort(key=lambda r: (r["model"], [m for m, _ in PLAN].index(r["method"]), r["devices"]))
+    # smoke: one worker (2 devices) runs every method, to check the code paths quickly; else one per count,
+    # one after the other, so the measurements do not share the cores
+    rows = [row for n in ((2,) if args.smoke else DEVICE_COUNTS) for row in run_worker(n, args)]
+    rows.sort(
+        key=lambda r: (r["model"], [m for m, _ in PLAN].index(r["method"]), r["devices"], -(r["torch_threads"] or 0))
+    )
     columns = {
         "model": "model",
         "params_m": "params (M)",
         "image_px": "image px",
         "method": "method",
         "devices": "devices",
+        "torch_threads": "torch threads",
         "images": "images",
         "seconds": "seconds",
         "images_per_s": "images/s",
     }
     notes = [
         "pmap: jax.pmap, params replicated, batch padded to a multiple of the device count; sharded: jax.jit over "
-        "a Mesh with NamedSharding; single: jax.jit on one device; torch: transformers CLIPModel (fp32).",
+        "a Mesh with NamedSharding; single: jax.jit on one device; torch: transformers CLIPModel (fp32). XLA uses its "
+        "own thread pool; torch threads as shown.",
         "End to end per rank() call (preprocessing included), median of the timed calls after one compiling call.",
         "Host devices share the same CPU cores: on a CPU more devices cannot add compute.",
     ]

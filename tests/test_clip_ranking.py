@@ -340,7 +340,7 @@ def test_benchmark_smoke(tmp_path):
     (result,) = list(tmp_path.glob("clip_throughput-*.json"))
     data = json.loads(result.read_text())
     assert data["smoke"] is True and data["machine"]["cpu_model"]
-    methods = {(r["model"], r["method"], r["devices"]) for r in data["rows"]}
+    methods = {(r["model"], r["method"], r["devices"], r["torch_threads"]) for r in data["rows"]}
     assert len(methods) == len(data["rows"]) >= 8
-    assert {m for _, m, _ in methods} == {"pmap", "sharded", "single", "torch"}
+    assert {m for _, m, *_ in methods} == {"pmap", "sharded", "single", "torch"}
     assert all(r["images_per_s"] > 0 for r in data["rows"])
