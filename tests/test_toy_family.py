@@ -1,0 +1,196 @@
+"""The toy Stable Diffusion family: data, judge, training loops, the committed models, their quality."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import helpers  # noqa: F401
+from helpers import judge as judge_mod
+from helpers import training as tr
+from helpers.paths import REPO_ROOT
+from helpers.shapes_data import (
+    HELD_OUT,
+    TEMPLATES,
+    Combo,
+    all_combos,
+    held_out_combos,
+    make_dataset,
+    parse_prompt,
+    train_combos,
+)
+from helpers.tokenizer import load_clip_tokenizer
+
+MODELS = REPO_ROOT / "models"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_clip_tokenizer()
+
+
+def _quality_module():
+    spec = importlib.util.spec_from_file_location("toy_quality", REPO_ROOT / "scripts" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- data and judge ------------------------------------------------------------------------------
+
+
+def test_dataset_is_deterministic_and_holds_out_combinations():
+    a, b = make_dataset(40, seed=3), make_dataset(40, seed=3)
+    assert np.array_equal(a.images, b.images) and a.captions == b.captions
+    assert not np.array_equal(a.images, make_dataset(40, seed=4).images)
+    assert a.images.shape == (40, 32, 32, 3) and a.images.dtype == np.uint8
+    assert len(all_combos()) == 90 and len(held_out_combos()) == len(HELD_OUT) == 9
+    assert not set(make_dataset(500, seed=0).combos) & HELD_OUT  # training draws never show a held-out triple
+    # every shape, colour and background still occurs in training
+    for attr in ("shape", "colour", "background"):
+        assert {getattr(c, attr) for c in train_combos()} == {getattr(c, attr) for c in all_combos()}
+
+
+def test_parse_prompt_reads_every_template():
+    for c in all_combos()[::7]:
+        for t in range(len(TEMPLATES)):
+            assert parse_prompt(c.caption(t)) == c
+    assert parse_prompt("A Red CIRCLE on a blue background.") == Combo("circle", "red", "blue")
+    assert parse_prompt("a photo of an astronaut riding a horse") is None
+    with pytest.raises(ValueError, match="cannot read"):
+        judge_mod.judge(make_dataset(1).pil(0), "a horse")
+
+
+def test_judge_is_accurate_on_clean_images_and_rejects_wrong_prompts():
+    acc = judge_mod.judge_accuracy(n=180)
+    assert acc["shape"] >= 0.97 and acc["colour"] >= 0.99 and acc["background"] >= 0.99, acc
+    img = make_dataset(1, seed=5, combos=[Combo("circle", "red", "blue")]).pil(0)
+    assert judge_mod.judge(img, "a red circle on a blue background")
+    assert not judge_mod.judge(img, "a blue circle on a red background")  # colours swapped
+    assert not judge_mod.judge(img, "a red square on a blue background")
+    flat = np.full((32, 32, 3), 200, dtype=np.uint8)  # no shape at all
+    assert judge_mod.inspect(flat)[0].shape is None
+
+
+# -- training loops ---------------------------------------------------------------------------------
+
+TINY = tr.ToySizes(
+    text_width=16, text_layers=1, text_heads=2, vision_width=16, vision_layers=1, vision_heads=2, projection_dim=8,
+    vae_channels=(8, 16, 16), vae_groups=8, unet_channels=(16, 32), unet_groups=8,
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_short_training_schedule_runs_and_losses_fall(tokenizer):
+    torch.manual_seed(0)
+    combos = train_combos()[::8]  # 11 combinations: a small contrastive batch
+    clip = tr.build_mini_clip(TINY)
+    clip_losses = tr.train_clip(clip, tokenizer, steps=40, lr=3e-3, combos=combos, progress=False)
+    assert np.mean(clip_losses[-5:]) < 0.8 * np.mean(clip_losses[:5]), clip_losses
+
+    vae = tr.build_mini_vae(TINY)
+    vae_losses = tr.train_vae(vae, steps=60, batch_size=8, lr=3e-3, combos=combos, progress=False)
+    assert np.mean(vae_losses[-5:]) < 0.8 * np.mean(vae_losses[:5]), vae_losses
+
+    data = make_dataset(64, seed=1, combos=combos)
+    means, stds = tr.encode_latents(vae, data.images)
+    assert means.shape == (64, 4, 8, 8)
+    scaling = tr.latent_scaling_factor(means, stds)
+    text_encoder = tr.text_encoder_from_clip(clip)
+    cond = tr.text_states(text_encoder, tokenizer, [c.caption(t) for c in combos for t in range(len(TEMPLATES))])
+    cond = cond.view(len(combos), len(TEMPLATES), 77, TINY.text_width)
+    uncond = tr.text_states(text_encoder, tokenizer, [""])[0]
+    unet = tr.build_mini_unet(TINY.text_width, TINY)
+    index = torch.tensor([combos.index(c) for c in data.combos])
+    ema, unet_losses = tr.train_unet(
+        unet, means, stds, scaling, index, cond, uncond, steps=60, batch_size=32, lr=2e-3, progress=False
+    )
+    assert np.mean(unet_losses[-10:]) < 0.9 * np.mean(unet_losses[:10]), unet_losses
+    pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red circle on a blue background", num_inference_steps=3, output_type="np").images
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+
+
+# -- the committed models -----------------------------------------------------------------------
+
+
+def test_committed_models_are_small():
+    files = [p for p in MODELS.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25_000_000
+    assert max(p.stat().st_size for p in files) < 15 * 1024**2
+    for folder in ("toy-sd", "toy-clip", "shape-judge"):
+        assert (MODELS / folder / "README.md").read_text().strip(), folder
+
+
+@pytest.fixture(scope="module")
+def toy_pipe():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(MODELS / "toy-sd")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_toy_sd_loads_and_generates_at_training_resolution(toy_pipe):
+    summary = json.loads((MODELS / "training_summary.json").read_text())
+    assert toy_pipe.safety_checker is None
+    assert toy_pipe.vae.config.scaling_factor == pytest.approx(summary["scaling_factor"])  # measured, not SD's 0.18215
+    gen = torch.Generator().manual_seed(0)
+    image = toy_pipe("a red circle on a blue background", num_inference_steps=25, generator=gen).images[0]
+    assert image.size == (32, 32)
+    gen = torch.Generator().manual_seed(0)
+    again = toy_pipe("a red circle on a blue background", num_inference_steps=25, generator=gen).images[0]
+    assert np.array_equal(np.asarray(image), np.asarray(again))  # seeded: reproducible
+
+
+def test_toy_clip_loads_in_torch_and_flax_with_the_same_scores():
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers import CLIPModel, CLIPProcessor, FlaxCLIPModel
+
+    clip = CLIPModel.from_pretrained(MODELS / "toy-clip").eval()
+    processor = CLIPProcessor.from_pretrained(MODELS / "toy-clip", use_fast=False)
+    data = make_dataset(4, seed=9, combos=held_out_combos())
+    captions = [c.caption() for c in held_out_combos()]
+    inputs = processor(text=captions, images=[data.pil(i) for i in range(4)], return_tensors="np", padding=True)
+    # the processor does exactly what training did to the pixels
+    assert np.allclose(inputs["pixel_values"], tr.clip_pixel_values(data.images).numpy(), atol=1e-5)
+    with torch.no_grad():
+        pt = clip(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits_per_image.numpy()
+    flax_model, params = FlaxCLIPModel.from_pretrained(MODELS / "toy-clip", _do_init=False)
+    fx = np.asarray(flax_model(**inputs, params=params).logits_per_image)
+    assert np.abs(pt - fx).max() < 1e-3
+    truth = [captions.index(c.caption()) for c in data.combos]
+    assert (pt.argmax(1) == truth).mean() >= 0.75  # held-out images, never seen in training
+
+
+def test_guidance_makes_images_prompt_faithful(toy_pipe):
+    """24 images over all combinations (held-out included): guidance 7.5 is faithful, and beats 1.0."""
+    q = _quality_module()
+    rng = np.random.default_rng(0)
+    combos = [all_combos()[i] for i in rng.choice(90, 18, replace=False)] + held_out_combos()[:6]
+    prompts = [c.caption() for c in combos]
+    seeds = list(range(100, 100 + len(prompts)))
+    faithful = {}
+    for g in (1.0, 7.5):
+        images = q.generate(toy_pipe, prompts, seeds, guidance_scale=g)
+        faithful[g] = np.mean(judge_mod.judge_many(images, prompts))
+    assert faithful[7.5] >= 0.6, faithful
+    assert faithful[7.5] > faithful[1.0], faithful
+
+
+@pytest.mark.slow
+def test_quality_script_smoke(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SD_TUTORIAL_OUTPUTS", str(tmp_path))
+    q = _quality_module()
+    monkeypatch.setattr(q, "OUTPUTS_DIR", tmp_path)
+    assert q.main(["--smoke"]) == 0
+    table = capsys.readouterr().out
+    assert "| Prompt-faithful, guidance 7.5" in table
+    saved = list((tmp_path / "benchmarks").glob("toy_quality_smoke_*.json"))
+    assert len(saved) == 1
