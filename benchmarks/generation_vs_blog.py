@@ -115,6 +115,7 @@ def main(argv=None) -> dict:
         ],
         extra={"model": str(model_dir), "model_kind": kind, "max_pixel_diff": max_diff, "threads": threads},
         machine=machine,
+        formats={"speedup": "{:.2f}x", "images_per_s": "{:.3f}"},
     )
     return {"rows": rows, "max_pixel_diff": max_diff}
 

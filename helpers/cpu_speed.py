@@ -97,9 +97,16 @@ def from_benchmark(results_dir: Path | str | None = None) -> CpuSpeedChoice | No
         speedup = base / rows[best]["s_per_step"]
         dtype, channels_last = candidates[best]
         date = str(data["machine"].get("date", ""))[:10]
+        bf16 = min((rows[k]["s_per_step"] for k in ("bf16", "bf16_cl") if k in rows), default=None)
+        bf16_txt = f"bf16 ran at {base / bf16:.2f}x of fp32's speed" if bf16 else "bf16 was not measured"
         if dtype == torch.bfloat16 and speedup < MIN_SPEEDUP:
-            dtype, channels_last, best = torch.float32, False, "fp32"
-            why = f"bf16 measured only {speedup:.2f}x faster than fp32 on this CPU (< {MIN_SPEEDUP}x), so exact fp32"
+            dtype, channels_last, speedup = torch.float32, False, 1.0
+            why = (
+                f"bf16 measured only {base / bf16:.2f}x faster than fp32 on this CPU (< {MIN_SPEEDUP}x), so exact fp32"
+            )
+        elif dtype == torch.float32:
+            layout = " with channels_last" if channels_last else ""
+            why = f"fp32{layout} was the fastest for the SD UNet on this CPU ({bf16_txt})"
         else:
             why = f"measured {speedup:.2f}x faster than plain fp32 for the SD UNet on this CPU"
         return CpuSpeedChoice(
