@@ -6,6 +6,8 @@ export DIFFUSERS_VERBOSITY := error
 export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
+# OpenMP threads sleep instead of spinning while they wait: 10-100x faster on a busy shared CPU (benchmarks/README.md)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup run test lint sync-notebooks check-notebooks
 
@@ -23,7 +25,7 @@ test: setup
 	@$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: setup
-	@$(PY) -m ruff check . && $(PY) -m ruff format --check helpers tests scripts login.py
+	@$(PY) -m ruff check . && $(PY) -m ruff format --check helpers tests scripts benchmarks login.py
 
 ## Regenerate each .ipynb from its py:percent twin (edit the .py, then run this)
 sync-notebooks: setup

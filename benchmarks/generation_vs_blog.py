@@ -24,6 +24,7 @@ import common
 import numpy as np
 import torch
 
+from helpers.offline import sd_scheduler
 from helpers.pipeline import TOY_MODEL_DIR, generate, load_pipeline, offline_model_dir
 
 PROMPT = "a red circle on a blue background"
@@ -72,6 +73,7 @@ def main(argv=None) -> dict:
 
     model_dir = args.model or offline_model_dir()
     pipe = load_pipeline(model_dir, device="cpu", dtype=torch.float32)
+    pipe.scheduler = sd_scheduler()  # the blog's sampler: SD v1-4's own PNDM, for both recipes
     pipe.set_progress_bar_config(disable=True)
     kw = dict(prompt=PROMPT, n=args.n, steps=args.steps, seed=args.seed, guidance_scale=args.guidance_scale)
     batched(pipe, **{**kw, "n": 1, "steps": 1})  # warm-up: first-call allocations and lazy inits

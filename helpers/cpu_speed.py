@@ -169,9 +169,14 @@ def micro_benchmark(repeats: int = 5) -> dict[str, float]:
     return out
 
 
-def from_micro_benchmark(use_cache: bool = True, cache_file: Path | str = CACHE_FILE) -> CpuSpeedChoice:
-    """Measure (or read the cached measurement for this CPU, torch version and thread count)."""
-    cache_file = Path(cache_file)
+def from_micro_benchmark(
+    use_cache: bool = True, cache_file: Path | str | None = None, measure: bool = True
+) -> CpuSpeedChoice | None:
+    """Measure (or read the cached measurement for this CPU, torch version and thread count).
+
+    With `measure=False` only a cached measurement counts (None when there is none): no time spent.
+    """
+    cache_file = Path(cache_file) if cache_file is not None else CACHE_FILE
     key = f"{cpu_model_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
     cache = {}
     if cache_file.exists():
@@ -180,6 +185,8 @@ def from_micro_benchmark(use_cache: bool = True, cache_file: Path | str = CACHE_
         except (OSError, ValueError):
             cache = {}
     times = cache.get(key) if use_cache else None
+    if times is None and not measure:
+        return None
     if times is None:
         times = micro_benchmark()
         cache[key] = times
@@ -225,12 +232,13 @@ def from_cpu_flags() -> CpuSpeedChoice:
 
 def best_cpu_setup(measure: bool = False, results_dir: Path | str | None = None) -> CpuSpeedChoice:
     """The fastest honest CPU setup for the real-size SD UNet here (see the module docstring)."""
-    found = from_benchmark(results_dir)
-    if found is not None:
-        return found
-    if measure:
-        return from_micro_benchmark()
-    return from_cpu_flags()
+    found = from_benchmark(results_dir) or from_micro_benchmark(measure=measure)
+    return found if found is not None else from_cpu_flags()
+
+
+def measured_cpu_setup(results_dir: Path | str | None = None) -> CpuSpeedChoice | None:
+    """What this CPU was *measured* to run fastest (full benchmark, else a cached micro-benchmark); None if never."""
+    return from_benchmark(results_dir) or from_micro_benchmark(measure=False)
 
 
 def best_cpu_dtype(measure: bool = False, results_dir: Path | str | None = None) -> tuple[torch.dtype, str]:

@@ -23,9 +23,10 @@ class DeviceChoice:
     dtype: torch.dtype
     platform: str  # "colab", "gradient", "kaggle" or "local"
     reason: str  # one sentence a learner can read
+    channels_last: bool = False  # CPU only: run the UNet and VAE in channels_last when measured faster
 
     def __str__(self) -> str:
-        dtype = str(self.dtype).replace("torch.", "")
+        dtype = str(self.dtype).replace("torch.", "") + (" + channels_last" if self.channels_last else "")
         return f"{self.device} / {dtype} on {self.platform}: {self.reason}"
 
 
@@ -49,11 +50,18 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def pick_device(prefer: str | None = None, cpu_dtype: torch.dtype | None = None) -> DeviceChoice:
+_CPU_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
+
+
+def pick_device(prefer: str | None = None, cpu_dtype: torch.dtype | str | None = None) -> DeviceChoice:
     """Choose (device, dtype). `prefer` forces "cuda", "mps" or "cpu"; `SD_DEVICE` does the same.
 
-    On CPU the dtype is fp32 unless `cpu_dtype` (or `SD_CPU_DTYPE=bfloat16`) asks for bf16, which
-    `benchmarks/` measures: bf16 only pays off on CPUs with native bf16 instructions.
+    On CPU, `cpu_dtype` (or `SD_CPU_DTYPE`) decides:
+      None      -> what was *measured* fastest on this CPU (`benchmarks/unet_cpu.py`'s result for this CPU
+                   model, or a cached quick test), else exact fp32: a guess never switches you to bf16;
+      "auto"    -> the same, but runs the quick test (`helpers.cpu_speed`, ~1-3 s, cached) when nothing was measured;
+      torch.bfloat16 / torch.float32 (or "bf16" / "fp32") -> that dtype.
+    The choice's `reason` says which it picked and why.
     """
     prefer = prefer or os.environ.get("SD_DEVICE") or None
     platform = detect_platform()
@@ -75,10 +83,28 @@ def pick_device(prefer: str | None = None, cpu_dtype: torch.dtype | None = None)
         return DeviceChoice("cuda", torch.float16, platform, f"CUDA GPU ({name}) found; fp16 halves memory")
     if prefer in (None, "mps") and mps_ok:
         return DeviceChoice("mps", torch.float16, platform, "Apple GPU (MPS) found; fp16 halves memory")
-    env_dtype = os.environ.get("SD_CPU_DTYPE")
-    if cpu_dtype is None and env_dtype:
-        cpu_dtype = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16}.get(env_dtype, torch.float32)
+    return _pick_cpu(cpu_dtype if cpu_dtype is not None else (os.environ.get("SD_CPU_DTYPE") or None), platform)
+
+
+def _pick_cpu(cpu_dtype, platform: str) -> DeviceChoice:
+    if isinstance(cpu_dtype, str) and cpu_dtype.lower() != "auto":
+        if cpu_dtype.lower() not in _CPU_DTYPES:
+            raise ValueError(f"Unknown CPU dtype {cpu_dtype!r}: use 'auto', 'bf16' or 'fp32' (SD_CPU_DTYPE too).")
+        cpu_dtype = _CPU_DTYPES[cpu_dtype.lower()]
     if cpu_dtype == torch.bfloat16:
         why = "bf16 requested" + ("" if cpu_has_bf16() else " (this CPU has no native bf16: it may be slower)")
         return DeviceChoice("cpu", torch.bfloat16, platform, why)
-    return DeviceChoice("cpu", torch.float32, platform, "no GPU found; fp32 is the fast, exact choice on CPU")
+    if cpu_dtype == torch.float32:
+        return DeviceChoice("cpu", torch.float32, platform, "no GPU found; fp32 requested")
+    if cpu_dtype not in (None, "auto") and not (isinstance(cpu_dtype, str) and cpu_dtype.lower() == "auto"):
+        raise ValueError(f"cpu_dtype must be None, 'auto', torch.float32 or torch.bfloat16, got {cpu_dtype!r}.")
+    from .cpu_speed import best_cpu_setup, measured_cpu_setup
+
+    auto = isinstance(cpu_dtype, str)
+    found = best_cpu_setup(measure=True) if auto else measured_cpu_setup()
+    if found is not None and found.source != "cpu flags":
+        return DeviceChoice("cpu", found.dtype, platform, f"no GPU found; {found}", found.channels_last)
+    hint = "" if auto else " (pick_device(cpu_dtype='auto') or SD_CPU_DTYPE=auto measures whether bf16 is faster)"
+    return DeviceChoice(
+        "cpu", torch.float32, platform, f"no GPU found; fp32 is the fast, exact choice on CPU, bf16 unmeasured{hint}"
+    )

@@ -31,6 +31,7 @@ import ipywidgets as widgets
 
 from .paths import REPO_ROOT
 from .pipeline import (
+    DEFAULT_STEPS,
     MAX_IMAGES,
     MEMORY_PRESETS,
     SCHEDULERS,
@@ -38,6 +39,7 @@ from .pipeline import (
     apply_memory_preset,
     generate,
     scheduler_name,
+    suggested_prompt,
     validate_inputs,
 )
 from .saving import save_images
@@ -125,8 +127,8 @@ class PromptStudio:
         ranker: Ranker | str | None = "auto",
         save_root: Path | str | None = None,
         threaded: bool = True,
-        prompt: str = "Kermit the Frog on the Iron Throne",
-        num_inference_steps: int = 20,
+        prompt: str | None = None,
+        num_inference_steps: int = DEFAULT_STEPS,
         n_images: int = 4,
         seed: int = 0,
         rng: random.Random | None = None,
@@ -154,6 +156,7 @@ class PromptStudio:
 
         size = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the model's native size
         wide = {"description_width": "initial"}
+        prompt = prompt if prompt is not None else suggested_prompt(pipe)[0]  # one the model knows
         self.prompt = widgets.Textarea(value=prompt, description="Prompt", layout=widgets.Layout(width="98%"))
         self.negative_prompt = widgets.Textarea(
             value="", description="Negative", placeholder="what to steer away from (optional)",

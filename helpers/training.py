@@ -389,16 +389,17 @@ def train_unet(
 
 
 def default_scheduler():
-    """DPM-Solver++ (2M) on SD v1's noise schedule: the sampler the toy UNet is shipped with.
+    """DDIM on SD v1's noise schedule: the sampler the toy family is shipped with.
 
-    Measured with the judge (90 prompts, 25 steps, guidance 7.5): DPM-Solver++, DDIM and Euler all
-    give ~97% prompt-faithful images, but SD v1's own PNDM overshoots on this tiny model (~42%).
+    `benchmarks/schedulers_quality.py` (judge, 270 images per cell, guidance 7.5) found DDIM at 10 steps the
+    fastest setting within 2 points of PNDM at 50 steps (SD v1's default): 94.8% vs 90.0% prompt-faithful
+    with 5.1x fewer UNet calls. It is `helpers.pipeline.DEFAULT_SCHEDULER` with `DEFAULT_STEPS`.
     """
-    from diffusers import DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler
 
     from .offline import sd_scheduler
 
-    return DPMSolverMultistepScheduler.from_config(sd_scheduler().config)
+    return DDIMScheduler.from_config(sd_scheduler().config)
 
 
 def assemble_pipeline(text_encoder, tokenizer, vae, unet, scheduler=None):

@@ -65,7 +65,8 @@ def tiny_pipe(tiny_model_dir):
     tests that need to break it should use `fresh_tiny_pipe`."""
     from helpers.pipeline import load_pipeline
 
-    pipe = load_pipeline(tiny_model_dir, device="cpu", dtype=torch.float32)
+    # scheduler=None keeps the model's own PNDM (SD v1-4's): the tests below count its steps
+    pipe = load_pipeline(tiny_model_dir, device="cpu", dtype=torch.float32, scheduler=None)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -8,6 +8,7 @@ import types
 import pytest
 import torch
 
+from helpers import cpu_speed
 from helpers import device as dev
 from helpers.device import DeviceChoice, detect_platform, pick_device
 
@@ -22,10 +23,13 @@ PLATFORM_VARS = (
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
+def clean_env(monkeypatch, tmp_path):
     for name in PLATFORM_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    # nothing measured on this CPU yet: no benchmark results, no cached quick test
+    monkeypatch.setattr(cpu_speed, "OUTPUTS_DIR", tmp_path / "outputs")
+    monkeypatch.setattr(cpu_speed, "CACHE_FILE", tmp_path / "cache" / "cpu_speed.json")
 
 
 @pytest.fixture
@@ -157,3 +161,80 @@ def test_platform_gradient(monkeypatch, var):
 def test_platform_kaggle(monkeypatch):
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
     assert detect_platform() == "kaggle"
+
+
+# ---------------------------------------------------------------- CPU dtype: what was measured on this CPU
+
+
+def _benchmark(tmp_path, seconds: dict) -> None:
+    """A full benchmarks/unet_cpu.py result for this CPU model (only the fields cpu_speed reads)."""
+    import json
+
+    rows = [{"key": k, "s_per_step": s, "agrees": True} for k, s in seconds.items()]
+    data = {"name": "unet_cpu", "smoke": False, "rows": rows, "machine": {"cpu_model": cpu_speed.cpu_model_name()}}
+    folder = tmp_path / "outputs" / "benchmarks"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "unet_cpu-20260101-000000.json").write_text(json.dumps(data))
+
+
+def test_cpu_without_a_measurement_stays_fp32_and_says_how_to_measure(no_gpu, monkeypatch):
+    monkeypatch.setattr(cpu_speed, "micro_benchmark", lambda: pytest.fail("measured without being asked"))
+    choice = pick_device()
+    assert (choice.dtype, choice.channels_last) == (torch.float32, False)
+    assert "cpu_dtype='auto'" in choice.reason and "SD_CPU_DTYPE=auto" in choice.reason
+
+
+def test_cpu_follows_this_cpus_benchmark(no_gpu, tmp_path):
+    _benchmark(tmp_path, {"fp32": 8.0, "fp32_cl": 7.9, "bf16": 4.0, "bf16_cl": 3.5})
+    choice = pick_device()
+    assert (choice.device, choice.dtype, choice.channels_last) == ("cpu", torch.bfloat16, True)
+    assert "measured 2.29x faster than plain fp32" in choice.reason
+    assert str(choice).startswith("cpu / bfloat16 + channels_last on local:")
+    assert pick_device(cpu_dtype=torch.float32).dtype == torch.float32  # an explicit choice wins
+
+
+def test_cpu_where_bf16_measured_slower_keeps_fp32(no_gpu, tmp_path):
+    _benchmark(tmp_path, {"fp32": 7.0, "bf16": 8.4, "bf16_cl": 8.0})
+    choice = pick_device()
+    assert choice.dtype == torch.float32 and "fp32 was the fastest" in choice.reason and "0.88x" in choice.reason
+
+
+def test_cpu_auto_measures_once_then_reads_the_cache(no_gpu, monkeypatch):
+    calls = []
+
+    def fake_micro_benchmark():
+        calls.append(1)
+        return {"fp32": 1.0, "fp32_cl": 1.0, "bf16": 0.5, "bf16_cl": 0.6}
+
+    monkeypatch.setattr(cpu_speed, "micro_benchmark", fake_micro_benchmark)
+    monkeypatch.setenv("SD_CPU_DTYPE", "auto")
+    first = pick_device()
+    assert (first.dtype, first.channels_last, len(calls)) == (torch.bfloat16, False, 1)
+    assert "2.00x faster" in first.reason
+    monkeypatch.delenv("SD_CPU_DTYPE")
+    assert pick_device().dtype == torch.bfloat16 and len(calls) == 1  # the default now uses the cached measurement
+
+
+@pytest.mark.parametrize(
+    "value, dtype", [("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16), ("FP32", torch.float32)]
+)
+def test_cpu_dtype_names(no_gpu, monkeypatch, value, dtype):
+    assert pick_device(cpu_dtype=value).dtype == dtype
+    monkeypatch.setenv("SD_CPU_DTYPE", value)
+    assert pick_device().dtype == dtype
+
+
+@pytest.mark.parametrize("bad", ["fp16", "int8", torch.float16])
+def test_unknown_cpu_dtype_raises(no_gpu, bad):
+    with pytest.raises(ValueError, match="'auto'"):
+        pick_device(cpu_dtype=bad)
+
+
+def test_load_pipeline_uses_channels_last_when_measured_faster(no_gpu, tmp_path, tiny_model_dir):
+    from helpers.pipeline import load_pipeline
+
+    _benchmark(tmp_path, {"fp32": 8.0, "fp32_cl": 6.0, "bf16": 9.0})
+    pipe = load_pipeline(tiny_model_dir)
+    assert pipe.unet.dtype == torch.float32
+    conv = pipe.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()

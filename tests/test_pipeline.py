@@ -164,6 +164,11 @@ def test_hub_id_offline_in_fp16_too():
 
 
 class _FakePipe:
+    def __init__(self):
+        from helpers.offline import sd_scheduler
+
+        self.scheduler = sd_scheduler()
+
     def to(self, device):
         return self
 
@@ -214,6 +219,37 @@ def test_load_with_a_scheduler(tiny_model_dir):
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"
     with pytest.raises(ValueError, match="Unknown scheduler"):
         load_pipeline(tiny_model_dir, scheduler="karras")
+
+
+def test_default_scheduler_and_steps_are_the_measured_pick(tiny_model_dir):
+    """The defaults are what benchmarks/schedulers_quality.py picked (its latest committed full run)."""
+    import json
+
+    runs = sorted((pl.REPO_ROOT / "benchmarks" / "results").glob("schedulers_quality-*.json"))
+    full = [json.loads(p.read_text()) for p in runs]
+    full = [d for d in full if not d["smoke"]]
+    assert full, "no committed full run of benchmarks/schedulers_quality.py"
+    assert full[-1]["recommended"] == {"scheduler": pl.DEFAULT_SCHEDULER, "num_inference_steps": pl.DEFAULT_STEPS}
+    pick = next(r for r in full[-1]["rows"] if (r["scheduler"], r["steps"]) == (pl.DEFAULT_SCHEDULER, pl.DEFAULT_STEPS))
+    base = full[-1]["rows"][0]
+    assert (base["scheduler"], base["steps"]) == ("pndm", 50) and pick["faithful"] >= base["faithful"] - 2
+    # load_pipeline switches to it, built from the model's own config (same noise schedule); None keeps the model's
+    pipe = load_pipeline(tiny_model_dir)
+    assert pl.scheduler_name(pipe) == pl.DEFAULT_SCHEDULER
+    own = load_pipeline(tiny_model_dir, scheduler=None)
+    assert type(own.scheduler).__name__ == "PNDMScheduler"
+    assert torch.equal(pipe.scheduler.alphas_cumprod, own.scheduler.alphas_cumprod)
+    assert pl.scheduler_name(StableDiffusionPipeline.from_pretrained(pl.TOY_MODEL_DIR)) == pl.DEFAULT_SCHEDULER
+    import inspect
+
+    assert inspect.signature(generate).parameters["num_inference_steps"].default == pl.DEFAULT_STEPS
+
+
+def test_suggested_prompt_fits_the_model(tiny_model_dir):
+    assert pl.suggested_prompt(pl.TOY_MODEL_DIR)[0] == pl.TOY_PROMPT
+    assert pl.suggested_prompt(str(pl.TOY_MODEL_DIR) + "/")[0] == pl.TOY_PROMPT
+    assert pl.suggested_prompt(DEFAULT_MODEL)[0] == pl.BLOG_PROMPT == "Kermit the Frog on the Iron Throne"
+    assert pl.suggested_prompt(tiny_model_dir)[0] == pl.BLOG_PROMPT
 
 
 def test_load_without_safety_checker(tiny_model_dir, from_pretrained_kwargs):
