@@ -25,10 +25,42 @@ def test_notebooks_have_summary_exercises_and_self_checks():
         assert "assert " in code, f"{path.name} has no self-check cell"
 
 
+def _install_cells(path):
+    """The Colab/Gradient cells: the repo install and the Hub login."""
+    cells = nbformat.read(path, as_version=4).cells
+    return [c for c in cells if c.cell_type == "code" and ('"clone"' in c.source or "login.main()" in c.source)]
+
+
 def test_install_cells_are_skipped_in_ci():
     for path in sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")):
-        for cell in nbformat.read(path, as_version=4).cells:
-            if cell.cell_type == "code" and ("%pip" in cell.source or "login" in cell.source.split("\n")[0]):
-                tags = cell.metadata.get("tags", [])
-                if "%pip" in cell.source:
-                    assert "nbval-skip" in tags and "skip-execution" in tags, (path.name, cell.source[:60])
+        cells = _install_cells(path)
+        assert sum('"clone"' in c.source for c in cells) == 1, (path.name, "expected one install cell")
+        for cell in cells:
+            tags = cell.metadata.get("tags", [])
+            assert "nbval-skip" in tags and "skip-execution" in tags, (path.name, cell.source[:60])
+
+
+def test_install_cell_clones_the_release_tag_only_where_the_repo_is_absent(tmp_path, monkeypatch):
+    """Run each notebook's install cell with subprocess faked: beside the repo it does nothing; elsewhere it
+    clones this version's tag, pip-installs it editable and makes it importable without a restart."""
+    import re
+    import subprocess
+    import sys
+
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check=False, **kw: calls.append(cmd))
+    for path in sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")):
+        (install,) = [c.source for c in _install_cells(path) if '"clone"' in c.source]
+        calls.clear()
+        monkeypatch.setattr(sys, "path", list(sys.path))
+        monkeypatch.chdir(ROOT / "notebooks")  # a checkout: ../helpers exists
+        exec(compile(install, path.name, "exec"), {})
+        assert calls == [], path.name
+        monkeypatch.chdir(tmp_path)  # Colab: an empty /content
+        exec(compile(install, path.name, "exec"), {})
+        clone, pip = calls
+        assert clone[:2] == ["git", "clone"] and clone[clone.index("--branch") + 1] == f"v{version}", clone
+        assert clone[-1].startswith("https://github.com/") and "--depth" in clone
+        assert pip[1:] == ["-m", "pip", "install", "-q", "-e", "sd-step-by-step"]
+        assert sys.path[0] == str(tmp_path / "sd-step-by-step")
