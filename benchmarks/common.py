@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import helpers  # noqa: F401  (quiet diffusers/transformers logs before they are imported)
+from helpers.cpu_speed import cpu_model_name
 from helpers.paths import OUTPUTS_DIR, REPO_ROOT
 
 
@@ -55,17 +56,6 @@ def results_dir() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- machine
-
-
-def cpu_model_name() -> str:
-    """'Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz' from /proc/cpuinfo (Linux), else platform's guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_flags() -> dict[str, bool]:

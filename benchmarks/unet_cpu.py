@@ -42,23 +42,9 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers.offline import SD_V1_4_CONFIGS
+from helpers.offline import SD_V1_4_CONFIGS, TINY_UNET  # TINY_UNET: the --smoke size
 
 AGREEMENT_MIN = 0.99  # cosine similarity with fp32 a row must reach
-
-#: The tiny UNet of `helpers.offline.build_tiny_pipeline` (for --smoke).
-TINY_UNET = dict(
-    sample_size=8,
-    block_out_channels=(32, 64),
-    layers_per_block=2,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=8,
-    norm_num_groups=32,
-)
 
 
 @dataclass

@@ -36,24 +36,29 @@ def sd_scheduler(configs_dir: Path | str = SD_V1_4_CONFIGS):
     return PNDMScheduler.from_config(PNDMScheduler.load_config(Path(configs_dir) / "scheduler"))
 
 
+#: The tiny random UNet's config (also the `--smoke` size of benchmarks/unet_cpu.py).
+TINY_UNET = dict(
+    sample_size=8,
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+
+
 def build_tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32, sample_size: int = 8):
     """A tiny, randomly initialised `StableDiffusionPipeline` with the real CLIP tokenizer."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size,  # latents are 8x8 -> 64x64 px images by default
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    # latents are 8x8 -> 64x64 px images by default
+    unet = UNet2DConditionModel(**{**TINY_UNET, "sample_size": sample_size, "cross_attention_dim": cross_attention_dim})
     vae = AutoencoderKL(
         block_out_channels=(32, 32, 64, 64),  # 4 levels -> downsamples by 8, like SD's VAE
         in_channels=3,

@@ -20,14 +20,7 @@ from helpers.toy_ddpm import (
     train_toy_ddpm,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads were ~20x slower (spin-waits)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: one thread is fastest (conftest.py)
 
 
 SCHEDULE_CONFIGS = [

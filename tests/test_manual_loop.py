@@ -13,13 +13,7 @@ from helpers.manual_loop import capture_guidance, encode_text, initial_noise, ma
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads were ~20x slower (spin-waits)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models: one thread is fastest (conftest.py)
 
 
 def _gen(seed: int) -> torch.Generator:
