@@ -458,9 +458,31 @@ def _torch_runner(clip: Clip):
 _RUNNERS = {"pmap": _pmap_runner, "sharded": _sharded_runner, "single": _single_runner, "torch": _torch_runner}
 
 
-def stable_order(scores: np.ndarray) -> np.ndarray:
-    """Indices from best to worst score; equal scores keep their input order (a stable sort)."""
-    return np.argsort(-np.asarray(scores), kind="stable")
+TIE_RTOL = 1e-5  # ~100 float32 ulps: the same image scored in another batch slot can differ by this much
+
+
+def tie_tolerance(scores: np.ndarray, rtol: float = TIE_RTOL) -> float:
+    """Scores closer than this are ties: float32 rounding, not CLIP, tells them apart."""
+    scores = np.asarray(scores, np.float64)
+    return rtol * max(1.0, float(np.abs(scores).max())) if scores.size else 0.0
+
+
+def stable_order(scores: np.ndarray, rtol: float = TIE_RTOL) -> np.ndarray:
+    """Indices from best to worst score; tied scores keep their input order.
+
+    A plain stable sort is not enough: the same image scored at another position of a batch can come back
+    1e-7 apart (CPU kernels block the batch differently), which would reorder duplicates at random. So scores
+    within `tie_tolerance` of the first score of their run count as equal and are listed by input index.
+    """
+    scores = np.asarray(scores, np.float64)
+    tol = tie_tolerance(scores, rtol)
+    order, run = [], []
+    for i in np.argsort(-scores, kind="stable"):
+        if run and scores[run[0]] - scores[i] > tol:
+            order += sorted(run)
+            run = []
+        run.append(int(i))
+    return np.array(order + sorted(run), dtype=np.int64)
 
 
 @dataclass

@@ -168,7 +168,7 @@ print("logit_scale", np.shape(clip.params["logit_scale"]), "-> replicated", one_
 # %% [markdown]
 # `cr.rank(images, prompt, clip, method="pmap")` does exactly that: replicate once, pad, shard, run the
 # pmapped `logits_per_image`, read all devices' scores back in input order, drop the padding, and sort
-# (a *stable* sort: equal scores keep their input order). Images go through in chunks of `chunk_size`,
+# (a *stable* sort: tied scores, equal up to float32 rounding, keep their input order). Images go through in chunks of `chunk_size`,
 # so memory stays bounded however many images you rank.
 
 # %%
@@ -185,7 +185,7 @@ alone = model_scores  # section 3: each image scored alone on one device
 print("pmap vs alone, max abs diff:", np.abs(ranked.scores - alone).max())
 assert np.allclose(ranked.scores, alone, rtol=1e-5, atol=1e-5 * np.abs(alone).max())
 assert ranked.order.tolist() == cr.stable_order(ranked.scores).tolist()
-assert ranked.sorted_scores.tolist() == sorted(ranked.scores.tolist(), reverse=True)
+assert (np.diff(ranked.sorted_scores) <= cr.tie_tolerance(ranked.scores)).all()  # best first
 
 # %% [markdown]
 # ## 5. What was wrong with the blog's code
