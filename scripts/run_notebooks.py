@@ -38,7 +38,12 @@ def main(prefixes: list[str]) -> int:
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(
-            nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+            nb,
+            timeout=1200,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+            # the kernel listens on localhost only; its "TCP without encryption" warning would bury our summary
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
         t0 = time.time()
         try:
@@ -54,7 +59,9 @@ def main(prefixes: list[str]) -> int:
     folders = sorted({p.parent for p in new_images})
     print(f"\nDone in {time.time() - t_all:.0f}s.")
     print(f"Executed notebooks: {out_dir}")
-    print(f"New images: {len(new_images)} PNGs (with metadata) in {len(folders)} folders under {OUTPUTS_DIR}:")
+    print(
+        f"New images: {len(new_images)} PNGs (with metadata) in {len(folders)} folder{'s' if len(folders) != 1 else ''} under {OUTPUTS_DIR}:"
+    )
     for folder in folders:
         print(f"  {folder.relative_to(OUTPUTS_DIR)}  ({sum(1 for p in new_images if p.parent == folder)} images)")
     if failed:
