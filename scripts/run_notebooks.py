@@ -25,8 +25,8 @@ from helpers.paths import OUTPUTS_DIR  # noqa: E402
 from helpers.saving import new_run_dir  # noqa: E402
 
 
-def main(prefixes: list[str]) -> int:
-    notebooks = sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb"))
+def main(prefixes: list[str], folder: Path = ROOT / "notebooks") -> int:
+    notebooks = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if prefixes:
         notebooks = [nb for nb in notebooks if nb.name.startswith(tuple(prefixes))]
     if not notebooks:
