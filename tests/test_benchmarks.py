@@ -95,6 +95,10 @@ def test_unet_rows_agree_with_fp32(smoke_runs):
     assert {"fp32", "bf16", "bf16_cl", "bf16_cl_wait", "fp32_again"} <= set(rows), sorted(rows)
     assert all(r["cosine_vs_fp32"] >= 0.99 for r in rows.values()), {k: r["cosine_vs_fp32"] for k, r in rows.items()}
     assert data["flops_per_step"]["total"] > 0 and data["peaks"]["best"]["fp32"] > 0
+    start = data["peaks"]["start"]  # each peak is the better of MKL's mm and oneDNN's 1x1 conv
+    for dtype in ("fp32", "bf16"):
+        assert set(start["kernels"][dtype]) == {"mm", "conv1x1"}
+        assert start[dtype] == max(start["kernels"][dtype].values()) > 0
 
 
 def test_scheduler_table_names_a_recommendation(smoke_runs):
