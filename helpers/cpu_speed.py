@@ -247,8 +247,10 @@ def best_cpu_dtype(measure: bool = False, results_dir: Path | str | None = None)
     return choice.dtype, str(choice)
 
 
-def apply_cpu_setup(pipe, choice: CpuSpeedChoice):
-    """Cast the pipeline to `choice.dtype` and switch the UNet and VAE to channels_last if chosen."""
+def apply_cpu_setup(pipe, choice):
+    """Cast the pipeline to `choice.dtype` and switch the UNet and VAE to channels_last if chosen.
+
+    `choice`: a `CpuSpeedChoice` or a `helpers.device.DeviceChoice` (both have `dtype` and `channels_last`)."""
     pipe = pipe.to(dtype=choice.dtype)
     if choice.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)  # convs read NHWC: oneDNN's native layout

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -24,10 +24,40 @@ class DeviceChoice:
     platform: str  # "colab", "gradient", "kaggle" or "local"
     reason: str  # one sentence a learner can read
     channels_last: bool = False  # CPU only: run the UNet and VAE in channels_last when measured faster
+    measured: bool = False  # CPU only: dtype and layout come from a speed measurement of the full-size SD UNet
 
     def __str__(self) -> str:
-        dtype = str(self.dtype).replace("torch.", "") + (" + channels_last" if self.channels_last else "")
-        return f"{self.device} / {dtype} on {self.platform}: {self.reason}"
+        return f"{self.device} / {self.precision} on {self.platform}: {self.reason}"
+
+    @property
+    def precision(self) -> str:
+        """'float16', 'bfloat16 + channels_last', ..."""
+        return str(self.dtype).replace("torch.", "") + (" + channels_last" if self.channels_last else "")
+
+    def for_unet(self, n_params: int) -> DeviceChoice:
+        """This choice for a UNet of `n_params` parameters: a measured CPU speed-up holds for full-size UNets only.
+
+        The measurement (`helpers.cpu_speed`) times SD v1's 860 M-parameter UNet, where bf16 halves the bytes each
+        layer moves. A small UNet is dominated by per-layer overhead instead: the offline toy UNet (1.0 M) ran no
+        faster in bf16 on a CPU where the full-size UNet was 1.86x faster (0.33 vs 0.35 s for 8 images), and bf16
+        rounding changed its images by up to 13/255. So small models stay on exact fp32, and the reason says so.
+        """
+        if not self.measured or n_params >= MEASURED_SETUP_MIN_PARAMS or self.precision == "float32":
+            return self
+        return replace(
+            self,
+            dtype=torch.float32,
+            channels_last=False,
+            measured=False,
+            reason=(
+                f"no GPU found; fp32 for this small UNet ({n_params / 1e6:.1f} M parameters): {self.precision} was "
+                "measured faster on this CPU only for the full-size 860 M UNet, and small models gain nothing from it"
+            ),
+        )
+
+
+#: A measured CPU setup (bf16, channels_last) is applied to UNets at least this big (SD v1's has 860 M parameters).
+MEASURED_SETUP_MIN_PARAMS = 100_000_000
 
 
 def detect_platform() -> str:
@@ -103,7 +133,7 @@ def _pick_cpu(cpu_dtype, platform: str) -> DeviceChoice:
     auto = isinstance(cpu_dtype, str)
     found = best_cpu_setup(measure=True) if auto else measured_cpu_setup()
     if found is not None and found.source != "cpu flags":
-        return DeviceChoice("cpu", found.dtype, platform, f"no GPU found; {found}", found.channels_last)
+        return DeviceChoice("cpu", found.dtype, platform, f"no GPU found; {found}", found.channels_last, measured=True)
     hint = "" if auto else " (pick_device(cpu_dtype='auto') or SD_CPU_DTYPE=auto measures whether bf16 is faster)"
     return DeviceChoice(
         "cpu", torch.float32, platform, f"no GPU found; fp32 is the fast, exact choice on CPU, bf16 unmeasured{hint}"

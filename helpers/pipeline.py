@@ -22,7 +22,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,8 @@ def load_pipeline(
     """Load a `StableDiffusionPipeline` from a Hub id or a local folder, on the best device.
 
     - `model`: Hub id (default: `choose_model()`), or a folder made by `save_pretrained`.
-    - `device`/`dtype`: default from `pick_device()` (CUDA/MPS -> fp16, CPU -> fp32 unless bf16 measured faster).
+    - `device`/`dtype`: default from `pick_device()` (CUDA/MPS -> fp16, CPU -> fp32 unless bf16 measured faster,
+      and then only for a full-size UNet: `DeviceChoice.for_unet`). `pipe.device_choice` says what runs and why.
     - `variant`: "auto" loads the `fp16` weight files when running in fp16 and they exist (half the download).
     - `safety_checker=False` drops the checker (you then get no NSFW filtering: use responsibly).
     - `token`: only if you must; `python login.py` stores it so you never paste it in a notebook.
@@ -174,7 +175,9 @@ def load_pipeline(
     from diffusers import StableDiffusionPipeline
 
     choice = pick_device(device)
-    dtype = dtype or choice.dtype
+    # A measured CPU setup is for the full-size UNet: load exact fp32, then apply it if this UNet is big enough.
+    adapt = dtype is None and choice.measured
+    dtype = torch.float32 if adapt else (dtype or choice.dtype)
     model_str, _ = choose_model(model)
     path = Path(model_str).expanduser()
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
@@ -226,9 +229,16 @@ def load_pipeline(
             "Check the path, or pass a Hub id."
         )
     pipe = pipe.to(choice.device)
-    if choice.channels_last and dtype == choice.dtype:  # measured faster on this CPU (helpers.cpu_speed)
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
+    if adapt:
+        choice = choice.for_unet(sum(p.numel() for p in pipe.unet.parameters()))
+    elif dtype != choice.dtype:
+        reason = f"{str(dtype).replace('torch.', '')} requested"
+        choice = replace(choice, dtype=dtype, channels_last=False, measured=False, reason=reason)
+    if choice.device == "cpu":
+        from .cpu_speed import apply_cpu_setup
+
+        pipe = apply_cpu_setup(pipe, choice)  # bf16 and/or channels_last where measured faster on this CPU
+    pipe.device_choice = choice  # what runs, and why: notebooks print it
     if scheduler is not None:
         pipe.scheduler = make_scheduler(pipe, scheduler)
     return pipe

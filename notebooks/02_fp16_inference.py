@@ -101,7 +101,9 @@ print("why:   ", WHY)
 # %%
 pipe = load_pipeline(MODEL)
 print(type(pipe).__name__, "| unet dtype:", pipe.unet.dtype, "| device:", pipe.device, "| scheduler:", type(pipe.scheduler).__name__)
-assert pipe.unet.dtype == choice.dtype and pipe.device.type == choice.device
+print("precision:", pipe.device_choice.precision, "-", pipe.device_choice.reason)
+assert pipe.unet.dtype == pipe.device_choice.dtype and pipe.device.type == choice.device
+EXACT = pipe.unet.dtype == torch.float32  # fp16/bf16 round differently with batch size and kernel: see the checks below
 
 # %% [markdown]
 # ## 2. `sample_num` images for one prompt, in one batched call, saved to `outputs/`
@@ -140,8 +142,11 @@ print("saved and readable:", [p.name for p in paths[:3]], "...")
 # %%
 again = generate(pipe, prompt, n_images=1, seed=SEED + 3, num_inference_steps=50, scheduler="pndm")  # as in section 2
 diff = np.abs(np.asarray(again.images[0], float) - np.asarray(result.images[3], float)).max()
-print(f"batched image 3 vs regenerated alone: max abs pixel diff = {diff:.0f} / 255")
-assert diff <= 2  # identical up to float rounding in a different batch size
+mean_diff = np.abs(np.asarray(again.images[0], float) - np.asarray(result.images[3], float)).mean()
+print(f"batched image 3 vs regenerated alone: max abs pixel diff = {diff:.0f} / 255, mean {mean_diff:.2f}")
+# fp32: identical up to float rounding in a different batch size. In fp16/bf16 another batch size can pick other
+# kernels, whose rounding moves a few pixels visibly: the image is the same, so check the mean.
+assert diff <= 2 if EXACT else mean_diff <= 2
 other = generate(pipe, prompt, n_images=1, seed=SEED + 100, num_inference_steps=50, scheduler="pndm")
 assert np.abs(np.asarray(other.images[0], float) - np.asarray(result.images[0], float)).mean() > 1
 
@@ -271,9 +276,10 @@ for name, what in MEMORY_PRESETS.items():
 done = apply_memory_preset(pipe, "balanced")
 sliced = generate(pipe, prompt, seed=SEED, num_inference_steps=25, show_progress=False)
 apply_memory_preset(pipe, "none")
-diff = np.abs(np.asarray(sliced.images[0], float) - np.asarray(plain.images[0], float)).max()
-print("applied:", done, f"| max pixel diff vs no preset: {diff:.0f}")
-assert diff <= 2  # slicing computes the same thing in pieces: same image, less peak memory
+diff = np.abs(np.asarray(sliced.images[0], float) - np.asarray(plain.images[0], float))
+print("applied:", done, f"| pixel diff vs no preset: max {diff.max():.0f}, mean {diff.mean():.2f}")
+# slicing computes the same thing in pieces: the same image (up to rounding: see section 3), less peak memory
+assert diff.max() <= 2 if EXACT else diff.mean() <= 2
 
 # %% [markdown]
 # ## 9. Why is my image black?

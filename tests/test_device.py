@@ -230,9 +230,47 @@ def test_unknown_cpu_dtype_raises(no_gpu, bad):
         pick_device(cpu_dtype=bad)
 
 
-def test_load_pipeline_uses_channels_last_when_measured_faster(no_gpu, tmp_path, tiny_model_dir):
+def test_a_measured_cpu_setup_holds_for_full_size_unets_only():
+    measured = DeviceChoice("cpu", torch.bfloat16, "local", "measured 1.86x faster", channels_last=True, measured=True)
+    assert measured.for_unet(859_520_964) is measured  # SD v1's UNet: what was measured
+    small = measured.for_unet(1_000_000)  # the toy UNet's
+    assert (small.dtype, small.channels_last, small.measured) == (torch.float32, False, False)
+    assert "small UNet (1.0 M parameters)" in small.reason and "bfloat16 + channels_last" in small.reason
+    requested = DeviceChoice("cpu", torch.bfloat16, "local", "bf16 requested")  # asked for, not measured: kept
+    assert requested.for_unet(1_000_000) is requested
+
+
+def test_load_pipeline_keeps_small_models_on_fp32_where_bf16_was_measured_faster(no_gpu, tmp_path, tiny_model_dir):
     from helpers.pipeline import load_pipeline
 
+    _benchmark(tmp_path, {"fp32": 8.0, "fp32_cl": 7.9, "bf16": 4.0, "bf16_cl": 3.5})
+    assert pick_device().dtype == torch.bfloat16
+    pipe = load_pipeline(tiny_model_dir)
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.device_choice.dtype == torch.float32
+    assert pipe.unet.conv_in.weight.is_contiguous()  # no channels_last either
+    assert "small UNet" in pipe.device_choice.reason
+    asked = load_pipeline(tiny_model_dir, dtype=torch.bfloat16)  # an explicit dtype is kept, and said
+    assert asked.unet.dtype == asked.device_choice.dtype == torch.bfloat16
+    assert asked.device_choice.channels_last and "measured" in asked.device_choice.reason
+
+
+def test_load_pipeline_applies_the_measured_setup_to_big_unets(no_gpu, tmp_path, tiny_model_dir, monkeypatch):
+    from helpers import device
+    from helpers.pipeline import load_pipeline
+
+    monkeypatch.setattr(device, "MEASURED_SETUP_MIN_PARAMS", 1)  # the tiny UNet stands in for a full-size one
+    _benchmark(tmp_path, {"fp32": 8.0, "fp32_cl": 7.9, "bf16": 4.0, "bf16_cl": 3.5})
+    pipe = load_pipeline(tiny_model_dir)
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == pipe.device_choice.dtype == torch.bfloat16
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert "measured 2.29x faster" in pipe.device_choice.reason
+
+
+def test_load_pipeline_uses_channels_last_when_measured_faster(no_gpu, tmp_path, tiny_model_dir, monkeypatch):
+    from helpers import device
+    from helpers.pipeline import load_pipeline
+
+    monkeypatch.setattr(device, "MEASURED_SETUP_MIN_PARAMS", 1)
     _benchmark(tmp_path, {"fp32": 8.0, "fp32_cl": 6.0, "bf16": 9.0})
     pipe = load_pipeline(tiny_model_dir)
     assert pipe.unet.dtype == torch.float32
