@@ -234,7 +234,7 @@ def load_pipeline(
     elif dtype != choice.dtype:
         reason = f"{str(dtype).replace('torch.', '')} requested"
         choice = replace(choice, dtype=dtype, channels_last=False, measured=False, reason=reason)
-    if choice.device == "cpu":
+    if choice.device == "cpu" and (choice.dtype != dtype or choice.channels_last):
         from .cpu_speed import apply_cpu_setup
 
         pipe = apply_cpu_setup(pipe, choice)  # bf16 and/or channels_last where measured faster on this CPU
