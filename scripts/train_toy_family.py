@@ -1,6 +1,6 @@
 """Train the toy Stable Diffusion family on CPU and save it under models/.
 
-    python scripts/train_toy_family.py            # ~20-25 min on 2 CPU cores, the committed models
+    python scripts/train_toy_family.py            # 10-36 min on 2 CPU cores (measured; README), the committed models
     python scripts/train_toy_family.py --scale 0.1 --out /tmp/toy-models   # a quick rehearsal
 
 What it does, in the order Stable Diffusion v1 was built:
