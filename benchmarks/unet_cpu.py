@@ -291,14 +291,14 @@ def run_in_child(row: Row, args) -> dict:
 # -------------------------------------------------------------------------------------------- peaks
 
 
-def matmul_peak(dtype: torch.dtype, n: int, repeats: int = 3) -> dict[str, float]:
+def dense_math_rates(dtype: torch.dtype, n: int, repeats: int = 3) -> dict[str, float]:
     """Best GFLOP/s of the same n x n x n product (2 n^3 FLOPs) through torch's two dense-math libraries.
 
     - `mm`: `torch.mm`, which on x86 goes to MKL's GEMM for fp32 and to oneDNN for bf16;
     - `conv1x1`: a 1x1 convolution over a channels_last (1, n, s, s) image with s*s = n pixels, i.e. the same
       product through oneDNN, the library that runs the UNet's convolutions.
-    They can differ 2x: MKL picks slow fp32 kernels on some CPUs (measured on an AMD EPYC: mm 221 GFLOP/s,
-    conv1x1 424), so the peak is the better of the two, or fp32 rows would show over 100% of "peak".
+    They can differ 2x: MKL picks slow fp32 kernels on some CPUs (measured on an AMD EPYC: mm 232 GFLOP/s,
+    conv1x1 448), so the peak is the better of the two, or fp32 rows would show over 100% of "peak".
     """
     side = max(1, int(round(n**0.5)))
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
@@ -317,7 +317,7 @@ def matmul_peak(dtype: torch.dtype, n: int, repeats: int = 3) -> dict[str, float
 
 def measure_peaks(n: int, repeats: int) -> dict:
     """{"fp32": GFLOP/s, "bf16": GFLOP/s, "kernels": {dtype: {"mm": .., "conv1x1": ..}}}: the best kernel counts."""
-    kernels = {"fp32": matmul_peak(torch.float32, n, repeats), "bf16": matmul_peak(torch.bfloat16, n, repeats)}
+    kernels = {k: dense_math_rates(dt, n, repeats) for k, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     return {k: max(v.values()) for k, v in kernels.items()} | {"kernels": kernels}
 
 

@@ -38,9 +38,11 @@ class DeviceChoice:
         """This choice for a UNet of `n_params` parameters: a measured CPU speed-up holds for full-size UNets only.
 
         The measurement (`helpers.cpu_speed`) times SD v1's 860 M-parameter UNet, where bf16 halves the bytes each
-        layer moves. A small UNet is dominated by per-layer overhead instead: the offline toy UNet (1.0 M) ran no
-        faster in bf16 on a CPU where the full-size UNet was 1.86x faster (0.33 vs 0.35 s for 8 images), and bf16
-        rounding changed its images by up to 13/255. So small models stay on exact fp32, and the reason says so.
+        layer moves. A small UNet is dominated by per-layer overhead instead: on a CPU where the full-size UNet ran
+        1.86x faster in bf16, the offline toy family ran 1.04x faster (1.11 vs 1.15 s per 50-step image), and bf16
+        rounding moved its sliced-attention image by up to 10/255 (`SD_CPU_DTYPE=bf16 python
+        scripts/run_notebooks.py 02` prints both, sections 7 and 8). So small models stay on exact fp32, and the
+        reason says so.
         """
         if not self.measured or n_params >= MEASURED_SETUP_MIN_PARAMS or self.precision == "float32":
             return self

@@ -44,6 +44,11 @@ def _pngs():
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in OUTPUTS_DIR.rglob("*.png")}
 
 
+def _run_folders():
+    folder = OUTPUTS_DIR / "notebooks"
+    return set(folder.iterdir()) if folder.exists() else set()
+
+
 @pytest.fixture(scope="module")
 def job():
     return _load_main_job()
@@ -52,10 +57,10 @@ def job():
 def test_two_runs_keep_every_image_and_every_executed_notebook(job, tmp_path, capsys):
     _notebook(tmp_path, "01_generate.ipynb", GENERATE)
     _notebook(tmp_path, "02_skipped_install.ipynb", "raise SystemExit('Colab only')", "x = 1", tags=("skip-execution",))
-    before = _pngs()
+    before, folders_before = _pngs(), _run_folders()
 
     assert job.main([], folder=tmp_path) == 0
-    first = _pngs()
+    first, folders_first = _pngs(), _run_folders()
     out = capsys.readouterr().out
     assert "01_generate.ipynb" in out and "ok" in out and "New images: 2 PNGs" in out
     assert job.main([], folder=tmp_path) == 0
@@ -66,10 +71,10 @@ def test_two_runs_keep_every_image_and_every_executed_notebook(job, tmp_path, ca
     assert len(made_first) == 2
     assert all(second[p] == h for p, h in made_first.items())  # the second run touched none of the first's images
     assert len(second) - len(first) == 2 and "New images: 2 PNGs" in out2
-    runs = sorted((OUTPUTS_DIR / "notebooks").glob("*-notebooks"))
-    executed = [nbformat.read(r / "01_generate.ipynb", as_version=4) for r in runs[-2:]]
-    assert len({r.name for r in runs}) == len(runs) >= 2 and all(nb.cells[0].execution_count == 1 for nb in executed)
-    assert f"Executed notebooks: {runs[-1]}" in out2  # it says where the executed copies went
+    (run1,), (run2,) = folders_first - folders_before, _run_folders() - folders_first  # one new folder per run
+    executed = [nbformat.read(r / "01_generate.ipynb", as_version=4) for r in (run1, run2)]
+    assert all(nb.cells[0].execution_count == 1 for nb in executed)  # both executed copies kept, with outputs
+    assert f"Executed notebooks: {run1}" in out and f"Executed notebooks: {run2}" in out2  # it says where they went
 
 
 def test_a_failing_notebook_is_reported_the_rest_still_runs(job, tmp_path, capsys):
