@@ -46,10 +46,10 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .paths import CACHE_DIR, CONFIGS_DIR, REPO_ROOT  # noqa: E402
+from .paths import CACHE_DIR, CONFIGS_DIR, MODELS_DIR  # noqa: E402
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the blog's CLIP (ViT-B/32, 151M parameters)
-TOY_CLIP_DIR = REPO_ROOT / "models" / "toy-clip"  # mini CLIP trained on coloured shapes, when present
+TOY_CLIP_DIR = MODELS_DIR / "toy-clip"  # mini CLIP trained on coloured shapes, when present
 MINI_CLIP_DIR = CACHE_DIR / "mini-clip-random"  # tiny random CLIP built here (tests, fallback)
 VIT_B32_CONFIGS = CONFIGS_DIR / "clip-vit-base-patch32"  # public config.json + preprocessor_config.json
 METHODS = ("pmap", "sharded", "single", "torch")

@@ -26,10 +26,10 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from .paths import REPO_ROOT
+from .paths import MODELS_DIR
 from .shapes_data import COLOURS, SHAPES, all_combos, make_dataset, parse_prompt
 
-SHAPE_JUDGE_DIR = REPO_ROOT / "models" / "shape-judge"
+SHAPE_JUDGE_DIR = MODELS_DIR / "shape-judge"
 MASK_THRESHOLD = 60.0  # RGB distance from the background beyond which a pixel belongs to the shape
 MAX_COLOUR_DIST = 100.0  # a median farther than this from every palette colour has no name
 MIN_SHAPE_FRACTION = 0.04  # the shape must cover 4%..85% of the image (else: no single shape)

@@ -20,5 +20,12 @@ CACHE_DIR = Path(os.environ.get("SD_TUTORIAL_CACHE", _BASE / ".cache"))
 #: Everything a run produces: images, manifests, executed notebooks, benchmark results.
 OUTPUTS_DIR = Path(os.environ.get("SD_TUTORIAL_OUTPUTS", _BASE / "outputs"))
 
+#: Where the data the package reads lives: beside `helpers/` in a checkout, inside the installed package
+#: otherwise (the wheel carries `models/` and `configs/` as package data of `helpers`, see pyproject.toml).
+_DATA_ROOT = REPO_ROOT if IN_CHECKOUT else Path(__file__).resolve().parent
+
+#: The trained offline family (toy SD, toy CLIP, shape judge), committed in the repo and shipped in the wheel.
+MODELS_DIR = _DATA_ROOT / "models"
+
 #: Model configs kept in the repo (the public SD v1-4 and CLIP ViT-B/32 configs).
-CONFIGS_DIR = REPO_ROOT / "configs"
+CONFIGS_DIR = _DATA_ROOT / "configs"

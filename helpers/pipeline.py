@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from .device import pick_device
-from .paths import REPO_ROOT
+from .paths import MODELS_DIR
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 LICENSE_URL = "https://huggingface.co/CompVis/stable-diffusion-v1-4"
-TOY_MODEL_DIR = REPO_ROOT / "models" / "toy-sd"  # the trained offline family, when present
+TOY_MODEL_DIR = MODELS_DIR / "toy-sd"  # the trained offline family, when present
 
 MAX_IMAGES = 64  # one batched call; beyond this use scripts/generate_many.py
 MAX_STEPS = 1000  # the schedule has 1000 training timesteps

@@ -29,7 +29,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .paths import REPO_ROOT
+from .paths import MODELS_DIR
 from .pipeline import (
     DEFAULT_STEPS,
     MAX_IMAGES,
@@ -47,7 +47,7 @@ from .saving import save_images
 #: `ranker(images, prompt) -> scores` (one float per image, higher = better match).
 Ranker = Callable[[Sequence[Any], str], Sequence[float]]
 
-TOY_CLIP_DIR = REPO_ROOT / "models" / "toy-clip"
+TOY_CLIP_DIR = MODELS_DIR / "toy-clip"
 MAX_SEED_BUTTON = 2**32 - 1  # the "random" button draws seeds a user can still type
 
 

@@ -31,10 +31,11 @@ from diffusers import PNDMScheduler
 import helpers  # noqa: F401  (quiet library logs before diffusers/transformers load)
 from helpers import judge as judge_mod
 from helpers import training as tr
-from helpers.paths import OUTPUTS_DIR, REPO_ROOT
+from helpers.paths import MODELS_DIR as _MODELS_DIR
+from helpers.paths import OUTPUTS_DIR
 from helpers.shapes_data import HELD_OUT, TEMPLATES, all_combos, held_out_combos, make_dataset, train_combos
 
-MODELS_DIR = REPO_ROOT / "models"
+MODELS_DIR = _MODELS_DIR
 STEPS = 25  # sampler steps used for every generated image here
 
 

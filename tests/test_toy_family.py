@@ -13,7 +13,7 @@ import torch
 import helpers  # noqa: F401
 from helpers import judge as judge_mod
 from helpers import training as tr
-from helpers.paths import REPO_ROOT
+from helpers.paths import MODELS_DIR, REPO_ROOT
 from helpers.shapes_data import (
     HELD_OUT,
     TEMPLATES,
@@ -26,7 +26,7 @@ from helpers.shapes_data import (
 )
 from helpers.tokenizer import load_clip_tokenizer
 
-MODELS = REPO_ROOT / "models"
+MODELS = MODELS_DIR
 
 
 @pytest.fixture(scope="module")
