@@ -419,21 +419,17 @@ def assemble_pipeline(text_encoder, tokenizer, vae, unet, scheduler=None):
 
 
 def save_clip(clip_model, out_dir: Path | str) -> Path:
-    """Save a `CLIPModel` + `CLIPProcessor` folder with both torch and Flax weights.
-
-    `FlaxCLIPModel.from_pretrained(dir, _do_init=False)` cannot convert torch weights on the fly
-    (transformers 4.57), so we convert once here and ship `flax_model.msgpack` beside `model.safetensors`.
-    """
+    """Save a `CLIPModel` + `CLIPProcessor` folder: one `model.safetensors` that torch and our Flax CLIP
+    (helpers/clip_model.py) both read, plus the processor and tokenizer files."""
     import os
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers import CLIPImageProcessor, FlaxCLIPModel
+    from transformers import CLIPImageProcessor
 
     from .tokenizer import write_tokenizer_files
 
     out_dir = Path(out_dir)
     clip_model.save_pretrained(out_dir, safe_serialization=True)
-    FlaxCLIPModel.from_pretrained(out_dir, from_pt=True).save_pretrained(out_dir)
     size = clip_model.config.vision_config.image_size
     CLIPImageProcessor(
         size={"shortest_edge": size},
