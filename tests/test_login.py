@@ -11,8 +11,8 @@ import sys
 import types
 from pathlib import Path
 
+import httpx2
 import pytest
-import requests
 from huggingface_hub import constants
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -43,8 +43,7 @@ class NoTty(io.StringIO):
 
 
 def http_error(status: int) -> HfHubHTTPError:
-    response = requests.Response()
-    response.status_code = status
+    response = httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/whoami-v2"))
     # a careless library could put the token in its message: login.py must not repeat it
     return HfHubHTTPError(f"{status} Client Error: Invalid credentials for token {TOKEN}", response=response)
 
@@ -77,6 +76,8 @@ def hub(monkeypatch, tmp_path, capsys, caplog):
 
     def hf_login(token=None, add_to_git_credential=False, **kw):
         calls.hf_login.append({"token": token, "add_to_git_credential": add_to_git_credential, **kw})
+        with open(constants.HF_TOKEN_PATH, "w") as f:  # as a careless library would: mode from the umask
+            f.write("stands in for the token")
 
     def hf_logout(*a, **kw):
         calls.hf_logout += 1
@@ -85,14 +86,21 @@ def hub(monkeypatch, tmp_path, capsys, caplog):
 
     def getpass(prompt=""):
         calls.getpass.append(prompt)
-        return state.get("typed", TOKEN + "\n")
+        typed = state.get("typed", TOKEN + "\n")
+        if isinstance(typed, BaseException):
+            raise typed
+        return typed
 
     monkeypatch.setattr(login, "whoami", whoami)
     monkeypatch.setattr(login, "hf_login", hf_login)
     monkeypatch.setattr(login, "hf_logout", hf_logout)
     monkeypatch.setattr(login, "get_token", lambda: state["token"])
     monkeypatch.setattr(login.getpass, "getpass", getpass)
-    yield types.SimpleNamespace(calls=calls, state=state, home=home)
+    old_umask = os.umask(0o022)  # the usual default: files 0644, world-readable
+    try:
+        yield types.SimpleNamespace(calls=calls, state=state, home=home)
+    finally:
+        os.umask(old_umask)
 
     out, err = capsys.readouterr()
     assert TOKEN not in out and TOKEN not in err
@@ -191,7 +199,7 @@ def test_forbidden_token_is_rejected(hub, capsys):
 
 
 def test_unreachable_hub(hub, capsys):
-    hub.state["whoami"] = requests.ConnectionError(f"cannot connect (token {TOKEN})")
+    hub.state["whoami"] = httpx2.ConnectError(f"cannot connect (token {TOKEN})")
     assert login.main(["--token", TOKEN]) == login.UNAVAILABLE
     assert hub.calls.hf_login == []
     text = output(capsys)
@@ -301,7 +309,102 @@ def test_bad_usage(hub, capsys):
     assert hub.calls.whoami == [] and hub.calls.getpass == []
 
 
+# --------------------------------------------------------------------------------------- hardening
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[TOKEN], ["--status", TOKEN], ["--token-stdin", TOKEN], ["--logout", "--token", TOKEN], ["--tok", TOKEN]],
+    ids=["stray", "after-status", "after-stdin", "conflict", "abbrev-typo"],
+)
+def test_usage_errors_never_echo_an_argument(hub, argv, capsys):
+    assert login.main(argv) == login.USAGE
+    text = output(capsys)  # argparse itself would say "unrecognized arguments: hf_..."
+    assert "not repeated here" in text and "--help" in text
+    assert hub.calls.whoami == [] and hub.calls.hf_login == []
+
+
+def test_saved_token_file_is_private(hub, capsys):
+    assert login.main(["--token", TOKEN]) == login.OK
+    mode = os.stat(constants.HF_TOKEN_PATH).st_mode & 0o777
+    assert mode == 0o600, oct(mode)  # written under a 0077 umask, then chmod-ed
+    assert os.umask(0o022) == 0o022  # and the caller's umask is back
+
+
+@pytest.mark.parametrize("key", [EOFError, KeyboardInterrupt], ids=["ctrl-d", "ctrl-c"])
+def test_prompt_cancelled_exits_cleanly(hub, monkeypatch, capsys, key):
+    monkeypatch.setattr(sys, "stdin", Tty(""))
+    hub.state["typed"] = key()
+    assert login.main([]) == login.UNAVAILABLE
+    assert hub.calls.whoami == [] and hub.calls.hf_login == []
+    text = output(capsys)
+    assert "cancelled at the prompt" in text and "Traceback" not in text
+
+
+def test_ctrl_c_while_reading_stdin(hub, monkeypatch, capsys):
+    class Interrupted(NoTty):
+        def readline(self, *a):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "stdin", Interrupted(""))
+    assert login.main(["--token-stdin"]) == login.CANCELLED
+    assert "cancelled (Ctrl-C); nothing was saved" in output(capsys)
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("x" * 10_000, "10000 characters long"),
+        (TOKEN + " " + TOKEN, "contains spaces"),
+        ("sk-" + "a" * 40, "does not start with hf_"),
+        ("hf_abc", "too short"),
+        ("hf_" + "a" * 30 + "!", "other than letters and digits"),
+    ],
+    ids=["10kB", "pasted-twice", "other-service", "short", "punctuation"],
+)
+def test_malformed_token_is_reported_as_malformed(hub, capsys, bad, why):
+    assert login.main(["--token", bad]) == login.REJECTED
+    assert hub.calls.whoami == [] and hub.calls.hf_login == []  # nothing sent to the Hub
+    text = output(capsys)
+    assert "is malformed" in text and why in text and "cannot reach" not in text
+    assert bad not in text
+
+
+def test_expired_saved_token_says_how_to_replace_it(hub, capsys):
+    Path(constants.HF_TOKEN_PATH).write_text("saved by huggingface_hub")
+    hub.state.update(token=TOKEN, whoami=http_error(401))
+    assert login.main(["--status"]) == login.REJECTED
+    text = output(capsys)
+    assert "expired or been revoked" in text and "python login.py --logout`, then `python login.py`" in text
+    Path(constants.HF_TOKEN_PATH).unlink()
+
+
+def test_expired_env_token_says_to_update_the_variable(hub, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    hub.state.update(token=TOKEN, whoami=http_error(401))
+    assert login.main([]) == login.REJECTED
+    assert "put the new one in HF_TOKEN" in output(capsys)
+
+
+def test_hub_timeout_is_reported_with_the_fix(hub, capsys):
+    hub.state["whoami"] = httpx2.ReadTimeout("timed out")
+    assert login.main(["--token", TOKEN]) == login.UNAVAILABLE
+    text = output(capsys)
+    assert "did not answer while checking your token" in text and "SD_HUB_READ_TIMEOUT" in text
+
+
 # --------------------------------------------------------------------------------------- a real process
+
+
+def test_script_never_echoes_a_stray_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env.update(CI="true", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "login.py"), TOKEN],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == login.USAGE
+    assert TOKEN not in proc.stdout + proc.stderr and "not repeated here" in proc.stderr
 
 
 def test_script_in_ci_offline_exits_2_without_prompting(tmp_path):
