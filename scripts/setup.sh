@@ -1,40 +1,63 @@
 #!/usr/bin/env bash
-# Create or reuse .venv from requirements.lock, then build the offline assets:
-#   - CLIP's real tokenizer from the BPE file inside the open_clip_torch wheel (downloaded, never installed)
-#   - the offline model(s) the notebooks run on when there is no Hub / GPU
-# A second run only checks stamps: a couple of seconds.
+# Create or reuse .venv from requirements.lock; works on Linux and macOS, with or without a GPU.
+#   1. the locked packages, all but torch, with --no-deps (the lock lists every one of them);
+#   2. torch, from the right place for this machine (scripts/torch_source.py says which and why);
+#   3. `pip check`, so a broken set never passes as installed.
+# The offline models, configs and tokenizer are committed (models/, configs/): nothing else is downloaded.
+# A second run only checks a stamp: a second or two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.installed-lock
-export DIFFUSERS_VERBOSITY=error TRANSFORMERS_VERBOSITY=error PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Python: the versions tested are 3.11 (CI, here); the ranges resolve for 3.13 (Colab). Older ones cannot run jax 0.7+.
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for cand in python3 python3.13 python3.12 python3.11; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      PY=$cand; break
+    fi
+  done
+fi
+if [ -z "$PY" ] || ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "[setup] needs Python 3.11 or newer (found: $(${PY:-python3} --version 2>&1)). Install one, then: PYTHON=python3.11 make setup" >&2
+  exit 1
+fi
 
 # pip warns about find-links folders some machines configure but lack; keep real errors.
 quiet_pip() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
-want=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+# sha256 of the lock + pyproject with Python itself (macOS has no sha256sum)
+want=$("$PY" -c 'import hashlib,sys; print(hashlib.sha256(b"".join(open(f,"rb").read() for f in sys.argv[1:])).hexdigest()[:16])' requirements.lock pyproject.toml)
 if [ ! -x "$VENV/bin/python" ]; then
-  echo "[setup] creating $VENV with $($PY --version)"
+  echo "[setup] creating $VENV with $("$PY" --version)"
   "$PY" -m venv "$VENV"
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  t0=$(date +%s)
+  torch_pin=$(grep -E '^torch==' requirements.lock)
   echo "[setup] installing the locked versions (requirements.lock) into $VENV ..."
   # --no-deps: the lock lists every package, so pip never resolves a floating torch (a multi-GB CUDA build).
-  # (setuptools is pinned in the lock too: the editable install below builds with it.)
-  quiet_pip install -q --no-deps -r requirements.lock
+  grep -vE '^torch==' requirements.lock > "$VENV/lock-without-torch.txt"
+  quiet_pip install -q --no-deps -r "$VENV/lock-without-torch.txt"
+  if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${torch_pin#torch==}')" 2>/dev/null; then
+    # a torch wheel that pip can already see without an index (a wheelhouse, a machine's own wheel folder)?
+    local_flag=""
+    if quiet_pip download -q --no-deps --no-index -d "$VENV/.torch-probe" "$torch_pin" >/dev/null 2>&1; then local_flag=local; fi
+    rm -rf "$VENV/.torch-probe"
+    IFS='|' read -r kind no_deps pip_args reason < <("$VENV/bin/python" scripts/torch_source.py $local_flag)
+    echo "[setup] torch: $reason"
+    deps_flag=""; [ "$no_deps" = 1 ] && deps_flag="--no-deps"
+    # shellcheck disable=SC2086  # pip_args is a list of words
+    if ! quiet_pip install -q $deps_flag $pip_args "$torch_pin"; then
+      echo "[setup] could not install $torch_pin ($kind). Fix: 'SD_TORCH=pypi make setup' takes PyPI's build (~3 GB on Linux), or install it yourself: $VENV/bin/pip install $torch_pin --index-url https://download.pytorch.org/whl/cpu" >&2
+      exit 1
+    fi
+  fi
   quiet_pip install -q --no-deps --no-build-isolation -e .
   quiet_pip check
   echo "$want" > "$STAMP"
-fi
-
-mkdir -p .cache/wheels
-if ! ls .cache/wheels/open_clip_torch-3.3.0-*.whl >/dev/null 2>&1; then
-  echo "[setup] fetching the open_clip_torch wheel for CLIP's BPE file (not installed)"
-  quiet_pip download -q --no-deps open_clip_torch==3.3.0 -d .cache/wheels
-fi
-
-if [ ! -f .cache/clip-tokenizer/vocab.json ] || [ ! -f .cache/models/tiny-sd-random/model_index.json ]; then
-  "$VENV/bin/python" -m helpers.setup_assets
+  echo "[setup] done in $(( $(date +%s) - t0 )) s"
 fi

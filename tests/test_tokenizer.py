@@ -1,20 +1,22 @@
-"""The offline CLIP tokenizer gives exactly OpenAI's ids (the ones SD v1's text encoder was trained on)."""
+"""The shipped CLIP tokenizer gives exactly OpenAI's ids (the ones SD v1's text encoder was trained on)."""
 
 from __future__ import annotations
 
-import zipfile
+import json
 
 import pytest
 
 from helpers import tokenizer as tok_mod
+from helpers.paths import MODELS_DIR
 from helpers.tokenizer import (
-    BPE_NAME,
-    BPE_SIZE,
     MODEL_MAX_LENGTH,
+    NUM_MERGES,
+    TOKENIZER_DIR,
     VOCAB_SIZE,
-    build_vocab_and_merges,
-    find_bpe_file,
     load_clip_tokenizer,
+    read_merges,
+    tokenizer_config,
+    vocab_from_merges,
     write_tokenizer_files,
 )
 
@@ -72,54 +74,38 @@ def test_slow_and_fast_agree_on_awkward_text():
         assert slow(text).input_ids == fast(text).input_ids, text
 
 
-def test_bpe_file_is_openais(tmp_path):
-    path = find_bpe_file()
-    assert path.name == BPE_NAME
-    assert path.stat().st_size == BPE_SIZE == 1_356_917
-    vocab, merges = build_vocab_and_merges(path)
-    assert len(vocab) == VOCAB_SIZE and len(merges) == 48_894
+def test_shipped_vocab_follows_from_the_merges():
+    """vocab.json is not a second source of truth: it is OpenAI's rule applied to merges.txt."""
+    merges = read_merges()
+    assert len(merges) == NUM_MERGES == 48_894
+    vocab = json.loads((TOKENIZER_DIR / "vocab.json").read_text(encoding="utf-8"))
+    assert vocab == vocab_from_merges(merges)
+    assert len(vocab) == VOCAB_SIZE
     assert vocab["<|startoftext|>"] == 49406 and vocab["<|endoftext|>"] == 49407
     assert vocab["!"] == 0 and vocab["!</w>"] == 256  # bytes, then bytes ending a word, then merges
+
+
+def test_every_shipped_model_has_the_same_tokenizer():
+    for folder in (MODELS_DIR / "toy-clip", MODELS_DIR / "toy-sd" / "tokenizer"):
+        for name in ("vocab.json", "merges.txt"):
+            assert (folder / name).read_bytes() == (TOKENIZER_DIR / name).read_bytes(), folder / name
+    assert tokenizer_config()["pad_token"] == "<|endoftext|>"
 
 
 def test_written_folder_loads(tmp_path):
     from transformers import CLIPTokenizer
 
-    out = write_tokenizer_files(tmp_path / "tok", find_bpe_file())
+    out = write_tokenizer_files(tmp_path / "tok")
     assert {p.name for p in out.iterdir()} >= {"vocab.json", "merges.txt", "tokenizer_config.json"}
     tok = CLIPTokenizer.from_pretrained(out)
     text = "Kermit the Frog on the Iron Throne"
     assert tok(text).input_ids == EXPECTED_IDS[text]
 
 
-def test_missing_wheel_names_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setattr(tok_mod, "TOKENIZER_DIR", tmp_path / "clip-tokenizer")
+def test_missing_files_name_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(tok_mod, "TOKENIZER_DIR", tmp_path / "tokenizer")
     with pytest.raises(FileNotFoundError) as info:
-        find_bpe_file(search_dirs=[tmp_path])
+        load_clip_tokenizer()
     msg = str(info.value)
-    assert "make setup" in msg and "pip download --no-deps" in msg and "open_clip_torch==3.3.0" in msg
-
-
-def test_extracts_from_a_wheel(tmp_path, monkeypatch):
-    """A downloaded open_clip wheel (never installed) is enough: the BPE file is read out of it."""
-    data = find_bpe_file().read_bytes()
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    with zipfile.ZipFile(wheels / "open_clip_torch-3.3.0-py3-none-any.whl", "w") as zf:
-        zf.writestr(f"open_clip/{BPE_NAME}", data)
-    monkeypatch.setattr(tok_mod, "TOKENIZER_DIR", tmp_path / "clip-tokenizer")
-    path = find_bpe_file(search_dirs=[wheels])
-    assert path == tmp_path / "clip-tokenizer" / BPE_NAME
-    assert path.read_bytes() == data
-    assert not list(path.parent.glob("*.tmp"))
-
-
-def test_wrong_bpe_file_is_refused(tmp_path, monkeypatch):
-    """A BPE file of the wrong size is not the tokenizer SD was trained with: refuse it loudly."""
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    with zipfile.ZipFile(wheels / "open_clip_torch-9.9.9-py3-none-any.whl", "w") as zf:
-        zf.writestr(f"open_clip/{BPE_NAME}", b"not the real file")
-    monkeypatch.setattr(tok_mod, "TOKENIZER_DIR", tmp_path / "clip-tokenizer")
-    with pytest.raises(ValueError, match="make setup"):
-        find_bpe_file(search_dirs=[wheels])
+    assert "git checkout -- models/" in msg and "vocab.json" in msg
+    assert str(tmp_path) not in msg  # no absolute paths in messages learners paste
