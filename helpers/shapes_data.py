@@ -11,7 +11,11 @@ Three attributes vary and are named in the caption:
 - `background` colour: the same six, never equal to the shape's colour
 
 That is 3 x 6 x 5 = 90 combinations. Size, position and a small colour jitter also vary, but the
-caption does not mention them (nuisance variation, as in real photos). The combinations in
+caption does not mention them (nuisance variation, as in real photos). The second generation of the
+family (`V2`: 64 px, rotated squares and triangles) also names things in other word orders ("a blue
+background with a red circle") and leaves attributes unnamed ("a red shape", "a circle on a blue
+background"): a caption that says nothing about the colour lets the model learn what "any colour"
+looks like, which is what a negative prompt ("red") needs to push against. The combinations in
 `HELD_OUT` are never drawn for training: every shape, colour and background still appears in
 training, only these *triples* do not, so a model that makes them has learned to compose
 attributes instead of memorising pictures.
@@ -26,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 32  # px; 32x32 RGB keeps training on 2 CPU cores within minutes
+V2_IMAGE_SIZE = 64  # px; the second generation: 64 px images -> 8x8 latents through an 8x VAE, like SD v1
 SUPERSAMPLE = 4  # draw at 4x then shrink: antialiased edges, like a photo of a shape
 
 SHAPES = ("circle", "square", "triangle")
@@ -40,11 +45,26 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 COLOUR_JITTER = 12  # max +- per RGB channel, per image
 
-#: Caption templates. The shape's colour always comes before the background's colour.
+#: Caption templates of the first generation. The shape's colour always comes before the background's colour.
 TEMPLATES = (
     "a {colour} {shape} on a {background} background",
     "a {colour} {shape} against a {background} background",
     "{colour} {shape}, {background} background",
+)
+#: The second generation's caption forms: the three above, two with the background first, and partial
+#: captions that leave attributes unnamed ("shape" stands for any kind). Each entry: (template, weight).
+V2_CAPTION_FORMS: tuple[tuple[str, float], ...] = (
+    ("a {colour} {shape} on a {background} background", 0.20),
+    ("a {colour} {shape} against a {background} background", 0.12),
+    ("{colour} {shape}, {background} background", 0.12),
+    ("a {background} background with a {colour} {shape}", 0.12),
+    ("{background} background, {colour} {shape}", 0.08),
+    ("a {colour} {shape}", 0.06),  # background unnamed
+    ("a {shape} on a {background} background", 0.06),  # shape colour unnamed
+    ("a {colour} shape on a {background} background", 0.06),  # kind unnamed
+    ("a {shape}", 0.06),
+    ("a {colour} shape", 0.06),
+    ("a {background} background", 0.06),
 )
 
 
@@ -94,24 +114,91 @@ def held_out_combos() -> list[Combo]:
 
 _COLOUR_RE = re.compile(r"\b(" + "|".join(COLOURS) + r")\b")
 _SHAPE_RE = re.compile(r"\b(" + "|".join(SHAPES) + r")s?\b")
+_BACKGROUND_RE = re.compile(r"\b(" + "|".join(COLOURS) + r")\s+background\b")
 
 
 def parse_prompt(prompt: str) -> Combo | None:
     """Read the attributes back out of a prompt; None if it does not name one shape and two colours.
 
-    The first colour word is the shape's, the second the background's ("a red circle on a blue
-    background" -> Combo("circle", "red", "blue")), which holds for every template.
+    The colour right before "background" is the background's, the other one the shape's, in any word
+    order ("a blue background with a red circle" -> Combo("circle", "red", "blue")). With no
+    "background" in the prompt, the first colour is the shape's. `helpers.strict_judge.parse_caption`
+    is the strict reader (partial captions, clear errors).
     """
     text = prompt.lower()
     colours = _COLOUR_RE.findall(text)
     shapes = _SHAPE_RE.findall(text)
     if len(colours) != 2 or len(shapes) != 1 or colours[0] == colours[1]:
         return None
+    named_background = _BACKGROUND_RE.findall(text)
+    if len(named_background) == 1:
+        background = named_background[0]
+        colour = colours[1] if colours[0] == background else colours[0]
+        return Combo(shapes[0], colour, background)
     return Combo(shapes[0], colours[0], colours[1])
+
+
+def v2_caption(combo: Combo, form: int) -> str:
+    """The caption of `combo` in `V2_CAPTION_FORMS[form]` (which may leave attributes unnamed)."""
+    return V2_CAPTION_FORMS[form][0].format(shape=combo.shape, colour=combo.colour, background=combo.background)
+
+
+def v2_form_weights() -> np.ndarray:
+    """How often each caption form is drawn for training (sums to 1)."""
+    w = np.array([weight for _, weight in V2_CAPTION_FORMS], dtype=np.float64)
+    return w / w.sum()
 
 
 def _jitter(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, ...]:
     return tuple(int(np.clip(v + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1), 0, 255)) for v in rgb)
+
+
+#: Half-extent range of the second generation's shapes (fraction of the image), smaller than the first's
+#: so that a rotated shape still has room to move: centres vary by up to +-23% of the image.
+V2_RADIUS = (0.17, 0.29)
+#: The distance from a shape's centre to its farthest point, in units of its half-extent r.
+EXTENT = {"circle": 1.0, "square": 0.85 * 2**0.5, "triangle": 1.2}
+
+
+def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float = 0.0) -> np.ndarray:
+    """Vertices (K, 2) of the ideal square or triangle of half-extent r centred (centroid) at (cx, cy).
+
+    The triangle is the dataset's isosceles one (apex up, base 1.8 r below it), rotated about its
+    centroid; angles in radians, counter-clockwise on screen.
+    """
+    if shape == "square":
+        h = 0.85 * r
+        pts = np.array([(-h, -h), (h, -h), (h, h), (-h, h)])
+    elif shape == "triangle":
+        pts = np.array([(0.0, -1.2 * r), (r, 0.6 * r), (-r, 0.6 * r)])  # centroid at the origin
+    else:
+        raise ValueError(f"No polygon for {shape!r}; polygons exist for 'square' and 'triangle'.")
+    c, s = np.cos(angle), np.sin(angle)
+    rot = np.array([[c, s], [-s, c]])  # y grows downwards on screen
+    return pts @ rot.T + np.array([cx, cy])
+
+
+def draw_v2(combo: Combo, rng: np.random.Generator, size: int = V2_IMAGE_SIZE) -> tuple[Image.Image, dict]:
+    """Draw one second-generation image: random size, position, rotation and slight colour jitter.
+
+    Returns the image and its geometry: centre (cx, cy) in px, half-extent r in px, angle in radians.
+    """
+    big = size * SUPERSAMPLE
+    img = Image.new("RGB", (big, big), _jitter(COLOURS[combo.background], rng))
+    pen = ImageDraw.Draw(img)
+    fill = _jitter(COLOURS[combo.colour], rng)
+    r = rng.uniform(*V2_RADIUS) * size
+    margin = EXTENT[combo.shape] * r + 0.04 * size  # the shape never touches the border
+    cx, cy = rng.uniform(margin, size - margin, size=2)
+    angle = float(rng.uniform(0, 2 * np.pi)) if combo.shape != "circle" else 0.0
+    if combo.shape == "circle":
+        k = SUPERSAMPLE
+        pen.ellipse([(cx - r) * k, (cy - r) * k, (cx + r) * k, (cy + r) * k], fill=fill)
+    else:
+        pts = shape_polygon(combo.shape, cx, cy, r, angle) * SUPERSAMPLE
+        pen.polygon([tuple(p) for p in pts], fill=fill)
+    geometry = {"cx": float(cx), "cy": float(cy), "r": float(r), "angle": angle}
+    return img.resize((size, size), Image.Resampling.BOX), geometry
 
 
 def draw(combo: Combo, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
@@ -143,6 +230,8 @@ class ShapesDataset:
     images: np.ndarray  # (n, size, size, 3) uint8
     combos: list[Combo]
     captions: list[str]
+    forms: list[int] | None = None  # second generation: the caption form of each image
+    geometry: list[dict] | None = None  # second generation: centre, half-extent and angle of each shape
 
     def __len__(self) -> int:
         return len(self.combos)
@@ -167,3 +256,22 @@ def make_dataset(
     templates = rng.integers(0, len(TEMPLATES), size=n) if random_template else np.zeros(n, dtype=int)
     captions = [c.caption(int(t)) for c, t in zip(picks, templates)]
     return ShapesDataset(images, picks, captions)
+
+
+def make_dataset_v2(n: int, seed: int = 0, combos: list[Combo] | None = None, size: int = V2_IMAGE_SIZE,
+                    form: int | None = None) -> ShapesDataset:  # fmt: skip
+    """The second generation's data: `draw_v2` images, captions in a random `V2_CAPTION_FORMS` form
+    (weighted by `v2_form_weights`; `form=0` gives every image the canonical full caption).
+
+    Deterministic: the same arguments give the same pixels and captions.
+    """
+    rng = np.random.default_rng(seed)
+    combos = list(combos) if combos is not None else train_combos()
+    picks = [combos[i % len(combos)] for i in range(n)]
+    order = rng.permutation(n)
+    picks = [picks[i] for i in order]
+    drawn = [draw_v2(c, rng, size) for c in picks]
+    images = np.stack([np.asarray(im) for im, _ in drawn])  # (n, size, size, 3)
+    forms = rng.choice(len(V2_CAPTION_FORMS), size=n, p=v2_form_weights()) if form is None else np.full(n, form)
+    captions = [v2_caption(c, int(f)) for c, f in zip(picks, forms)]
+    return ShapesDataset(images, picks, captions, [int(f) for f in forms], [g for _, g in drawn])
