@@ -88,3 +88,17 @@ def test_calibration_on_a_small_sample():
     assert r["train_pass"] >= 0.98, r
     for key in ("wrong kind_fail", "wrong colour_fail", "wrong background_fail", "swapped colours_fail", "blob_fail"):
         assert r[key] >= 0.98, (key, r)
+
+
+def test_vocabulary_check_names_unknown_words_and_suggests_a_known_caption():
+    from helpers.strict_judge import parse_caption
+    from helpers.toy_vocab import unknown_words, vocabulary_message
+
+    assert vocabulary_message("a red circle on a blue background") is None
+    assert vocabulary_message("a blue background with a red shape") is None
+    assert unknown_words("Kermit the Frog on the Iron Throne") == ["kermit", "frog", "iron", "throne"]
+    msg = vocabulary_message("Kermit the Frog on the Iron Throne")
+    assert "'kermit'" in msg and "'throne'" in msg
+    suggestion = msg.split("Try '")[1].split("'")[0]
+    assert parse_caption(suggestion) and vocabulary_message(suggestion) is None
+    assert "a green square" in vocabulary_message("a green square dragon")  # keeps what it can
