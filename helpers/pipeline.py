@@ -17,7 +17,10 @@ The same `load_pipeline(model)` call takes a Hub id (Colab, GPU) or a local fold
 
 from __future__ import annotations
 
+import gc
+import json
 import math
+import operator
 import os
 import time
 import warnings
@@ -30,7 +33,9 @@ import numpy as np
 import torch
 
 from .device import pick_device
-from .paths import MODELS_DIR
+from .hub import hub_call
+from .paths import MODELS_DIR, REPO_ROOT
+from .saving import public_name
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 LICENSE_URL = "https://huggingface.co/CompVis/stable-diffusion-v1-4"
@@ -40,6 +45,8 @@ MAX_IMAGES = 64  # one batched call; beyond this use scripts/generate_many.py
 MAX_STEPS = 1000  # the schedule has 1000 training timesteps
 MIN_SIZE, MAX_SIZE = 8, 2048  # pixels; SD v1 was trained at 512
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds; keep seed + n within int64
+MAX_GUIDANCE = 100.0  # beyond ~30 images burn out; far beyond, fp16 overflows to inf
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # The default sampler: the fastest setting within 2 points of PNDM-50's prompt-faithfulness (PNDM at 50 steps
 # is SD v1's and the blog's default). Measured on the trained offline family by benchmarks/schedulers_quality.py:
@@ -78,6 +85,26 @@ class ModelUnavailableError(OSError):
     """The model could not be loaded from the Hub or the cache; the message names the fixes."""
 
 
+class ModelFilesError(ValueError):
+    """A local model folder is missing a file or holds a damaged one; the message names the file and the fix."""
+
+
+class NotEnoughMemoryError(MemoryError):
+    """The device ran out of memory during generation; the memory is released and the message names the fixes."""
+
+
+def _near(path: Path) -> str:
+    """`path` relative to the working directory when both are inside the project, else as given.
+
+    What notebooks print and records keep must not show the absolute path (it holds the user's name)."""
+    try:
+        rel = os.path.relpath(path, Path.cwd())
+        cwd_inside = Path.cwd().resolve().is_relative_to(REPO_ROOT)
+    except (OSError, ValueError):
+        return str(path)
+    return rel if cwd_inside and Path(path).resolve().is_relative_to(REPO_ROOT) else str(path)
+
+
 # --------------------------------------------------------------------------------------------- models
 
 
@@ -101,13 +128,13 @@ def choose_model(model: str | os.PathLike | None = None) -> tuple[str, str]:
     env = os.environ.get("SD_MODEL")
     if env:
         if env.lower() == "offline":
-            return str(offline_model_dir()), "SD_MODEL=offline asks for the offline model"
+            return _near(offline_model_dir()), "SD_MODEL=offline asks for the offline model"
         return env, "the SD_MODEL environment variable names it"
     if torch.cuda.is_available():
         return DEFAULT_MODEL, "a CUDA GPU is available, so we run the real Stable Diffusion v1-4 from the Hub"
     offline = offline_model_dir()
     kind = "trained toy family" if offline == TOY_MODEL_DIR else "tiny random-weight model (noise, not pictures)"
-    return str(offline), (
+    return _near(offline), (
         f"no GPU here: the real model would take ~20 min per image on CPU, so we run the offline {kind} "
         "with exactly the same code (set SD_MODEL to override)"
     )
@@ -142,9 +169,11 @@ def _has_plain_weights(folder: Path) -> bool:
 
 
 def _unavailable(model: str, err: Exception) -> ModelUnavailableError:
+    from .hub import HubTimeoutError
+
+    cause = str(err) if isinstance(err, HubTimeoutError) else f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
     return ModelUnavailableError(
-        f"Could not load {model!r} from the Hugging Face Hub or the local cache ({type(err).__name__}: "
-        f"{str(err).splitlines()[0][:200]}).\nFixes:\n"
+        f"Could not load {model!r} from the Hugging Face Hub or the local cache ({cause}).\nFixes:\n"
         "  1. Log in: `python login.py` (or set HF_TOKEN; on Colab add it under Secrets).\n"
         f"  2. Accept the model license on {LICENSE_URL} with the same account.\n"
         "  3. Check the network (no internet: set HF_HUB_OFFLINE=1 only if the model is already cached).\n"
@@ -172,27 +201,25 @@ def load_pipeline(
     - `scheduler`: default `DEFAULT_SCHEDULER` (DDIM, built from the model's own config: same noise schedule),
       the measured fastest at equal quality; None keeps the model's own (SD v1-4: PNDM).
     """
+    model_str = _check_load_arguments(model, device, dtype, variant, safety_checker, token, scheduler)
     from diffusers import StableDiffusionPipeline
 
     choice = pick_device(device)
     # A measured CPU setup is for the full-size UNet: load exact fp32, then apply it if this UNet is big enough.
     adapt = dtype is None and choice.measured
     dtype = torch.float32 if adapt else (dtype or choice.dtype)
-    model_str, _ = choose_model(model)
     path = Path(model_str).expanduser()
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
     if not safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if path.is_dir():
-        if not (path / "model_index.json").exists():
-            raise ValueError(
-                f"{path} is a folder but holds no model_index.json: pass a folder made by save_pretrained."
-            )
+        check_model_folder(path)  # a missing or damaged file: one error naming it, before loading anything
         want_fp16 = variant == "fp16" or (variant == "auto" and dtype == torch.float16)
         if variant == "fp16" and not _has_fp16_variant(path):
             raise ValueError(
-                f"variant='fp16' was asked for, but {path} has no *.fp16.safetensors files. Use variant='auto' "
-                "(loads what is there and casts to `dtype`), or save with pipe.save_pretrained(dir, variant='fp16')."
+                f"variant='fp16' was asked for, but {public_name(path)} has no *.fp16.safetensors files. Use "
+                "variant='auto' (loads what is there and casts to `dtype`), or save with "
+                "pipe.save_pretrained(dir, variant='fp16')."
             )
         if want_fp16 and _has_fp16_variant(path):
             kwargs["variant"] = "fp16"
@@ -200,28 +227,31 @@ def load_pipeline(
             kwargs["variant"] = variant
         elif variant == "auto" and _has_fp16_variant(path) and not _has_plain_weights(path):
             kwargs["variant"] = "fp16"  # the folder holds only fp16 files: load them, cast to `dtype`
-        pipe = StableDiffusionPipeline.from_pretrained(path, **kwargs)
-    elif model_str.count("/") == 1 and not model_str.startswith((".", "/", "~")) and not path.exists():
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(path, **kwargs)
+        except Exception as err:  # a damage check_model_folder could not see (e.g. a tensor of the wrong shape)
+            raise ModelFilesError(_damaged_message(path, None, err)) from err
+    elif _looks_like_hub_id(model_str) and not path.exists():
         if variant == "fp16" or (variant == "auto" and dtype == torch.float16):
             kwargs["variant"] = "fp16"  # the modern form of the blog's revision="fp16"
         elif variant not in ("auto", None):
             kwargs["variant"] = variant
         if token:
             kwargs["token"] = token
+        what = f"loading {model_str!r}"
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(model_str, **kwargs)
-        except ValueError as err:
-            if "variant" not in str(err) or "variant" not in kwargs:
-                raise
-            warnings.warn(
-                f"{model_str} has no fp16 weight files; loading the fp32 files and casting to {dtype}.", stacklevel=2
-            )
-            kwargs.pop("variant")
             try:
-                pipe = StableDiffusionPipeline.from_pretrained(model_str, **kwargs)
-            except OSError as err2:
-                raise _unavailable(model_str, err2) from err2
-        except OSError as err:
+                pipe = hub_call(StableDiffusionPipeline.from_pretrained, model_str, what=what, **kwargs)
+            except ValueError as err:
+                if "variant" not in str(err) or "variant" not in kwargs:
+                    raise
+                warnings.warn(
+                    f"{model_str} has no fp16 weight files; loading the fp32 files and casting to {dtype}.",
+                    stacklevel=2,
+                )
+                kwargs.pop("variant")
+                pipe = hub_call(StableDiffusionPipeline.from_pretrained, model_str, what=what, **kwargs)
+        except (OSError, TimeoutError) as err:  # HubTimeoutError is a TimeoutError, which is an OSError
             raise _unavailable(model_str, err) from err
     else:
         raise ValueError(
@@ -242,6 +272,100 @@ def load_pipeline(
     if scheduler is not None:
         pipe.scheduler = make_scheduler(pipe, scheduler)
     return pipe
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    return model.count("/") == 1 and not model.startswith((".", "/", "~")) and all(model.split("/"))
+
+
+def _check_load_arguments(model, device, dtype, variant, safety_checker, token, scheduler) -> str:
+    """Every argument of `load_pipeline` checked before anything is loaded; returns the model to load."""
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"model must be a Hub id or a folder path, got {type(model).__name__}.")
+    if model is not None and not str(model).strip():
+        raise ValueError(
+            "model is empty: pass a Hub id such as 'CompVis/stable-diffusion-v1-4', a folder made by "
+            "save_pretrained, or None to let choose_model() decide."
+        )
+    if device not in (None, "cuda", "mps", "cpu"):
+        raise ValueError(f"Unknown device {device!r}: use 'cuda', 'mps', 'cpu' or None (auto).")
+    if isinstance(dtype, str):
+        name = dtype.replace("torch.", "")
+        raise ValueError(
+            f"dtype must be a torch dtype, not the string {dtype!r}: pass dtype=torch.{name} "
+            "(torch.float16, torch.float32 or torch.bfloat16), or None for the device's best."
+        )
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be torch.float16, torch.float32, torch.bfloat16 or None, got {dtype!r}.")
+    if variant is not None and not isinstance(variant, str):
+        raise ValueError(f"variant must be 'auto', 'fp16', another variant name or None, got {variant!r}.")
+    if not isinstance(safety_checker, bool):
+        raise ValueError(f"safety_checker must be True or False, got {safety_checker!r}.")
+    if token is not None and not isinstance(token, str):
+        raise ValueError("token must be a string or None (better: run `python login.py` once and pass nothing).")
+    if scheduler is not None:
+        _check_scheduler(scheduler)
+    model_str, _ = choose_model(model)
+    return model_str
+
+
+#: What a StableDiffusionPipeline folder needs, beyond model_index.json: component -> files (one of each tuple).
+_WEIGHTS = ("diffusion_pytorch_model", "model")
+
+
+def _damaged_message(folder: Path, file: Path | None, err: BaseException | str) -> str:
+    where = Path(file).relative_to(folder).as_posix() if file is not None else "a file in it"
+    why = err if isinstance(err, str) else f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    fix = (
+        "restore it with `git checkout -- models/` (the offline family is committed in the repo)"
+        if Path(folder).resolve().is_relative_to(MODELS_DIR.resolve())
+        else "copy or download the model folder again (pipe.save_pretrained(folder) writes a complete one)"
+    )
+    return f"The model folder {public_name(folder)} is damaged: {where} {why}. Fix: {fix}, or pass another model."
+
+
+def check_model_folder(folder: Path | str) -> None:
+    """Raise `ModelFilesError` naming the first missing or damaged file of a `save_pretrained` folder.
+
+    Cheap: reads model_index.json, each config, and the header of each safetensors file (not the tensors)."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ModelFilesError(_damaged_message(folder, index, "is missing (pass a folder made by save_pretrained)"))
+    try:
+        components = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelFilesError(_damaged_message(folder, index, err)) from None
+    for name, spec in components.items():
+        if name.startswith("_") or not isinstance(spec, list) or None in spec:
+            continue  # metadata, or a component saved as None (e.g. no safety checker)
+        sub = folder / name
+        if not sub.is_dir():
+            raise ModelFilesError(_damaged_message(folder, sub, "is missing (model_index.json lists it)"))
+        configs = [p for p in sub.glob("*.json")]
+        for cfg in configs:
+            try:
+                json.loads(cfg.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as err:
+                raise ModelFilesError(_damaged_message(folder, cfg, err)) from None
+        if (sub / "config.json").is_file():  # a model (not a tokenizer or scheduler): it needs weights
+            weights = [
+                p for p in sub.iterdir() if p.name.split(".")[0] in _WEIGHTS and p.suffix in (".safetensors", ".bin")
+            ]
+            if not weights:
+                raise ModelFilesError(
+                    _damaged_message(folder, sub / "diffusion_pytorch_model.safetensors", "is missing (no weights)")
+                )
+            for w in weights:
+                if w.suffix != ".safetensors":
+                    continue
+                try:
+                    with safe_open(str(w), framework="pt") as f:
+                        f.keys()
+                except Exception as err:  # SafetensorError for a bad header or a truncated file
+                    raise ModelFilesError(_damaged_message(folder, w, err)) from None
 
 
 def make_scheduler(pipe, name: str):
@@ -267,8 +391,27 @@ def _check_scheduler(name) -> str:
     return name.lower()
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+def _as_int(value) -> int | None:
+    """`value` as an exact Python int if it is integer-like (int, numpy integer, anything with __index__), else None.
+
+    `operator.index` never rounds and never wraps: np.int64(2**63 - 1) + 1 would wrap, its index does not."""
+    if isinstance(value, (bool, np.bool_)):
+        return None  # True is an int to Python, never a seed or a count to a user
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _as_float(value) -> float | None:
+    """`value` as a float if it is a real number that fits one, else None."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        return None
+    try:
+        number = float(value)  # Python/numpy numbers, Fraction, Decimal; 10**400 raises OverflowError
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number
 
 
 def validate_inputs(
@@ -281,45 +424,69 @@ def validate_inputs(
     height: int | None = None,
     width: int | None = None,
     scheduler: str | None = None,
-) -> None:
-    """Raise `ValueError` (saying what to do) for any bad input, before any model work."""
+) -> dict[str, Any]:
+    """Raise `ValueError` (saying what to do) for any bad input, before any model work.
+
+    Returns the values as exact plain Python types (ints stay exact: a seed near 2**63 is not rounded).
+    """
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, got {type(prompt).__name__}: pass one text prompt.")
     if not prompt.strip():
         raise ValueError("prompt is empty: describe the image, e.g. 'Kermit the Frog on the Iron Throne'.")
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise ValueError("negative_prompt must be a string or None.")
-    if not _is_int(n_images) or not 1 <= n_images <= MAX_IMAGES:
+    n = _as_int(n_images)
+    if n is None or not 1 <= n <= MAX_IMAGES:
         raise ValueError(
             f"n_images must be a whole number from 1 to {MAX_IMAGES}, got {n_images!r}; "
             "for more images use scripts/generate_many.py or call generate() again with another seed."
         )
-    if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= MAX_STEPS:
+    steps = _as_int(num_inference_steps)
+    if steps is None or not 1 <= steps <= MAX_STEPS:
         raise ValueError(
             f"num_inference_steps must be a whole number from 1 to {MAX_STEPS}, got {num_inference_steps!r} "
             "(typical: 20-50)."
         )
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating)):
+    guidance = _as_float(guidance_scale)
+    if guidance is None:
         raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r} (typical: 7.5).")
-    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+    if not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
         raise ValueError(
-            f"guidance_scale must be finite and >= 0, got {guidance_scale}: use 1.0 for no guidance, 7.5 typically."
+            f"guidance_scale must be from 0 to {MAX_GUIDANCE:g}, got {guidance_scale!r}: use 1.0 for no guidance, "
+            "7.5 typically."
         )
-    if not _is_int(seed) or not 0 <= seed or seed + n_images - 1 > MAX_SEED:
+    first_seed = _as_int(seed)
+    if first_seed is None or not 0 <= first_seed or first_seed + n - 1 > MAX_SEED:
         raise ValueError(
-            f"seed must be a whole number from 0 to {MAX_SEED - n_images + 1} (images use seed, seed+1, ...), "
-            f"got {seed!r}."
+            f"seed must be a whole number from 0 to {MAX_SEED - n + 1} (images use seed, seed+1, ...), got {seed!r}."
         )
+    sizes = {}
     for name, value in (("height", height), ("width", width)):
         if value is None:
+            sizes[name] = None
             continue
-        if not _is_int(value) or value % 8 or not MIN_SIZE <= value <= MAX_SIZE:
+        size = _as_int(value)
+        if size is None or size % 8 or not MIN_SIZE <= size <= MAX_SIZE:
+            near = size if size is not None else (_as_float(value) or 512)
+            near = max(MIN_SIZE, min(MAX_SIZE, int(near) // 8 * 8)) if math.isfinite(near) else 512
             raise ValueError(
                 f"{name} must be a multiple of 8 between {MIN_SIZE} and {MAX_SIZE} pixels, got {value!r} "
-                f"(the VAE shrinks images 8x; try {max(MIN_SIZE, min(MAX_SIZE, int(value) // 8 * 8 if _is_int(value) else 512))})."
+                f"(the VAE shrinks images 8x; try {near})."
             )
+        sizes[name] = size
     if scheduler is not None:
-        _check_scheduler(scheduler)
+        scheduler = _check_scheduler(scheduler)
+    return {
+        "prompt": prompt,
+        "n_images": n,
+        "seed": first_seed,
+        "guidance_scale": guidance,
+        "num_inference_steps": steps,
+        "negative_prompt": negative_prompt,
+        "height": sizes["height"],
+        "width": sizes["width"],
+        "scheduler": scheduler,
+    }
 
 
 def truncation_message(tokenizer, prompt: str, what: str = "prompt") -> str | None:
@@ -402,12 +569,12 @@ def generate(
     Regenerate image i alone with `generate(pipe, prompt, n_images=1, seed=seed + i, ...)`.
     A `scheduler` name swaps the scheduler for this call only.
     """
-    validate_inputs(
+    # exact plain ints and floats: numpy integers pass, and records stay JSON-exact (a seed reads back as a number)
+    checked = validate_inputs(
         prompt, n_images, seed, guidance_scale, num_inference_steps, negative_prompt, height, width, scheduler
     )
-    # numpy integers pass the checks; plain ints keep the records JSON-exact (a saved seed reads back as a number)
-    n_images, seed, num_inference_steps = int(n_images), int(seed), int(num_inference_steps)
-    height, width = (None if v is None else int(v) for v in (height, width))
+    n_images, seed, num_inference_steps = checked["n_images"], checked["seed"], checked["num_inference_steps"]
+    guidance_scale, height, width = checked["guidance_scale"], checked["height"], checked["width"]
     messages = [m for m in (truncation_message(pipe.tokenizer, prompt),) if m]
     if negative_prompt:
         msg = truncation_message(pipe.tokenizer, negative_prompt, "negative prompt")
@@ -425,6 +592,7 @@ def generate(
     generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(n_images)]
     pipe.set_progress_bar_config(disable=not show_progress, leave=False)
     t0 = time.perf_counter()
+    out_of_memory = False
     try:
         out = pipe(
             prompt=prompt,
@@ -438,13 +606,21 @@ def generate(
             output_type="np",  # floats, so NaNs survive for diagnosis
             callback_on_step_end=callback_on_step_end,
         )
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        out_of_memory = True  # raise outside this block: the traceback, and the tensors its frames hold, go first
     finally:
         pipe.scheduler = original
+    if out_of_memory:
+        release_memory()
+        dtype = str(pipe.unet.dtype).replace("torch.", "")
+        raise NotEnoughMemoryError(out_of_memory_message(n_images, height, width, dtype, str(pipe.device)))
     seconds = time.perf_counter() - t0
     arrays = np.asarray(out.images)  # (n, H, W, 3) in [0, 1]
     nan = [bool(np.isnan(a).any()) for a in arrays]
     nsfw = [bool(x) for x in (out.nsfw_content_detected or [False] * n_images)]
-    model = str(getattr(pipe, "name_or_path", "") or type(pipe).__name__)
+    model = public_name(getattr(pipe, "name_or_path", "") or type(pipe).__name__)  # Hub id or project path
     records = [
         {
             "prompt": prompt,
@@ -473,6 +649,42 @@ def generate(
         messages=messages + black,
         interrupted=bool(getattr(pipe, "_interrupt", False)),
         seconds=seconds,
+    )
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError other backends (MPS, CPU allocator) raise for the same."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)
+
+
+def release_memory() -> None:
+    """Give the memory of a failed run back: drop unreachable tensors, then CUDA's cached blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if hasattr(torch, "mps") and hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
+
+
+def out_of_memory_message(
+    n_images: int, height: int, width: int, dtype: str, device: str, how: dict | None = None
+) -> str:
+    """What ran out and the fixes, cheapest first. `how` renames the knobs (generate_many's flags)."""
+    how = {
+        "images": "n_images",
+        "size": "height=512, width=512 (SD v1's native size)",
+        "preset": "apply_memory_preset(pipe, 'balanced'), then 'low' or 'lowest' (the studio's Memory menu)",
+        "fp16": "load_pipeline(..., dtype=torch.float16) on a GPU",
+        **(how or {}),
+    }
+    fewer = max(1, n_images // 2)
+    return (
+        f"Out of memory on {device} making {n_images} image(s) of {width}x{height} in {dtype}; the memory is "
+        f"released and nothing was lost. Fixes, in order: 1. fewer images at once ({how['images']}={fewer}); "
+        f"2. a smaller size ({how['size']}); 3. a memory preset ({how['preset']}); 4. fp16 ({how['fp16']})."
     )
 
 

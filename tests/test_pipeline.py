@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from helpers import pipeline as pl
+from helpers.paths import REPO_ROOT
 from helpers.pipeline import (
     DEFAULT_MODEL,
     LICENSE_URL,
@@ -282,7 +284,8 @@ def test_choose_env(no_model_env, monkeypatch):
     for value in ("offline", "OFFLINE"):
         monkeypatch.setenv("SD_MODEL", value)
         model, why = choose_model()
-        assert model == str(offline_model_dir()) and "SD_MODEL=offline" in why
+        assert Path(model).resolve() == offline_model_dir().resolve() and "SD_MODEL=offline" in why
+        assert not Path(model).is_absolute()  # printed by notebooks: never the absolute path
 
 
 def test_choose_real_model_on_a_gpu(no_model_env, monkeypatch):
@@ -294,13 +297,13 @@ def test_choose_real_model_on_a_gpu(no_model_env, monkeypatch):
 
 def test_choose_offline_without_gpu(no_model_env):
     model, why = choose_model()
-    assert model == str(offline_model_dir())
+    assert Path(model).resolve() == offline_model_dir().resolve() and not Path(model).is_absolute()
     assert "no GPU" in why and "SD_MODEL" in why and "offline" in why
 
 
 def test_offline_model_is_loadable_by_default(no_model_env, from_pretrained_kwargs):
     pipe = load_pipeline()
-    assert str(pipe.name_or_path) == str(offline_model_dir())
+    assert Path(pipe.name_or_path).resolve() == offline_model_dir().resolve()
 
 
 # ------------------------------------------------------------------------------------------ generate
@@ -329,7 +332,8 @@ def test_records_are_complete(tiny_pipe, tiny_model_dir):
         assert rec["prompt"] == PROMPT and rec["negative_prompt"] == "blurry"
         assert rec["seed"] == 5 + i and rec["index"] == i
         assert rec["num_inference_steps"] == 2 and rec["guidance_scale"] == 6.0
-        assert rec["scheduler"] == "pndm" and rec["model"] == str(tiny_model_dir)
+        assert rec["scheduler"] == "pndm"
+        assert rec["model"] == tiny_model_dir.resolve().relative_to(REPO_ROOT.resolve()).as_posix()  # no home dir
         assert (rec["height"], rec["width"]) == (48, 32)
     assert result.images[0].size == (32, 48)  # PIL: (width, height)
 
@@ -543,10 +547,19 @@ BAD_INPUTS = [
     ({"height": 4096}, r"between 8 and 2048 .* try 2048"),
     ({"width": 512.0}, r"width must be .* try 512"),
     ({"height": "512"}, "height must be"),
-    ({"guidance_scale": float("nan")}, r"guidance_scale must be finite and >= 0.*7\.5"),
-    ({"guidance_scale": float("inf")}, "guidance_scale must be finite"),
-    ({"guidance_scale": -float("inf")}, "guidance_scale must be finite"),
-    ({"guidance_scale": -1.0}, "guidance_scale must be finite and >= 0"),
+    ({"guidance_scale": float("nan")}, r"guidance_scale must be from 0 to 100.*7\.5"),
+    ({"guidance_scale": float("inf")}, "guidance_scale must be from 0 to 100"),
+    ({"guidance_scale": -float("inf")}, "guidance_scale must be from 0"),
+    ({"guidance_scale": -1.0}, "guidance_scale must be from 0 to 100"),
+    ({"guidance_scale": 1e308}, "guidance_scale must be from 0 to 100"),
+    ({"guidance_scale": 10**400}, "guidance_scale must be a number"),
+    ({"guidance_scale": np.float64(1e300)}, "guidance_scale must be from 0 to 100"),
+    ({"n_images": np.bool_(True)}, "n_images must be"),
+    ({"seed": np.uint64(2**64 - 1)}, "seed must be a whole number"),
+    ({"seed": np.int64(MAX_SEED), "n_images": np.int64(2)}, r"images use seed, seed\+1"),
+    ({"seed": 10**30}, "seed must be a whole number"),
+    ({"height": np.int64(2**63 - 8)}, r"height must be .* try 2048"),
+    ({"width": float("nan")}, r"width must be .* try 512"),
     ({"guidance_scale": "7.5"}, "guidance_scale must be a number"),
     ({"guidance_scale": None}, "guidance_scale must be a number"),
     ({"guidance_scale": True}, "guidance_scale must be a number"),
@@ -577,6 +590,22 @@ def test_largest_seed_is_accepted():
     pl.validate_inputs(PROMPT, n_images=2, seed=MAX_SEED - 1)
     pl.validate_inputs(PROMPT, n_images=MAX_IMAGES, seed=0, height=8, width=2048, guidance_scale=0)
     pl.validate_inputs(PROMPT, seed=np.int64(5), guidance_scale=np.float32(7.5), num_inference_steps=np.int32(3))
+
+
+def test_integer_like_values_are_taken_exactly(tiny_pipe):
+    """operator.index, never float or C arithmetic: a numpy seed near 2**63 is neither wrapped nor rounded."""
+
+    class Seed:  # any integer-like type: __index__ is the contract
+        def __index__(self):
+            return MAX_SEED - 1
+
+    checked = pl.validate_inputs(PROMPT, n_images=np.int8(2), seed=np.int64(MAX_SEED - 1), height=np.uint16(64))
+    assert checked["seed"] == MAX_SEED - 1 and type(checked["seed"]) is int and checked["height"] == 64
+    assert pl.validate_inputs(PROMPT, seed=Seed())["seed"] == MAX_SEED - 1
+    with pytest.raises(ValueError, match="seed must be"):  # np.int64 arithmetic would wrap to a negative number
+        pl.validate_inputs(PROMPT, n_images=np.int64(3), seed=np.int64(MAX_SEED - 1))
+    result = generate(tiny_pipe, PROMPT, n_images=np.int64(2), seed=np.int64(MAX_SEED - 1), height=64, width=64, **FAST)
+    assert [r["seed"] for r in result.records] == [MAX_SEED - 1, MAX_SEED]
 
 
 def test_seed_errors_say_the_range():
@@ -630,3 +659,126 @@ def test_unknown_preset():
 def test_explicit_fp16_variant_on_a_folder_without_fp16_files_says_so(tiny_model_dir):
     with pytest.raises(ValueError, match="no \\*.fp16.safetensors files.*variant='auto'"):
         load_pipeline(tiny_model_dir, device="cpu", dtype=torch.float32, variant="fp16")
+
+
+# ------------------------------------------------------------------------------------------ out of memory
+
+
+def test_out_of_memory_is_caught_released_and_explained(fresh_tiny_pipe, monkeypatch):
+    released = []
+    monkeypatch.setattr(pl, "release_memory", lambda: released.append(True))
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(fresh_tiny_pipe.unet, "forward", oom)
+    original = fresh_tiny_pipe.scheduler
+    with pytest.raises(pl.NotEnoughMemoryError) as info:
+        generate(fresh_tiny_pipe, PROMPT, n_images=8, height=64, width=64, scheduler="euler", **FAST)
+    msg = str(info.value)
+    assert released == [True] and fresh_tiny_pipe.scheduler is original
+    assert "Out of memory on cpu making 8 image(s) of 64x64" in msg
+    order = [msg.index(s) for s in ("1. fewer images at once (n_images=4)", "2. a smaller size", "3. a memory preset",
+                                    "4. fp16")]  # fmt: skip
+    assert order == sorted(order)
+    assert info.value.__cause__ is None and info.value.__context__ is None  # the failed run's tensors are unreachable
+
+
+def test_mps_style_out_of_memory_runtime_error_is_caught_too(fresh_tiny_pipe, monkeypatch):
+    def oom(*args, **kwargs):
+        raise RuntimeError("MPS backend out of memory (MPS allocated: 17 GB)")
+
+    monkeypatch.setattr(fresh_tiny_pipe.unet, "forward", oom)
+    with pytest.raises(pl.NotEnoughMemoryError, match="Fixes, in order"):
+        generate(fresh_tiny_pipe, PROMPT, height=64, width=64, **FAST)
+
+
+def test_other_runtime_errors_pass_through(fresh_tiny_pipe, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("shapes do not match")
+
+    monkeypatch.setattr(fresh_tiny_pipe.unet, "forward", broken)
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        generate(fresh_tiny_pipe, PROMPT, height=64, width=64, **FAST)
+
+
+# ------------------------------------------------------------------------------------------ load_pipeline checks
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if load_pipeline loads anything."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("load_pipeline loaded a model before checking its arguments")
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", forbidden)
+
+
+BAD_LOAD = [
+    ({"dtype": "float16"}, r"dtype must be a torch dtype, not the string 'float16': pass dtype=torch.float16"),
+    ({"dtype": "torch.bfloat16"}, r"pass dtype=torch.bfloat16"),
+    ({"dtype": torch.int8}, "dtype must be torch.float16"),
+    ({"scheduler": "karras"}, "Unknown scheduler 'karras'"),
+    ({"device": "gpu"}, "Unknown device 'gpu'"),
+    ({"safety_checker": "no"}, "safety_checker must be True or False"),
+    ({"variant": 16}, "variant must be"),
+    ({"token": 123}, "token must be a string"),
+    ({"model": ""}, "model is empty: pass a Hub id"),
+    ({"model": "  "}, "model is empty"),
+    ({"model": 3}, "model must be a Hub id or a folder path"),
+]
+
+
+@pytest.mark.parametrize("bad,match", BAD_LOAD, ids=[",".join(f"{k}={v!r}" for k, v in b.items()) for b, _ in BAD_LOAD])
+def test_load_pipeline_checks_every_argument_before_loading(tiny_model_dir, no_loading, bad, match):
+    kwargs = {"model": tiny_model_dir, **bad}
+    with pytest.raises(ValueError, match=match):
+        load_pipeline(**kwargs)
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(tiny_model_dir, tmp_path / "my-model"))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = [
+    ("unet/diffusion_pytorch_model.safetensors", _truncate, "unet/diffusion_pytorch_model.safetensors"),
+    ("vae/diffusion_pytorch_model.safetensors", lambda p: p.write_bytes(b"\x00" * 10), "vae/diffusion_pytorch_model"),
+    ("unet/diffusion_pytorch_model.safetensors", Path.unlink, "unet/diffusion_pytorch_model.safetensors is missing"),
+    ("text_encoder/config.json", lambda p: p.write_text("{not json"), "text_encoder/config.json"),
+    ("model_index.json", lambda p: p.write_text("[}"), "model_index.json"),
+    ("tokenizer", lambda p: __import__("shutil").rmtree(p), "tokenizer is missing"),
+]
+
+
+@pytest.mark.parametrize("file,damage,named", DAMAGE, ids=["truncated", "garbage", "missing", "bad-config",
+                                                           "bad-index", "no-tokenizer"])  # fmt: skip
+def test_damaged_model_folder_names_the_file_and_the_fix(model_copy, no_loading, file, damage, named):
+    target = model_copy / file
+    if not target.exists() and file.endswith(".safetensors"):
+        pytest.skip(f"{file} is stored under another name in this model")
+    damage(target)
+    with pytest.raises(pl.ModelFilesError) as info:
+        load_pipeline(model_copy, device="cpu")
+    msg = str(info.value)
+    assert "The model folder my-model is damaged" in msg and named in msg and "Fix:" in msg
+    assert str(model_copy.parent) not in msg  # the folder's name, not its absolute path
+
+
+def test_models_are_recorded_without_absolute_paths(tiny_pipe):
+    from helpers.saving import public_name
+
+    assert public_name("CompVis/stable-diffusion-v1-4") == "CompVis/stable-diffusion-v1-4"
+    assert (
+        public_name(offline_model_dir()) in ("models/toy-sd", offline_model_dir().name)
+        or not Path(public_name(offline_model_dir())).is_absolute()
+    )
+    record = generate(tiny_pipe, PROMPT, height=64, width=64, **FAST).records[0]
+    assert not Path(record["model"]).is_absolute() and str(Path.home()) not in record["model"]
