@@ -228,3 +228,72 @@ def test_generated_images_round_trip(tiny_pipe, tmp_path, single_thread):
         meta = read_metadata(path)
         assert {k: meta[k] for k in record} == record
         assert meta["seed"] == record["seed"] and isinstance(meta["seed"], int)
+
+
+# ------------------------------------------------------------------------------------------ hardening
+
+
+def test_concurrent_saves_into_one_folder_keep_every_manifest_entry(tmp_path):
+    """8 writers x 15 saves at once: without the manifest lock, read-extend-replace kept 66 of 120."""
+    import threading
+
+    run_dir = tmp_path / "shared"
+    run_dir.mkdir()
+    images = make_images(1)
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def writer(w: int):
+        start.wait()
+        try:
+            for k in range(15):
+                save_images(images, make_records(1, seed=w * 100 + k), run_dir=run_dir)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    entries = read_manifest(run_dir)["images"]
+    assert len(entries) == 120 == len(list(run_dir.glob("[!.]*.png")))
+    assert sorted(e["seed"] for e in entries) == sorted(w * 100 + k for w in range(8) for k in range(15))
+    assert no_temp_files(run_dir)
+
+
+def test_a_failed_manifest_write_leaves_no_temp_file_and_the_old_manifest(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    save_images(make_images(1), make_records(1), run_dir=run_dir)
+    before = (run_dir / MANIFEST).read_text()
+
+    def broken_dump(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(saving.json, "dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        save_images(make_images(1), make_records(1, seed=5), run_dir=run_dir)
+    assert (run_dir / MANIFEST).read_text() == before
+    assert no_temp_files(run_dir)
+
+
+def test_nothing_identifying_is_recorded(tmp_path):
+    """A model folder under the home directory is recorded by name; inside the project, relative to it."""
+    home_model = str(__import__("pathlib").Path.home() / "secret-user-models" / "my-sd")
+    records = make_records(2)
+    records[0].update(model=home_model, source=str(tmp_path / "class" / "prompts.csv"), note=f"from {home_model}")
+    records[1].update(model=str(paths.REPO_ROOT / "models" / "toy-sd"))
+    written = save_images(make_images(2), records, run_dir=tmp_path / "run")
+    first, second = read_metadata(written[0]), read_metadata(written[1])
+    assert (
+        first["model"] == "my-sd"
+        and first["source"] == "prompts.csv"
+        and first["note"] == "from ~/secret-user-models/my-sd"
+    )
+    assert second["model"] == "models/toy-sd"
+    with Image.open(written[0]) as im:
+        assert im.text["model"] == "my-sd"  # type: ignore[attr-defined]
+    manifest = (tmp_path / "run" / MANIFEST).read_text()
+    assert str(__import__("pathlib").Path.home()) not in manifest and str(paths.REPO_ROOT) not in manifest
+    assert saving.public_name("CompVis/stable-diffusion-v1-4") == "CompVis/stable-diffusion-v1-4"
