@@ -1,8 +1,9 @@
 """CLIP ranking: pmap, jit+NamedSharding, single device and torch agree on 1, 2 and 4 host devices.
 
 The device count is fixed when jax starts, so each count runs in its own subprocess (started together,
-they overlap) that prints its scores as JSON; the assertions are made here. The tiny random CLIP
-(`ensure_mini_clip`) is saved with both torch and Flax weights, so the twins run the same weights.
+they overlap) that sets it with `set_host_device_count` and prints its scores as JSON; the assertions are
+made here. The tiny random CLIP (`ensure_mini_clip`) is one `model.safetensors` that our Flax CLIP and
+transformers' torch `CLIPModel` both read, so the twins run the same weights.
 """
 
 from __future__ import annotations
@@ -25,16 +26,18 @@ DEVICE_COUNTS = (1, 2, 4)
 MAX_N = 9
 PROMPT = "a red circle on a blue background"
 
-# Runs in a fresh interpreter with XLA_FLAGS set; prints one JSON line.
+# Runs in a fresh interpreter: asks for n CPU devices first; prints one JSON line.
 WORKER = textwrap.dedent(
     """
     import json, sys
     import numpy as np
     import helpers
     from helpers import clip_ranking as cr
+
+    folder, prompt, max_n, n_devices = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    cr.set_host_device_count(n_devices)
     import jax
 
-    folder, prompt, max_n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     flax_clip, torch_clip = cr.load_clip(folder), cr.load_clip(folder, backend="torch")
     n_dev = jax.local_device_count()
     images = cr.example_inputs(max_n)
@@ -82,13 +85,13 @@ def device_reports(mini_dir):
     """Start one worker per device count at once; wait for all; {n_devices: report}."""
     procs = {}
     for n in DEVICE_COUNTS:
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+        env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
         procs[n] = subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(mini_dir), PROMPT, str(MAX_N)],
+            [sys.executable, "-c", WORKER, str(mini_dir), PROMPT, str(MAX_N), str(n)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env={**env, "JAX_PLATFORMS": "cpu"},
             cwd=REPO_ROOT,
         )
     reports = {}
@@ -169,24 +172,63 @@ def test_torch_twin_matches_flax_weights_and_scale_times_cosine(mini_dir):
     assert e.logit_scale == pytest.approx(float(np.exp(torch_clip.model.config.logit_scale_init_value)), rel=1e-6)
 
 
-def test_folder_with_only_one_kind_of_weights_loads_in_both_backends(mini_dir, tmp_path):
+def test_both_backends_read_the_one_safetensors_file(mini_dir, tmp_path):
     import shutil
 
+    flax_clip, torch_clip = cr.load_clip(mini_dir), cr.load_clip(mini_dir, backend="torch")
+    state = torch_clip.model.state_dict()
+    kernel = flax_clip.params["visual_projection"]["kernel"]  # Dense (in, out) = torch Linear weight transposed
+    assert np.array_equal(kernel, state["visual_projection.weight"].numpy().T)
+    assert float(flax_clip.params["logit_scale"]) == float(state["logit_scale"])
+    assert sorted(p.name for p in mini_dir.iterdir() if p.suffix in (".safetensors", ".msgpack", ".bin")) == [
+        "model.safetensors"
+    ]
+    only_bin = tmp_path / "bin"  # a folder without model.safetensors: say how to make one
+    shutil.copytree(mini_dir, only_bin)
+    (only_bin / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="no CLIP weights.*model.safetensors"):
+        cr.load_clip(only_bin)
+
+
+def test_set_host_device_count_before_and_after_jax_starts():
+    code = textwrap.dedent(
+        """
+        from helpers.clip_devices import set_host_device_count
+        assert set_host_device_count(3) == 3
+        import jax
+        assert jax.local_device_count() == 3, jax.devices()
+        assert set_host_device_count(3) == 3  # the same count again: fine
+        try:
+            set_host_device_count(2)
+        except RuntimeError as err:
+            print(err)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, env={**env, "JAX_PLATFORMS": "cpu"}
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "already started with 3 CPU device(s)" in out.stdout and "set_host_device_count(2)" in out.stdout
+
+
+def test_replicate_and_shard_give_each_device_its_row():
     import jax
 
-    only_flax, only_torch = tmp_path / "flax", tmp_path / "torch"
-    for folder, drop in ((only_flax, "model.safetensors"), (only_torch, "flax_model.msgpack")):
-        shutil.copytree(mini_dir, folder)
-        (folder / drop).unlink()
-    ref_torch = cr.load_clip(mini_dir, backend="torch").model.state_dict()
-    from_flax = cr.load_clip(only_flax, backend="torch").model.state_dict()
-    assert max(float((ref_torch[k] - from_flax[k]).abs().max()) for k in ref_torch) < 1e-6
-    ref_flax = cr.load_clip(mini_dir).params
-    from_torch = cr.load_clip(only_torch).params
-    diffs = jax.tree_util.tree_map(
-        lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), ref_flax, from_torch
-    )
-    assert max(jax.tree_util.tree_leaves(diffs)) < 1e-6
+    from helpers import clip_devices
+
+    n = jax.local_device_count()
+    tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.float32(2.5)}
+    rep = clip_devices.replicate(tree)
+    assert rep["w"].shape == (n, 2, 3) and rep["s"].shape == (n,)
+    assert all(np.array_equal(row, tree["w"]) for row in np.asarray(rep["w"]))
+    assert [s.device for s in rep["w"].addressable_shards] == jax.local_devices()
+    batch = {"pixel_values": np.zeros((2 * n, 3, 4, 4)), "input_ids": np.zeros((n, 77), np.int32)}
+    shards = clip_devices.shard(batch)
+    assert shards["pixel_values"].shape == (n, 2, 3, 4, 4) and shards["input_ids"].shape == (n, 1, 77)
+    if n > 1:
+        with pytest.raises(ValueError, match="reshape"):  # the blog's failure: no padding
+            clip_devices.shard(np.zeros((n + 1, 3)))
 
 
 def test_stable_order_keeps_ties_in_input_order():
@@ -301,18 +343,14 @@ def test_bad_arguments_raise_with_a_fix(mini_dir, tmp_path):
         cr.set_host_device_count(0)
 
 
-def test_unreachable_hub_names_the_fixes(monkeypatch):
-    import transformers
-
-    def offline(*args, **kwargs):
-        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
-
-    monkeypatch.setattr(transformers.CLIPProcessor, "from_pretrained", offline)
-    with pytest.raises(cr.ClipUnavailableError) as info:
-        cr.load_clip("openai/clip-vit-base-patch32")
-    msg = str(info.value)
-    for fix in ("network", "HF_HUB_OFFLINE=1", "models/toy-clip", "offline_clip_dir()"):
-        assert fix in msg
+def test_unreachable_hub_names_the_fixes():
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # tests/conftest.py: no Hub and an empty cache, like a train
+    for backend in cr.BACKENDS:
+        with pytest.raises(cr.ClipUnavailableError) as info:
+            cr.load_clip("openai/clip-vit-base-patch32", backend=backend)
+        msg = str(info.value)
+        for fix in ("network", "HF_HUB_OFFLINE=1", "models/toy-clip", "offline_clip_dir()"):
+            assert fix in msg
 
 
 def test_choose_clip_says_why(monkeypatch, tmp_path):
@@ -327,7 +365,8 @@ def test_choose_clip_says_why(monkeypatch, tmp_path):
 
 def test_importing_helpers_does_not_import_jax():
     code = (
-        "import sys, helpers, helpers.clip_ranking, helpers.plotting, helpers.saving, helpers.pipeline\n"
+        "import sys, helpers, helpers.clip_ranking, helpers.clip_loading, helpers.clip_devices, helpers.clip_blog\n"
+        "import helpers.clip_inputs, helpers.plotting, helpers.saving, helpers.pipeline\n"
         "print(sorted(m for m in ('jax', 'flax') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)
