@@ -32,19 +32,16 @@
 # and `helpers/manual_loop.py` (the hand-written loop): open them beside this notebook.
 
 # %% tags=["skip-execution", "nbval-skip"]
-# Colab / Gradient only (skipped locally and in CI, where the repo is here): fetch the repo at its release tag
-# (helpers, the offline models, configs, benchmark results) and pip-install it. Colab's CUDA torch already
-# satisfies our torch range, so pip keeps it.
-import os
+# Colab / Gradient only: install this project's release, one wheel with the helpers, the offline models and
+# the configs. Where `helpers` is already importable (a clone after `make setup`, CI) it does nothing. Colab's
+# torch, jax and Hugging Face packages already satisfy our ranges, so pip keeps every one of them.
+import importlib.util
 import subprocess
 import sys
 
-if not os.path.isdir("helpers") and not os.path.isdir("../helpers"):
-    if not os.path.isdir("sd-step-by-step"):
-        url = "https://github.com/sd-step-by-step/sd-step-by-step"
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.1.0", url], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "sd-step-by-step"], check=True)
-    sys.path.insert(0, os.path.abspath("sd-step-by-step"))  # importable now, without restarting the kernel
+if importlib.util.find_spec("helpers") is None:
+    spec = "sd-step-by-step @ git+https://github.com/sd-step-by-step/sd-step-by-step@v0.2.0"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
 
 # %%
 import helpers  # first: it quietens diffusers' and transformers' import-time log messages

@@ -29,26 +29,16 @@
 # the same code, only the `model` argument differs.
 
 # %% tags=["skip-execution", "nbval-skip"]
-# Colab / Gradient only (skipped locally and in CI, where the repo is here): fetch the repo at its release tag
-# (helpers, the offline models, configs, benchmark results) and pip-install it. Colab's CUDA torch already
-# satisfies our torch range, so pip keeps it.
-import os
+# Colab / Gradient only: install this project's release, one wheel with the helpers, the offline models and
+# the configs. Where `helpers` is already importable (a clone after `make setup`, CI) it does nothing. Colab's
+# torch, jax and Hugging Face packages already satisfy our ranges, so pip keeps every one of them.
+import importlib.util
 import subprocess
 import sys
 
-if not os.path.isdir("helpers") and not os.path.isdir("../helpers"):
-    if not os.path.isdir("sd-step-by-step"):
-        url = "https://github.com/sd-step-by-step/sd-step-by-step"
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "--branch", "v0.1.0", url], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "sd-step-by-step"], check=True)
-    sys.path.insert(0, os.path.abspath("sd-step-by-step"))  # importable now, without restarting the kernel
-
-# %% tags=["skip-execution", "nbval-skip"]
-# Colab / Gradient only: log in to the Hugging Face Hub (a hidden prompt; or add an HF_TOKEN secret),
-# then accept the model license at https://huggingface.co/CompVis/stable-diffusion-v1-4 once.
-import login
-
-login.main()
+if importlib.util.find_spec("helpers") is None:
+    spec = "sd-step-by-step @ git+https://github.com/sd-step-by-step/sd-step-by-step@v0.2.0"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
 
 # %%
 import numpy as np
@@ -78,6 +68,21 @@ MODEL, WHY = choose_model()  # set SD_MODEL, or pass a Hub id / folder, to choos
 print("device:", choice)
 print("model: ", MODEL)
 print("why:   ", WHY)
+
+# %%
+# The Hub login, only where it is needed: on Colab/Gradient with a Hub model (a hidden prompt, or an HF_TOKEN
+# secret), then accept the model license at https://huggingface.co/CompVis/stable-diffusion-v1-4 once.
+# On a laptop "Run all" never stops here: the offline model needs no Hub.
+from pathlib import Path
+
+from helpers.runtime import should_log_in
+
+LOG_IN, WHY_LOGIN = should_log_in(needs_hub=not Path(MODEL).expanduser().is_dir())
+print("Hub login:", WHY_LOGIN)
+if LOG_IN:
+    import login
+
+    login.main()
 
 # %% [markdown]
 # ## 1. The blog's code, and what changed since

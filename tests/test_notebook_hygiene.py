@@ -25,42 +25,87 @@ def test_notebooks_have_summary_exercises_and_self_checks():
         assert "assert " in code, f"{path.name} has no self-check cell"
 
 
+def _meta():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["urls"]["Homepage"], project["version"]
+
+
 def _install_cells(path):
-    """The Colab/Gradient cells: the repo install and the Hub login."""
+    """The Colab/Gradient install cell: the only cell that runs pip."""
     cells = nbformat.read(path, as_version=4).cells
-    return [c for c in cells if c.cell_type == "code" and ('"clone"' in c.source or "login.main()" in c.source)]
+    return [c for c in cells if c.cell_type == "code" and '"pip", "install"' in c.source]
 
 
-def test_install_cells_are_skipped_in_ci():
+def test_one_install_cell_per_notebook_skipped_in_ci():
     for path in sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")):
-        cells = _install_cells(path)
-        assert sum('"clone"' in c.source for c in cells) == 1, (path.name, "expected one install cell")
-        for cell in cells:
-            tags = cell.metadata.get("tags", [])
-            assert "nbval-skip" in tags and "skip-execution" in tags, (path.name, cell.source[:60])
+        (cell,) = _install_cells(path)
+        tags = cell.metadata.get("tags", [])
+        assert "nbval-skip" in tags and "skip-execution" in tags, path.name
 
 
-def test_install_cell_clones_the_release_tag_only_where_the_repo_is_absent(tmp_path, monkeypatch):
-    """Run each notebook's install cell with subprocess faked: beside the repo it does nothing; elsewhere it
-    clones this version's tag, pip-installs it editable and makes it importable without a restart."""
-    import re
+def test_badges_and_install_cells_name_the_project_url_and_this_release():
+    """pyproject's [project.urls] and version are the one place; every notebook's badge and install cell follow."""
+    home, version = _meta()
+    assert home.startswith("https://github.com/")
+    repo_path = home.removeprefix("https://github.com/")
+    for path in sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")):
+        text = path.read_text()
+        badge = f"https://colab.research.google.com/github/{repo_path}/blob/main/notebooks/{path.name}"
+        assert badge in text, (path.name, "Colab badge must open this notebook in this repo")
+        (cell,) = _install_cells(path)
+        assert f'"sd-step-by-step @ git+{home}@v{version}"' in cell.source, path.name
+        assert "github.com" not in text.replace(home, "").replace(
+            f"colab.research.google.com/github/{repo_path}", ""
+        ), (
+            path.name,
+            "another GitHub URL",
+        )
+
+
+def test_install_cell_installs_the_release_only_where_helpers_is_missing(monkeypatch):
+    """Run each install cell with pip faked: where `helpers` imports it does nothing; elsewhere it installs
+    this release's wheel (which carries the models and configs) with the current Python."""
+    import importlib.util
     import subprocess
     import sys
 
-    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    home, version = _meta()
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda cmd, check=False, **kw: calls.append(cmd))
+    real_find_spec = importlib.util.find_spec
     for path in sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")):
-        (install,) = [c.source for c in _install_cells(path) if '"clone"' in c.source]
+        (cell,) = _install_cells(path)
         calls.clear()
-        monkeypatch.setattr(sys, "path", list(sys.path))
-        monkeypatch.chdir(ROOT / "notebooks")  # a checkout: ../helpers exists
-        exec(compile(install, path.name, "exec"), {})
-        assert calls == [], path.name
-        monkeypatch.chdir(tmp_path)  # Colab: an empty /content
-        exec(compile(install, path.name, "exec"), {})
-        clone, pip = calls
-        assert clone[:2] == ["git", "clone"] and clone[clone.index("--branch") + 1] == f"v{version}", clone
-        assert clone[-1].startswith("https://github.com/") and "--depth" in clone
-        assert pip[1:] == ["-m", "pip", "install", "-q", "-e", "sd-step-by-step"]
-        assert sys.path[0] == str(tmp_path / "sd-step-by-step")
+        exec(compile(cell.source, path.name, "exec"), {})
+        assert calls == [], path.name  # here helpers is installed (make setup)
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "helpers" else real_find_spec(name, *a)
+        )
+        exec(compile(cell.source, path.name, "exec"), {})
+        monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+        (pip,) = calls
+        assert pip == [sys.executable, "-m", "pip", "install", "-q", f"sd-step-by-step @ git+{home}@v{version}"]
+
+
+def test_login_runs_only_on_hosted_notebooks_with_a_hub_model(tmp_path):
+    from helpers.runtime import hosted_notebook, should_log_in
+
+    laptop = {"HOME": "/home/student"}
+    assert hosted_notebook(laptop, root=tmp_path) is None
+    assert hosted_notebook({"COLAB_RELEASE_TAG": "release-colab_2026"}, root=tmp_path) == "colab"
+    assert hosted_notebook({"PAPERSPACE_NOTEBOOK_ID": "x"}, root=tmp_path) == "gradient"
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "storage").mkdir()
+    assert hosted_notebook(laptop, root=tmp_path) == "gradient"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert should_log_in(True, laptop, root=empty)[0] is False  # a laptop never waits on a token prompt
+    assert "login.py" in should_log_in(True, laptop, root=empty)[1]
+    assert should_log_in(False, {"COLAB_RELEASE_TAG": "r"}, root=empty)[0] is False  # offline model: no Hub
+    assert should_log_in(True, {"COLAB_RELEASE_TAG": "r"}, root=empty)[0] is True
+    for path in sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if "login.main()" in cell.source:
+                assert "if LOG_IN:" in cell.source and "should_log_in(" in cell.source, path.name
