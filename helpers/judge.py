@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .paths import MODELS_DIR
-from .shapes_data import COLOURS, SHAPES, all_combos, make_dataset, parse_prompt
+from .shapes_data import COLOURS, SHAPES, all_combos, make_dataset, make_dataset_v2, parse_prompt
 
 SHAPE_JUDGE_DIR = MODELS_DIR / "shape-judge"
 MASK_THRESHOLD = 60.0  # RGB distance from the background beyond which a pixel belongs to the shape
@@ -88,18 +88,27 @@ def _masks_batch(images: np.ndarray) -> torch.Tensor:
 
 
 def train_shape_classifier(
-    steps: int = 600, batch_size: int = 128, n_images: int = 6000, seed: int = 0, progress: bool = True
+    steps: int = 600,
+    batch_size: int = 128,
+    n_images: int = 6000,
+    seed: int = 0,
+    progress: bool = True,
+    v2: bool = False,
 ) -> tuple[ShapeClassifier, list[float]]:
     """Train the shape CNN on masks of dataset images (all 90 combinations), with noise and blur.
 
     The noise and blur make it robust to the softer, noisier shapes a diffusion model draws.
-    Returns the model (eval mode) and the loss per step.
+    Returns the model (eval mode) and the loss per step. `v2=True` trains on the second generation's
+    64 px rotated shapes (`shapes_data.make_dataset_v2`; masks are shrunk to 32x32 as for any size).
     """
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
-    data = make_dataset(n_images, seed=seed + 1000, combos=all_combos())
-    images = torch.from_numpy(data.images).float()  # (N, 32, 32, 3)
+    if v2:
+        data = make_dataset_v2(n_images, seed=seed + 1000, combos=all_combos())
+    else:
+        data = make_dataset(n_images, seed=seed + 1000, combos=all_combos())
+    images = torch.from_numpy(data.images).float()  # (N, H, W, 3)
     labels = torch.tensor([SHAPES.index(c.shape) for c in data.combos])
     gen = torch.Generator().manual_seed(seed)
     model = ShapeClassifier()

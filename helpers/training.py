@@ -25,7 +25,18 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .shapes_data import IMAGE_SIZE, TEMPLATES, Combo, draw, train_combos
+from .shapes_data import (
+    IMAGE_SIZE,
+    TEMPLATES,
+    V2_CAPTION_FORMS,
+    V2_IMAGE_SIZE,
+    Combo,
+    draw,
+    draw_v2,
+    train_combos,
+    v2_caption,
+    v2_form_weights,
+)
 from .tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIPImageProcessor's defaults: keep them
@@ -54,6 +65,15 @@ class ToySizes:
     image_size: int = IMAGE_SIZE
 
 
+#: The second generation (SD v1's geometry): 64 px images, an 8x VAE (3 downsamples) with 4 latent channels,
+#: so 64x64x3 <-> 8x8x4 as SD v1's 512x512x3 <-> 64x64x4; patch 8 keeps CLIP's 64 patches.
+V2_SIZES = ToySizes(
+    text_width=32, text_layers=3, text_heads=4, vision_width=64, vision_layers=3, vision_heads=4, patch_size=8,
+    projection_dim=32, vae_channels=(16, 32, 48, 48), vae_groups=8, latent_channels=4, unet_channels=(32, 64, 64),
+    unet_layers_per_block=1, unet_groups=16, image_size=V2_IMAGE_SIZE,
+)  # fmt: skip
+
+
 @dataclass
 class Schedule:
     """Steps, batch sizes and learning rates of the three loops (defaults: the committed models)."""
@@ -70,6 +90,12 @@ class Schedule:
     unet_lr: float = 1e-3
     ema_decay: float = 0.995
     extra: dict = field(default_factory=dict)
+
+
+V2_SCHEDULE = Schedule(
+    clip_steps=800, clip_lr=2e-3, vae_steps=1200, vae_batch=24, vae_lr=2e-3, vae_kl_weight=1e-5,
+    unet_images=12150, unet_steps=4000, unet_batch=96, unet_lr=1e-3, ema_decay=0.998,
+)  # fmt: skip
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -182,12 +208,72 @@ def train_clip(
     return losses
 
 
+def caption_matches(combos: list[Combo], forms: list[int], caption_combos: list[Combo]) -> torch.Tensor:
+    """(N_images, N_captions) bool: image i fits caption j when every attribute caption j names is image i's.
+
+    A partial caption ("a red shape") fits many images, so CLIP's loss needs several positives per row.
+    """
+    named = [_named(V2_CAPTION_FORMS[f][0]) for f in forms]
+    out = torch.zeros(len(combos), len(caption_combos), dtype=torch.bool)
+    for j, (cc, attrs) in enumerate(zip(caption_combos, named)):
+        for i, c in enumerate(combos):
+            out[i, j] = all(getattr(c, a) == getattr(cc, a) for a in attrs)
+    return out
+
+
+def _named(template: str) -> tuple[str, ...]:
+    return tuple(a for a in ("shape", "colour", "background") if "{" + a + "}" in template)
+
+
+def multi_positive_clip_loss(logits_per_image: torch.Tensor, matches: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy with the target spread evenly over every matching pair."""
+    target = matches.float()
+    loss_i = -(target / target.sum(1, keepdim=True) * logits_per_image.log_softmax(1)).sum(1).mean()
+    loss_t = -(target.T / target.T.sum(1, keepdim=True) * logits_per_image.T.log_softmax(1)).sum(1).mean()
+    return (loss_i + loss_t) / 2
+
+
+def train_clip_v2(
+    model, tokenizer, steps: int = 500, lr: float = 2e-3, seed: int = 0, combos: list[Combo] | None = None,
+    size: int = V2_IMAGE_SIZE, progress: bool = True,
+) -> list[float]:  # fmt: skip
+    """Contrastive training on second-generation images and captions (any form, partial ones included).
+
+    Each batch holds one fresh image of every training combination, each with a caption in a random form;
+    a partial caption matches every image it describes (`caption_matches`), and the loss counts them all.
+    """
+    from tqdm.auto import tqdm
+
+    seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    combos = list(combos) if combos is not None else train_combos()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, steps))
+    weights = v2_form_weights()
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="mini CLIP", disable=not progress):
+        images = np.stack([np.asarray(draw_v2(c, rng, size)[0]) for c in combos])  # (C, 64, 64, 3)
+        forms = rng.choice(len(weights), size=len(combos), p=weights).tolist()
+        captions = [v2_caption(c, f) for c, f in zip(combos, forms)]
+        out = model(input_ids=tokenize(tokenizer, captions, max_length=16), pixel_values=clip_pixel_values(images))
+        loss = multi_positive_clip_loss(out.logits_per_image, caption_matches(combos, forms, combos))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
 def text_encoder_from_clip(clip_model):
     """The CLIP text tower as a stand-alone `CLIPTextModel`: what `StableDiffusionPipeline` calls `text_encoder`."""
     from transformers import CLIPTextModel
 
     text_encoder = CLIPTextModel(clip_model.config.text_config)
-    text_encoder.text_model.load_state_dict(clip_model.text_model.state_dict())
+    tower = getattr(text_encoder, "text_model", text_encoder)  # transformers 5 flattened CLIPTextModel
+    tower.load_state_dict(clip_model.text_model.state_dict())
     return text_encoder.eval()
 
 
@@ -197,11 +283,16 @@ def text_states(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
     return text_encoder(tokenize(tokenizer, captions))[0]
 
 
+def _features(out) -> torch.Tensor:
+    """Unit-length projected features; transformers 5 wraps them in an output object (`pooler_output`)."""
+    return F.normalize(out if isinstance(out, torch.Tensor) else out.pooler_output, dim=-1)
+
+
 @torch.no_grad()
 def clip_scores(clip_model, tokenizer, images: np.ndarray, captions: list[str]) -> torch.Tensor:
     """Cosine similarity (N_images, N_captions) between images (uint8 array) and captions."""
-    img = F.normalize(clip_model.get_image_features(pixel_values=clip_pixel_values(images)), dim=-1)
-    txt = F.normalize(clip_model.get_text_features(input_ids=tokenize(tokenizer, captions)), dim=-1)
+    img = _features(clip_model.get_image_features(pixel_values=clip_pixel_values(images)))
+    txt = _features(clip_model.get_text_features(input_ids=tokenize(tokenizer, captions)))
     return img @ txt.T
 
 
@@ -232,9 +323,11 @@ def build_mini_vae(sizes: ToySizes | None = None, seed: int = 0):
 
 def train_vae(
     vae, steps: int = 1200, batch_size: int = 32, lr: float = 2e-3, kl_weight: float = 1e-4, seed: int = 0,
-    combos: list[Combo] | None = None, progress: bool = True,
+    combos: list[Combo] | None = None, progress: bool = True, size: int | None = None,
 ) -> list[float]:  # fmt: skip
     """Train the VAE on fresh images: reconstruction MSE plus a small KL pull towards N(0, I).
+
+    `size=None` draws first-generation images (`draw`, 32 px); a size draws second-generation ones (`draw_v2`).
 
     SD's VAE also uses a perceptual and an adversarial loss; flat-coloured shapes do not need them.
     Returns the reconstruction MSE per step (pixels in [-1, 1]).
@@ -250,7 +343,10 @@ def train_vae(
     losses = []
     for _ in tqdm(range(steps), desc="mini VAE", disable=not progress):
         picks = rng.integers(0, len(combos), batch_size)
-        x = to_unit_range(np.stack([np.asarray(draw(combos[i], rng)) for i in picks]))  # (B, 3, 32, 32)
+        if size is None:
+            x = to_unit_range(np.stack([np.asarray(draw(combos[i], rng)) for i in picks]))  # (B, 3, 32, 32)
+        else:
+            x = to_unit_range(np.stack([np.asarray(draw_v2(combos[i], rng, size)[0]) for i in picks]))  # (B, 3, 64, 64)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample  # (B, 3, 32, 32)
         mse = F.mse_loss(recon, x)
@@ -303,7 +399,7 @@ def build_mini_unet(cross_attention_dim: int, sizes: ToySizes | None = None, see
     torch.manual_seed(seed)
     n = len(s.unet_channels)
     return UNet2DConditionModel(
-        sample_size=s.image_size // 2 ** (len(s.vae_channels) - 1),  # 8: the pipeline's default size is 8 * 4 = 32 px
+        sample_size=s.image_size // 2 ** (len(s.vae_channels) - 1),  # 8: the latent size (32 px / 4, or 64 px / 8)
         in_channels=s.latent_channels,
         out_channels=s.latent_channels,
         block_out_channels=s.unet_channels,
@@ -335,12 +431,14 @@ def train_unet(
     unet, latents_mean: torch.Tensor, latents_std: torch.Tensor, scaling_factor: float, combo_index: torch.Tensor,
     cond_states: torch.Tensor, uncond_state: torch.Tensor, steps: int = 2800, batch_size: int = 128,
     lr: float = 1e-3, ema_decay: float = 0.995, p_uncond: float = P_UNCOND, seed: int = 0, progress: bool = True,
+    template_weights: torch.Tensor | None = None,
 ) -> tuple[torch.nn.Module, list[float]]:  # fmt: skip
     """Epsilon-prediction training on precomputed latents; returns the EMA of the weights and the losses.
 
     latents_mean/std: (N, 4, 8, 8) VAE posteriors; combo_index: (N,) row of `cond_states`;
     cond_states: (C, T, 77, D) frozen text states of every combination x template;
-    uncond_state: (77, D) the states of "" (what the pipeline uses as the negative prompt).
+    uncond_state: (77, D) the states of "" (what the pipeline uses as the negative prompt);
+    template_weights: (T,) how often each template/caption form is drawn (default: uniformly).
     """
     import copy
 
@@ -364,7 +462,10 @@ def train_unet(
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
         # $z_t = \sqrt{\bar\alpha_t} z_0 + \sqrt{1 - \bar\alpha_t} \epsilon$
         noisy = scheduler.add_noise(latents, noise, t)
-        template = torch.randint(0, n_templates, (batch_size,), generator=gen)
+        if template_weights is None:
+            template = torch.randint(0, n_templates, (batch_size,), generator=gen)
+        else:
+            template = torch.multinomial(template_weights, batch_size, replacement=True, generator=gen)
         states = cond_states[combo_index[idx], template].clone()  # (B, 77, D)
         drop = torch.rand(batch_size, generator=gen) < p_uncond  # caption dropout -> unconditional model
         states[drop] = uncond_state

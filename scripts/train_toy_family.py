@@ -188,6 +188,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every step count (0.1 = a quick rehearsal)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--family", choices=("v1", "v2"), default="v2",
+        help="v2 (default): 64 px, 8x VAE, rotated shapes, partial captions; v1: the first 32 px family",
+    )  # fmt: skip
     ap.add_argument("--no-quality", action="store_true", help="skip the quality measurement at the end")
     ap.add_argument("--quality-smoke", action="store_true", help="measure quality with small counts")
     ap.add_argument(
@@ -197,6 +201,8 @@ def main(argv=None) -> dict:
     if args.measure_only:
         return measure_and_write_cards(args.out, smoke=args.quality_smoke, threads=args.threads)
 
+    if args.family == "v2":
+        return train_v2(args)
     torch.set_num_threads(args.threads)
     sizes, sched = tr.ToySizes(), tr.Schedule()
     scaled = lambda n: max(10, int(n * args.scale))  # noqa: E731
@@ -303,6 +309,108 @@ def main(argv=None) -> dict:
         write_model_cards(out, summary)
         return summary
     return measure_and_write_cards(out, smoke=args.quality_smoke, threads=args.threads)
+
+
+def train_v2(args) -> dict:
+    """The second generation: SD v1's geometry (64 px -> 8x8x4 latents through an 8x VAE), partial captions."""
+    from helpers.shapes_data import V2_CAPTION_FORMS, V2_IMAGE_SIZE, make_dataset_v2, v2_caption, v2_form_weights
+
+    torch.set_num_threads(args.threads)
+    sizes, sched = tr.V2_SIZES, tr.V2_SCHEDULE
+    scaled = lambda n: max(10, int(n * args.scale))  # noqa: E731
+    times: dict[str, float] = {}
+    stats: dict[str, float] = {}
+    t_all = time.perf_counter()
+    tokenizer = load_clip_tokenizer()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    judge_model, judge_losses = judge_mod.train_shape_classifier(steps=scaled(500), seed=args.seed, v2=True)
+    judge_mod.save_shape_classifier(judge_model, out / "shape-judge")
+    times["shape judge"] = time.perf_counter() - t0
+    print(f"shape judge: loss {judge_losses[0]:.3f} -> {np.mean(judge_losses[-20:]):.4f}", flush=True)
+
+    t0 = time.perf_counter()
+    clip = tr.build_mini_clip(sizes, seed=args.seed)
+    clip_losses = tr.train_clip_v2(clip, tokenizer, steps=scaled(sched.clip_steps), lr=sched.clip_lr, seed=args.seed)
+    clip_dir = out / "toy-clip"
+    if clip_dir.exists():
+        shutil.rmtree(clip_dir)
+    tr.save_clip(clip, clip_dir)
+    times["mini CLIP"] = time.perf_counter() - t0
+    stats["clip_loss_first"], stats["clip_loss_last"] = clip_losses[0], float(np.mean(clip_losses[-20:]))
+    print(f"mini CLIP: loss {clip_losses[0]:.3f} -> {stats['clip_loss_last']:.4f}", flush=True)
+
+    t0 = time.perf_counter()
+    vae = tr.build_mini_vae(sizes, seed=args.seed)
+    vae_losses = tr.train_vae(
+        vae, steps=scaled(sched.vae_steps), batch_size=sched.vae_batch, lr=sched.vae_lr,
+        kl_weight=sched.vae_kl_weight, seed=args.seed, size=V2_IMAGE_SIZE,
+    )  # fmt: skip
+    times["mini VAE"] = time.perf_counter() - t0
+    stats["vae_mse_first"], stats["vae_mse_last"] = vae_losses[0], float(np.mean(vae_losses[-20:]))
+    print(f"mini VAE: reconstruction MSE {vae_losses[0]:.4f} -> {stats['vae_mse_last']:.5f}", flush=True)
+
+    t0 = time.perf_counter()
+    combos = train_combos()
+    data = make_dataset_v2(scaled(sched.unet_images), seed=args.seed + 1, combos=combos)
+    means, stds = tr.encode_latents(vae, data.images)  # (N, 4, 8, 8) each
+    scaling_factor = tr.latent_scaling_factor(means, stds)  # 1 / std of the latents, as SD v1's 0.18215 was found
+    vae.register_to_config(scaling_factor=scaling_factor)
+    combo_index = torch.tensor([combos.index(c) for c in data.combos])
+    text_encoder = tr.text_encoder_from_clip(clip)
+    n_forms = len(V2_CAPTION_FORMS)
+    captions = [v2_caption(c, f) for c in combos for f in range(n_forms)]
+    cond = tr.text_states(text_encoder, tokenizer, captions)  # (C*F, 77, D)
+    cond = cond.view(len(combos), n_forms, *cond.shape[1:])  # (C, F, 77, D)
+    uncond = tr.text_states(text_encoder, tokenizer, [""])[0]  # (77, D)
+    times["latents"] = time.perf_counter() - t0
+    print(f"latents: {tuple(means.shape)}, scaling_factor {scaling_factor:.4f}", flush=True)
+
+    t0 = time.perf_counter()
+    unet = tr.build_mini_unet(text_encoder.config.hidden_size, sizes, seed=args.seed)
+    ema, unet_losses = tr.train_unet(
+        unet, means, stds, scaling_factor, combo_index, cond, uncond, steps=scaled(sched.unet_steps),
+        batch_size=sched.unet_batch, lr=sched.unet_lr, ema_decay=sched.ema_decay, seed=args.seed,
+        template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32),
+    )  # fmt: skip
+    times["mini UNet"] = time.perf_counter() - t0
+    stats["unet_loss_first"] = float(np.mean(unet_losses[:20]))
+    stats["unet_loss_last"] = float(np.mean(unet_losses[-100:]))
+    print(f"mini UNet: loss {stats['unet_loss_first']:.4f} -> {stats['unet_loss_last']:.4f}", flush=True)
+
+    sd_dir = out / "toy-sd"
+    if sd_dir.exists():
+        shutil.rmtree(sd_dir)
+    pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
+    pipe.save_pretrained(sd_dir, safe_serialization=True)
+    write_tokenizer_files(sd_dir / "tokenizer")
+    (sd_dir / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # 3.6 MB; vocab.json + merges.txt suffice
+    times["total training"] = time.perf_counter() - t_all
+    summary = {
+        "family": "v2",
+        "seed": args.seed,
+        "scale": args.scale,
+        "threads": args.threads,
+        "sizes": asdict(sizes),
+        "schedule": {k: v for k, v in asdict(sched).items() if k != "extra"},
+        "times_s": times,
+        "stats": stats,
+        "scaling_factor": scaling_factor,
+        "params": {
+            "text_encoder": _n_params(text_encoder),
+            "clip_vision": _n_params(clip.vision_model) + _n_params(clip.visual_projection),
+            "clip_total": _n_params(clip),
+            "vae": _n_params(vae),
+            "unet": _n_params(ema),
+            "shape_judge": _n_params(judge_model),
+        },
+        "held_out": sorted(c.caption() for c in HELD_OUT),
+    }
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(times, indent=2), flush=True)
+    return summary
 
 
 def measure_and_write_cards(out: Path, smoke: bool = False, threads: int = 2) -> dict:
