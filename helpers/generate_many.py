@@ -17,11 +17,13 @@ How nothing is lost or done twice:
 - every job has a deterministic id (a hash of prompt, seed, steps, guidance, negative prompt, size,
   scheduler and model, plus a counter for identical rows), stored in its image's metadata;
 - images go through `helpers.saving.save_images` into ONE shared folder (no file is ever overwritten),
-  under a file lock so two processes never update `manifest.json` at once;
+  under a file lock (`filelock`) so two processes never update `manifest.json` at once;
 - after an image is saved, a marker `.jobs/<job id>.json` is written atomically;
 - on restart, jobs with a marker (or with a PNG whose metadata names the job, in case a run died
-  between the two writes) are skipped. So re-running the same command after a crash or Ctrl-C
-  finishes the list without redoing or losing images.
+  between the two writes) are skipped; half-written `.tmp-*` files are never taken for results and are
+  deleted. So re-running the same command after a crash or Ctrl-C finishes the list without redoing or
+  losing images;
+- one run at a time per output folder: a second command on the same folder says so and exits.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import decimal
 import hashlib
 import inspect
+import io
 import json
+import math
 import os
 import tempfile
 import time
@@ -40,13 +45,32 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from .paths import OUTPUTS_DIR
-from .pipeline import explain_black_images, generate, scheduler_name, validate_inputs
-from .saving import library_versions, read_manifest, read_metadata, save_images, slugify
+from .pipeline import (
+    MEMORY_PRESETS,
+    NotEnoughMemoryError,
+    explain_black_images,
+    generate,
+    is_out_of_memory,
+    out_of_memory_message,
+    release_memory,
+    scheduler_name,
+    validate_inputs,
+)
+from .saving import TEMP_PREFIX, library_versions, public_name, read_manifest, read_metadata, save_images, slugify
 
 MARKERS = ".jobs"  # folder of done-markers inside the output folder
-LOCK = ".lock"
+LOCK = ".lock"  # held while saving a batch (all processes of a run)
+RUN_LOCK = ".run.lock"  # held by a run's main process from start to end: one run per folder
+#: generate_many's names for the out-of-memory fixes
+OOM_FIXES = {
+    "images": "--batch-size",
+    "size": "--height 512 --width 512",
+    "preset": "--memory balanced, then low or lowest",
+    "fp16": "--dtype float16 on a GPU",
+}
 CSV_COLUMNS = {  # accepted header -> Job field
     "prompt": "prompt",
     "seed": "seed",
@@ -80,16 +104,47 @@ def _job_id(fields: dict, occurrence: int) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+class RunInProgressError(RuntimeError):
+    """Another run is writing into the same output folder."""
+
+
 def _parse_number(value: str, kind, what: str, where: str):
+    """The number in a CSV cell, exactly: decimal arithmetic, never through float (9007199254740993 stays)."""
     try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{where}: {what} must be a number, got {value!r}.") from None
+        number = decimal.Decimal(value)  # "12", "1e3", "9007199254740993": exact; "nan"/"inf" caught below
+    except decimal.InvalidOperation:
+        raise ValueError(f"{where}: {what} must be a number, got {value[:40]!r}.") from None
+    if not number.is_finite():
+        raise ValueError(f"{where}: {what} must be a finite number, got {value[:40]!r}.")
     if kind is int:
-        if number != int(number):
-            raise ValueError(f"{where}: {what} must be a whole number, got {value!r}.")
+        if number != number.to_integral_value():
+            raise ValueError(f"{where}: {what} must be a whole number, got {value[:40]!r}.")
+        if abs(number.adjusted()) > 100:
+            raise ValueError(f"{where}: {what} is far too large, got {value[:40]!r}.")
         return int(number)
-    return number
+    result = float(number)
+    if not math.isfinite(result):
+        raise ValueError(f"{where}: {what} is too large for a number, got {value[:40]!r}.")
+    return result
+
+
+def _read_text(path: Path) -> str:
+    """The file's text as UTF-8, or a ValueError naming the file, the line and the fix."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path.name}, line {line}: not UTF-8 text (byte {err.start}); is it a binary file? Save the prompt "
+            "list as plain UTF-8 text (.txt, one prompt per line) or CSV."
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ValueError(
+            f"{path.name}, line {line}: holds a NUL byte, so it is not a text file; save it as UTF-8 text."
+        )
+    return text
 
 
 def read_jobs(
@@ -111,24 +166,26 @@ def read_jobs(
     if not path.is_file():
         raise FileNotFoundError(f"Prompt list {path} not found: pass a .txt (one prompt per line) or .csv file.")
     suffix = path.suffix.lower()
+    fname = path.name  # messages and records name the file, never its folder (it may hold your user name)
     raw: list[tuple[int, dict]] = []  # (row number, fields given in the file)
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+        text = _read_text(path)
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
             headers = [h.strip().lower() for h in (reader.fieldnames or [])]
             if "prompt" not in headers:
                 raise ValueError(
-                    f"{path}: the CSV needs a header row with a 'prompt' column (optional: seed, steps, guidance, "
+                    f"{fname}: the CSV needs a header row with a 'prompt' column (optional: seed, steps, guidance, "
                     f"negative_prompt); found {headers or 'no header'}."
                 )
             unknown = [h for h in headers if h and h not in CSV_COLUMNS]
             if unknown:
-                raise ValueError(f"{path}: unknown column(s) {unknown}; allowed: {', '.join(CSV_COLUMNS)}.")
+                raise ValueError(f"{fname}: unknown column(s) {unknown}; allowed: {', '.join(CSV_COLUMNS)}.")
             for n, row in enumerate(reader, start=1):
                 row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
                 if not any(row.values()):
                     continue  # a blank line
-                where = f"{path}, row {n}"
+                where = f"{fname}, row {n}"
                 fields = {}
                 for col, value in row.items():
                     if not value or col not in CSV_COLUMNS:
@@ -141,33 +198,36 @@ def read_jobs(
                     else:
                         fields[name] = value
                 raw.append((n, fields))
+        except csv.Error as err:
+            raise ValueError(f"{fname}, row {reader.line_num}: not valid CSV ({err}); check its quotes.") from None
     elif suffix in (".txt", ".text", ".prompts", ""):
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _read_text(path).splitlines()
         prompts = [(n, line.strip()) for n, line in enumerate(lines, start=1)]
         prompts = [(n, p) for n, p in prompts if p and not p.startswith("#")]
         raw = [(n, {"prompt": p, "seed": seed + k}) for k, (n, p) in enumerate(prompts)]
     else:
-        raise ValueError(f"{path}: unknown file type {suffix!r}; use .txt (one prompt per line) or .csv.")
+        raise ValueError(f"{fname}: unknown file type {suffix!r}; use .txt (one prompt per line) or .csv.")
     if not raw:
-        raise ValueError(f"{path} holds no prompts: write one prompt per line (or CSV rows under a 'prompt' header).")
+        raise ValueError(f"{fname} holds no prompts: write one prompt per line (or CSV rows under a 'prompt' header).")
 
     jobs, seen = [], {}
     for k, (n, fields) in enumerate(raw):
-        where = f"{path}, {'row' if suffix == '.csv' else 'line'} {n}"
+        where = f"{fname}, {'row' if suffix == '.csv' else 'line'} {n}"
         job = {
             "prompt": fields.get("prompt", ""),
             "seed": fields.get("seed", seed + k),
             "num_inference_steps": fields.get("num_inference_steps", num_inference_steps),
-            "guidance_scale": float(fields.get("guidance_scale", guidance_scale)),
+            "guidance_scale": fields.get("guidance_scale", guidance_scale),
             "negative_prompt": fields.get("negative_prompt", negative_prompt) or "",
         }
         try:
-            validate_inputs(
+            checked = validate_inputs(
                 job["prompt"], 1, job["seed"], job["guidance_scale"], job["num_inference_steps"],
                 job["negative_prompt"] or None, height, width, scheduler,
             )  # fmt: skip
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
+        job.update({k: checked[k] for k in ("seed", "num_inference_steps", "guidance_scale")})  # exact, plain types
         key = json.dumps(
             {**job, "height": height, "width": width, "scheduler": scheduler, "model": model}, sort_keys=True
         )
@@ -186,27 +246,50 @@ def default_out_dir(prompt_file: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def folder_lock(folder: Path):
-    """An exclusive lock on `folder` shared by all processes (POSIX `flock`; a no-op on Windows)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: run one process there
+    """An exclusive lock on `folder` shared by all processes of a run (`filelock`: any OS)."""
+    with FileLock(str(folder / LOCK)):
         yield
-        return
-    with open(folder / LOCK, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """Held by one run's main process for the whole run; a second run on `folder` gets RunInProgressError."""
+    lock = FileLock(str(folder / RUN_LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunInProgressError(
+            f"Another generate_many run is already writing into {public_name(folder)}: wait for it to finish "
+            "(it resumes where it stopped if you rerun it later), or pass another --out folder."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _write_marker(folder: Path, job_id: str, info: dict) -> None:
     markers = folder / MARKERS
     markers.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=markers, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(info, f)
-    os.replace(tmp, markers / f"{job_id}.json")  # atomic: a marker is whole or absent
+    fd, tmp = tempfile.mkstemp(dir=markers, prefix=TEMP_PREFIX, suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(info, f)
+        os.replace(tmp, markers / f"{job_id}.json")  # atomic: a marker is whole or absent
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def remove_temp_files(folder: Path) -> int:
+    """Delete the half-written `.tmp-*` files a killed run left; call only while no run writes to `folder`."""
+    removed = 0
+    for place in (folder, folder / MARKERS):
+        for tmp in place.glob(TEMP_PREFIX + "*") if place.is_dir() else []:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed += 1
+    return removed
 
 
 def done_jobs(folder: Path) -> dict[str, str]:
@@ -227,6 +310,7 @@ def repair(folder: Path) -> int:
     """
     from .saving import _update_manifest
 
+    remove_temp_files(folder)  # a temp file may hold a whole image, but it is not a result: its job is redone
     done = done_jobs(folder)
     known_files = set(done.values())
     try:
@@ -235,6 +319,8 @@ def repair(folder: Path) -> int:
         in_manifest = set()
     found, missing_entries = 0, []
     for png in sorted(folder.glob("*.png")):
+        if png.name.startswith("."):
+            continue  # hidden: a temp file or not ours (pathlib's glob matches dot files too)
         if png.name in known_files and png.name in in_manifest:
             continue
         try:
@@ -281,16 +367,27 @@ def generate_batch(pipe, jobs: list[Job], height: int | None = None, width: int 
 
     height = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
     width = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    out = pipe(
-        prompt=[j.prompt for j in jobs],
-        negative_prompt=[j.negative_prompt for j in jobs],
-        generator=[torch.Generator("cpu").manual_seed(j.seed) for j in jobs],  # one per image, as generate()
-        num_inference_steps=jobs[0].num_inference_steps,
-        guidance_scale=jobs[0].guidance_scale,
-        height=height,
-        width=width,
-        output_type="np",
-    )
+    out_of_memory = False
+    try:
+        out = pipe(
+            prompt=[j.prompt for j in jobs],
+            negative_prompt=[j.negative_prompt for j in jobs],
+            generator=[torch.Generator("cpu").manual_seed(j.seed) for j in jobs],  # one per image, as generate()
+            num_inference_steps=jobs[0].num_inference_steps,
+            guidance_scale=jobs[0].guidance_scale,
+            height=height,
+            width=width,
+            output_type="np",
+        )
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        out_of_memory = True  # raised below, once this block has dropped the traceback and its tensors
+    if out_of_memory:
+        release_memory()
+        dtype = str(pipe.unet.dtype).replace("torch.", "")
+        msg = out_of_memory_message(len(jobs), height, width, dtype, str(pipe.device), how=OOM_FIXES)
+        raise NotEnoughMemoryError(msg + " Images made so far are kept: rerun the same command to continue.")
     arrays = np.asarray(out.images)  # (n, H, W, 3) in [0, 1]
     nan = [bool(np.isnan(a).any()) for a in arrays]
     nsfw = [bool(x) for x in (out.nsfw_content_detected or [False] * len(jobs))]
@@ -317,8 +414,24 @@ def run(
     from accelerate.utils import gather_object
 
     out_dir = Path(out_dir)
+    with contextlib.ExitStack() as stack:
+        busy = ""
+        if state.is_main_process:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                stack.enter_context(run_lock(out_dir))
+            except RunInProgressError as err:
+                busy = str(err)
+        busy = next((b for b in gather_object([busy]) if b), "")  # every process learns it, none hangs
+        if busy:
+            raise RunInProgressError(busy)
+        return _run_locked(jobs, pipe_or_loader, out_dir, state, batch_size, max_jobs, source, height, width, log)
+
+
+def _run_locked(jobs, pipe_or_loader, out_dir: Path, state, batch_size, max_jobs, source, height, width, log) -> dict:
+    from accelerate.utils import gather_object
+
     if state.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
         repaired = repair(out_dir)
         if repaired:
             log(f"Found {repaired} image(s) saved by an interrupted run without a done-marker; they count as done.")
@@ -335,7 +448,7 @@ def run(
     with state.split_between_processes(pending) as mine:
         pipe = pipe_or_loader() if mine and callable(pipe_or_loader) else pipe_or_loader
         if mine:
-            model = str(getattr(pipe, "name_or_path", "") or type(pipe).__name__)
+            model = public_name(getattr(pipe, "name_or_path", "") or type(pipe).__name__)
             dtype = str(pipe.unet.dtype).replace("torch.", "")
             common = {"scheduler": scheduler_name(pipe), "model": model, "dtype": dtype}
             t0 = time.perf_counter()  # generation time, without loading the model
@@ -349,7 +462,7 @@ def run(
                     "width": w,
                     "index": j.row,  # file name: <row>-seed<seed>.png
                     "row": j.row,
-                    "source": source,
+                    "source": Path(source).name if source else "",
                     "rank": state.process_index,
                     "device": str(pipe.device),
                     "nsfw": f,
@@ -380,7 +493,7 @@ def run(
         "images_per_s": total_images / wall if wall > 0 and total_images else 0.0,
         "processes": state.num_processes,
         "per_process": per_rank,
-        "out_dir": str(out_dir),
+        "out_dir": public_name(out_dir),
     }
     return summary
 
@@ -426,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch threads per process (CPU; default cores / processes)"
     )
     ap.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
+    ap.add_argument("--memory", choices=list(MEMORY_PRESETS), default="none", help="memory preset (see notebook 02)")
     ap.add_argument("--no-safety-checker", action="store_true", help="drop the NSFW filter (use responsibly)")
     return ap  # fmt: skip
 
@@ -433,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     from accelerate import PartialState
 
-    from .pipeline import choose_model, load_pipeline, make_scheduler
+    from .pipeline import apply_memory_preset, choose_model, load_pipeline, make_scheduler
 
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
@@ -449,6 +563,7 @@ def main(argv=None) -> dict:
         )  # fmt: skip
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"generate_many: {err}") from None
+    source = Path(args.prompts).name
     if state.device.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         torch.set_num_threads(args.threads or max(1, cores // state.num_processes))  # no oversubscription
@@ -457,7 +572,10 @@ def main(argv=None) -> dict:
         dtype = torch.float16 if state.device.type == "cuda" else torch.float32
     out_dir = args.out or default_out_dir(args.prompts)
     if state.is_main_process:
-        log(f"{len(jobs)} jobs from {args.prompts} on {state.num_processes} process(es); model {model} ({reason})")
+        log(
+            f"{len(jobs)} jobs from {source} on {state.num_processes} process(es); model {public_name(model)} "
+            f"({reason})"
+        )
 
     def load():
         from diffusers.utils import logging as diffusers_logging
@@ -467,12 +585,15 @@ def main(argv=None) -> dict:
         pipe = pipe.to(state.device)  # each process its own GPU (cuda:<local rank>), or the CPU
         if args.scheduler:
             pipe.scheduler = make_scheduler(pipe, args.scheduler)
+        if args.memory != "none":
+            apply_memory_preset(pipe, args.memory)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    summary = run(
-        jobs, load, out_dir, state, args.batch_size, args.max_jobs, str(args.prompts), args.height, args.width, log
-    )
+    try:
+        summary = run(jobs, load, out_dir, state, args.batch_size, args.max_jobs, source, args.height, args.width, log)
+    except (RunInProgressError, NotEnoughMemoryError) as err:
+        raise SystemExit(f"generate_many: {err}") from None
     if state.is_main_process:
         log(format_summary(summary))
         log("SUMMARY " + json.dumps(summary))  # one machine-readable line for scripts and tests

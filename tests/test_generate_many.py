@@ -8,6 +8,7 @@ without redoing or losing images, and a bad prompt list fails with a clear messa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import generate_many as gm
+from helpers import saving
 from helpers.generate_many import MARKERS, done_jobs, read_jobs
 from helpers.pipeline import generate, offline_model_dir
 from helpers.saving import read_manifest, read_metadata
@@ -189,5 +192,162 @@ def test_bad_prompt_list_stops_the_script_before_loading_a_model(tmp_path):
     path.write_text("prompt,guidance\nhello,-3\n")
     proc = _run([str(path), "--out", str(tmp_path / "out")], check=False, timeout=120)
     assert proc.returncode != 0
-    assert "broken.csv, row 1: guidance_scale must be finite and >= 0" in proc.stderr
+    assert "broken.csv, row 1: guidance_scale must be from 0 to 100" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ hardening
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("nan.csv", b"prompt,seed\nok,1\nhello,nan\n", "nan.csv, row 2: seed must be a finite number, got 'nan'"),
+        ("inf.csv", b"prompt,guidance\nhello,inf\n", "inf.csv, row 1: guidance must be a finite number"),
+        ("huge.csv", b"prompt,guidance\nhello,1e400\n", "huge.csv, row 1: guidance is too large"),
+        ("bigseed.csv", b"prompt,seed\nhello,1e30\n", r"bigseed.csv, row 1: seed must be a whole number from 0"),
+        ("binary.txt", b"a cat\n\xff\xfe\x00\x89PNG", "binary.txt, line 2: not UTF-8 text"),
+        ("nul.csv", b"prompt\nhello\x00world\n", "nul.csv, line 2: holds a NUL byte"),
+    ],
+)
+def test_bad_numbers_and_binary_files_name_the_row(tmp_path, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=message) as info:
+        read_jobs(path)
+    assert str(tmp_path) not in str(info.value)  # the file's name, not its folder
+
+
+def test_csv_seeds_are_exact(tmp_path):
+    path = tmp_path / "seeds.csv"
+    path.write_text("prompt,seed,steps\na,9007199254740993,1e1\nb,9223372036854775807,20\n")
+    jobs = read_jobs(path)
+    assert [j.seed for j in jobs] == [9007199254740993, 2**63 - 1]  # float would make ...992 and 2**63
+    assert jobs[0].num_inference_steps == 10 and type(jobs[0].seed) is int
+
+
+class OneProcess:
+    """Accelerate's PartialState, as one process sees it when it runs alone."""
+
+    is_main_process, process_index, num_processes = True, 0, 1
+
+    def wait_for_everyone(self):
+        pass
+
+    @contextlib.contextmanager
+    def split_between_processes(self, items):
+        yield items
+
+
+class Crash(BaseException):
+    """A kill at one point of the save (BaseException: nothing in the code under test catches it)."""
+
+
+def _jobs(tmp_path) -> list:
+    path = tmp_path / "three.txt"
+    path.write_text("a red circle on a blue background\na green square on a white background\na blue circle\n")
+    return read_jobs(path, num_inference_steps=1)
+
+
+def _check_folder(out: Path, jobs) -> None:
+    pngs = sorted(p.name for p in out.glob("*.png") if not p.name.startswith("."))
+    by_job = [read_metadata(out / name)["job_id"] for name in pngs]
+    assert sorted(by_job) == sorted(j.job_id for j in jobs), "each job exactly one image"
+    entries = read_manifest(out)["images"]
+    assert sorted(e["file"] for e in entries) == pngs, "manifest lists each image once"
+    assert set(done_jobs(out)) == {j.job_id for j in jobs}
+    leftovers = [p.name for p in [*out.iterdir(), *(out / MARKERS).iterdir()] if p.name.startswith(".tmp-")]
+    assert not leftovers, leftovers
+
+
+def _crash_before_temp_write(monkeypatch):
+    def crash(*a, **k):
+        raise Crash
+
+    monkeypatch.setattr(saving, "_png_info", crash)
+
+
+def _crash_after_temp_write(monkeypatch):
+    """Killed between writing the temp PNG and linking it: the temp file (a whole image) stays behind."""
+
+    def crash(*a, **k):
+        raise Crash
+
+    monkeypatch.setattr(saving.os, "link", crash)
+    monkeypatch.setattr(saving.os, "unlink", lambda *a, **k: None)  # a killed process cleans nothing up
+
+
+def _crash_after_link(monkeypatch):
+    def crash(*a, **k):
+        raise Crash
+
+    monkeypatch.setattr(saving, "_update_manifest", crash)
+
+
+def _crash_after_marker(monkeypatch):
+    real = gm._write_marker
+
+    def crash(*a, **k):
+        real(*a, **k)
+        raise Crash
+
+    monkeypatch.setattr(gm, "_write_marker", crash)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [_crash_before_temp_write, _crash_after_temp_write, _crash_after_link, _crash_after_marker],
+    ids=["before-temp-write", "after-temp-write", "after-link", "after-marker"],
+)
+def test_a_crash_at_each_step_of_the_save_resumes_to_one_image_per_job(tiny_pipe, tmp_path, monkeypatch, fault):
+    jobs, out = _jobs(tmp_path), tmp_path / "out"
+    quiet = lambda *a: None  # noqa: E731
+    gm.run(
+        jobs[:1], lambda: tiny_pipe, out, OneProcess(), batch_size=1, height=32, width=32, log=quiet
+    )  # one done first
+    with monkeypatch.context() as m:
+        fault(m)
+        with pytest.raises(Crash):
+            gm.run(jobs, lambda: tiny_pipe, out, OneProcess(), batch_size=1, height=32, width=32, log=quiet)
+    if fault is _crash_after_temp_write:
+        temp = [p for p in out.glob(".tmp-*.png")]
+        assert temp and read_metadata(temp[0])["job_id"] == jobs[1].job_id  # a whole image: must not be adopted
+    summary = gm.run(jobs, lambda: tiny_pipe, out, OneProcess(), batch_size=1, height=32, width=32, log=quiet)
+    assert summary["remaining"] == 0
+    _check_folder(out, jobs)
+    again = gm.run(jobs, lambda: tiny_pipe, out, OneProcess(), batch_size=1, height=32, width=32, log=quiet)
+    assert again["images"] == 0 and again["skipped"] == 3
+
+
+def test_a_second_run_on_the_same_folder_says_so_and_exits(tiny_pipe, tmp_path):
+    from filelock import FileLock
+
+    jobs, out = _jobs(tmp_path), tmp_path / "out"
+    out.mkdir()
+    with FileLock(str(out / gm.RUN_LOCK)):  # the first run, still going (another process would hold it the same)
+        with pytest.raises(gm.RunInProgressError, match="Another generate_many run is already writing into out"):
+            gm.run(jobs, lambda: tiny_pipe, out, OneProcess(), batch_size=1, height=32, width=32, log=lambda *a: None)
+    assert not list(out.glob("*.png"))
+
+
+def test_out_of_memory_names_the_flags_in_order(fresh_tiny_pipe, tmp_path, monkeypatch):
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(fresh_tiny_pipe.unet, "forward", oom)
+    with pytest.raises(gm.NotEnoughMemoryError) as info:
+        gm.run(_jobs(tmp_path), lambda: fresh_tiny_pipe, tmp_path / "out", OneProcess(), batch_size=2, height=32, width=32,
+               log=lambda *a: None)  # fmt: skip
+    msg = str(info.value)
+    steps = [
+        msg.index(f) for f in ("--batch-size=1", "--height 512 --width 512", "--memory balanced", "--dtype float16")
+    ]
+    assert steps == sorted(steps) and "rerun the same command to continue" in msg
+
+
+def test_records_name_the_prompt_file_and_model_without_their_folders(tiny_pipe, tmp_path):
+    jobs, out = _jobs(tmp_path), tmp_path / "out"
+    gm.run(jobs[:1], lambda: tiny_pipe, out, OneProcess(), batch_size=1, source=str(tmp_path / "three.txt"), height=32,
+           width=32, log=lambda *a: None)  # fmt: skip
+    (entry,) = read_manifest(out)["images"]
+    assert entry["source"] == "three.txt" and not Path(entry["model"]).is_absolute()
