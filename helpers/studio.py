@@ -14,6 +14,11 @@ How it is built (the three ideas notebook 04 tours):
 A run happens in a background thread (`threaded=True`, the default) so that the kernel stays free to receive
 the Stop click. `wait()` blocks until the run ends, so code (tests, notebook self-checks) can click and then
 check; `threaded=False` runs inside the click itself. Only core widgets that exist in ipywidgets 7.7 and 8.
+
+One action at a time: while a run goes, Rank and Save are disabled (and refuse if clicked anyway); while a
+ranking goes, Generate and Save wait their turn. Numbers are typed into text boxes, not sliders: a slider would
+silently clamp 300 steps to its maximum and run anyway; a text box keeps what you typed and Generate refuses it
+with a message. Every action replaces the message, so an old error never lingers.
 """
 
 from __future__ import annotations
@@ -32,23 +37,35 @@ import ipywidgets as widgets
 from .paths import MODELS_DIR
 from .pipeline import (
     DEFAULT_STEPS,
+    MAX_GUIDANCE,
     MAX_IMAGES,
     MEMORY_PRESETS,
     SCHEDULERS,
     GenerationResult,
+    NotEnoughMemoryError,
     apply_memory_preset,
     generate,
+    out_of_memory_message,
     scheduler_name,
     suggested_prompt,
     validate_inputs,
 )
-from .saving import save_images
+from .saving import public_name, save_images
 
 #: `ranker(images, prompt) -> scores` (one float per image, higher = better match).
 Ranker = Callable[[Sequence[Any], str], Sequence[float]]
 
 TOY_CLIP_DIR = MODELS_DIR / "toy-clip"
 MAX_SEED_BUTTON = 2**32 - 1  # the "random" button draws seeds a user can still type
+STUDIO_MAX_IMAGES = min(16, MAX_IMAGES)  # a gallery, not a batch job: more belongs in scripts/generate_many.py
+STUDIO_MAX_STEPS = 250
+#: the studio's names for the out-of-memory fixes
+STUDIO_OOM_FIXES = {
+    "images": "Images",
+    "size": "Height and Width 512, or less",
+    "preset": "the Memory menu: balanced, then low, then lowest",
+    "fp16": "reload with load_pipeline(..., dtype=torch.float16) on a GPU",
+}
 
 
 def png_bytes(image) -> bytes:
@@ -150,6 +167,8 @@ class PromptStudio:
         self.step_hooks: list[Callable] = []  # extra `hook(pipe, step, timestep)` calls after each step
         self._lock = threading.Lock()
         self._running = False
+        self._busy: str | None = None  # "ranking" or "saving" while one of those runs (one action at a time)
+        self._generation = 0  # bumped by every finished run: a ranking of an older gallery is discarded
         self._stop_requested = False
         self._thread: threading.Thread | None = None
         self._applied_preset: str | None = None
@@ -164,10 +183,11 @@ class PromptStudio:
         )  # fmt: skip
         self.seed = widgets.IntText(value=seed, description="Seed", layout=widgets.Layout(width="180px"))
         self.random_button = widgets.Button(description="random", layout=widgets.Layout(width="80px"))
-        self.steps = widgets.IntSlider(value=num_inference_steps, min=1, max=250, description="Steps")
-        self.guidance = widgets.FloatSlider(value=7.5, min=0.0, max=20.0, step=0.5, description="Guidance")
+        box = widgets.Layout(width="160px")
+        self.steps = widgets.IntText(value=num_inference_steps, description="Steps", layout=box)  # never clamps
+        self.guidance = widgets.FloatText(value=7.5, step=0.5, description="Guidance", layout=box)
         self.scheduler = widgets.Dropdown(options=list(SCHEDULERS), value=scheduler_name(pipe), description="Scheduler")
-        self.n_images = widgets.IntSlider(value=n_images, min=1, max=min(16, MAX_IMAGES), description="Images")
+        self.n_images = widgets.IntText(value=n_images, description="Images", layout=box)
         self.height = widgets.IntText(value=size, description="Height", layout=widgets.Layout(width="160px"))
         self.width = widgets.IntText(value=size, description="Width", layout=widgets.Layout(width="160px"))
         self.memory = widgets.Dropdown(options=list(MEMORY_PRESETS), value="none", description="Memory", style=wide)
@@ -222,7 +242,7 @@ class PromptStudio:
         """Plug in (or remove) a ranker at any time; the Rank button follows."""
         self._ranker = ranker
         self.rank_button.description = "Rank with CLIP" if ranker is not None else "Rank (no CLIP model)"
-        self.rank_button.disabled = ranker is None or not self.items
+        self.rank_button.disabled = ranker is None or not self.items or self._running or self._busy is not None
 
     def _ipython_display_(self):  # works in ipywidgets 7 and 8
         from IPython.display import display
@@ -250,11 +270,31 @@ class PromptStudio:
         }
 
     def _show(self, text: str, kind: str = "info") -> None:
+        """Replace the message (and the error state): what is on screen is always about the latest action."""
         self.last_message = text
         colour = {"info": "#333", "error": "#b00020", "ok": "#1b5e20"}[kind]
         self.message.value = f"<div style='color:{colour};white-space:pre-wrap'>{html.escape(text)}</div>"
-        if kind == "error":
-            self.last_error = text
+        self.last_error = text if kind == "error" else None
+
+    def _check_studio_limits(self, settings: dict) -> None:
+        """The studio's own ranges (tighter than generate()'s); a value outside is refused, never clamped."""
+        n, steps, cfg = settings["n_images"], settings["num_inference_steps"], settings["guidance_scale"]
+        if isinstance(n, int) and not 1 <= n <= STUDIO_MAX_IMAGES:
+            raise ValueError(
+                f"Images must be from 1 to {STUDIO_MAX_IMAGES} here, got {n}; for more use scripts/generate_many.py."
+            )
+        if isinstance(steps, int) and not 1 <= steps <= STUDIO_MAX_STEPS:
+            raise ValueError(f"Steps must be from 1 to {STUDIO_MAX_STEPS}, got {steps} (typical: 20-50).")
+        if isinstance(cfg, (int, float)) and not 0 <= cfg <= MAX_GUIDANCE:
+            raise ValueError(f"Guidance must be from 0 to {MAX_GUIDANCE:g}, got {cfg:g} (typical: 7.5).")
+
+    def _set_buttons(self) -> None:
+        """Enable exactly the actions that may start now."""
+        idle = not self._running and self._busy is None
+        self.generate_button.disabled = not idle
+        self.stop_button.disabled = not self._running
+        self.rank_button.disabled = not idle or self.ranker is None or not self.items
+        self.save_button.disabled = not idle or not self.items
 
     def _describe_memory(self, change) -> None:
         self.memory_help.value = f"<span style='font-size:11px'>{html.escape(MEMORY_PRESETS[change['new']])}</span>"
@@ -270,9 +310,13 @@ class PromptStudio:
             if self._running:
                 self._show("A run is already going: wait for it, or press Stop.")
                 return False
+            if self._busy is not None:
+                self._show(f"Not started: {self._busy} is going; Generate again when it is done.", "error")
+                return False
             settings = self.settings()
             memory = settings.pop("memory")
             try:
+                self._check_studio_limits(settings)
                 validate_inputs(**settings)  # bad input: say so at once, keep the gallery
             except ValueError as err:
                 self._show(f"Not started: {err}", "error")
@@ -280,8 +324,7 @@ class PromptStudio:
             self._running = True
             self._stop_requested = False
             self.runs_started += 1
-        self.generate_button.disabled = True
-        self.stop_button.disabled = False
+        self._set_buttons()  # Rank and Save wait for the run: one action at a time
         self.progress.value = 0
         self.progress.max = settings["num_inference_steps"]  # corrected on the first step (PNDM adds one)
         self.progress.bar_style = ""
@@ -326,6 +369,12 @@ class PromptStudio:
                 self._applied_preset = memory
                 self._show(f"Memory preset {memory!r}: {', '.join(done)}. Generating…")
             result = generate(self.pipe, **settings, callback_on_step_end=self._on_step, show_progress=False)
+        except NotEnoughMemoryError:
+            self.progress.bar_style = "danger"
+            dtype = str(self.pipe.unet.dtype).replace("torch.", "")
+            size = (settings["height"], settings["width"])
+            msg = out_of_memory_message(settings["n_images"], *size, dtype, str(self.pipe.device), STUDIO_OOM_FIXES)
+            self._show(f"The run failed: {msg}", "error")
         except Exception as err:  # any failure becomes a message; the gallery stays
             self.progress.bar_style = "danger"
             self._show(f"The run failed: {type(err).__name__}: {err}", "error")
@@ -334,8 +383,7 @@ class PromptStudio:
         finally:
             with self._lock:
                 self._running = False
-            self.stop_button.disabled = True
-            self.generate_button.disabled = False
+            self._set_buttons()
 
     def _finish(self, result: GenerationResult) -> None:
         if result.interrupted:
@@ -343,9 +391,8 @@ class PromptStudio:
                 rec["stopped_at"] = f"{self.progress.value}/{self.progress.max}"
         self.history.append(result)
         self.items = [{"image": im, "record": rec, "score": None} for im, rec in zip(result.images, result.records)]
+        self._generation += 1
         self._render()
-        self.rank_button.disabled = self.ranker is None
-        self.save_button.disabled = False
         self.progress.bar_style = "warning" if result.interrupted else "success"
         what = f"Stopped early at step {self.progress.value}/{self.progress.max}" if result.interrupted else "Done"
         notes = "".join(f"\n{m}" for m in result.messages)
@@ -363,15 +410,39 @@ class PromptStudio:
         self.gallery.children = tuple(cards)
 
     # ------------------------------------------------------------------------------------ rank and save
+    def _begin(self, action: str) -> bool:
+        """Claim the studio for `action` ("ranking", "saving"); False (with a message) while anything else goes."""
+        with self._lock:
+            if self._running or self._busy is not None:
+                what = "a run" if self._running else self._busy
+                self._show(f"Not {action}: {what} is going; wait for it to finish (or press Stop).", "error")
+                return False
+            self._busy = action
+        self._set_buttons()
+        return True
+
+    def _end(self) -> None:
+        with self._lock:
+            self._busy = None
+        self._set_buttons()
+
     def rank(self) -> list[float] | None:
         """Score the gallery with the ranker and reorder it, best first; returns the scores in the new order."""
+        if not self._begin("ranking"):
+            return None
+        try:
+            return self._rank()
+        finally:
+            self._end()
+
+    def _rank(self) -> list[float] | None:
         if self.ranker is None:
             self._show("No ranker: pass PromptStudio(pipe, ranker=...) (see helpers.clip_ranking).", "error")
             return None
         if not self.items:
             self._show("Nothing to rank yet: press Generate first.", "error")
             return None
-        items = list(self.items)
+        items, generation = list(self.items), self._generation
         prompt = items[0]["record"]["prompt"]
         self._show(f"Ranking {len(items)} image(s)…")
         try:
@@ -381,6 +452,9 @@ class PromptStudio:
                 raise ValueError(f"the ranker returned {len(scores)} scores for {len(items)} images")
         except Exception as err:
             self._show(f"Ranking failed: {type(err).__name__}: {err}", "error")
+            return None
+        if generation != self._generation:  # a new run finished meanwhile: never put the old gallery back
+            self._show("Ranking discarded: a newer run replaced the gallery; press Rank again.", "error")
             return None
         for item, score in zip(items, scores):
             item["score"] = score
@@ -392,6 +466,14 @@ class PromptStudio:
 
     def save(self) -> list[Path] | None:
         """Save the gallery on screen, in its order, to a new folder (never overwriting); returns the paths."""
+        if not self._begin("saving"):
+            return None
+        try:
+            return self._save()
+        finally:
+            self._end()
+
+    def _save(self) -> list[Path] | None:
         items = list(self.items)
         if not items:
             self._show("Nothing to save yet: press Generate first.", "error")
@@ -408,5 +490,5 @@ class PromptStudio:
             self._show(f"Saving failed: {type(err).__name__}: {err}", "error")
             return None
         self.saved_dirs.append(paths[0].parent)
-        self._show(f"Saved {len(paths)} image(s) with their settings to {paths[0].parent}", "ok")
+        self._show(f"Saved {len(paths)} image(s) with their settings to {public_name(paths[0].parent)}", "ok")
         return paths

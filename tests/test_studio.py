@@ -147,11 +147,11 @@ def test_failure_during_run_keeps_gallery(studio):
     shown = studio.gallery.children
 
     def boom(pipe, step, timestep):
-        raise RuntimeError("out of memory (simulated)")
+        raise RuntimeError("a simulated failure")
 
     studio.step_hooks.append(boom)
     run(studio)
-    assert "The run failed: RuntimeError: out of memory (simulated)" in studio.last_error
+    assert "The run failed: RuntimeError: a simulated failure" in studio.last_error
     assert studio.gallery.children is shown and len(studio.history) == 1
     assert not studio.generate_button.disabled and not studio.running
     studio.step_hooks.remove(boom)
@@ -183,7 +183,7 @@ def test_save_writes_the_gallery_without_overwriting(studio, tmp_path):
     studio.save_button.click()
     first, second = studio.saved_dirs
     assert first != second and first.parent == second.parent == tmp_path
-    assert str(second) in studio.message.value
+    assert second.name in studio.message.value and str(second.parent) not in studio.message.value
     for folder in (first, second):
         pngs = sorted(folder.glob("*.png"))
         assert [read_metadata(p)["seed"] for p in pngs] == [7, 8]
@@ -234,3 +234,89 @@ def test_clip_ranker_orders_like_clip_ranking(studio, monkeypatch):
     assert hub is not None and "clip-vit-base-patch32" in hub.__name__
     local = default_ranker(str(offline_model_dir()))
     assert (local is not None) == (TOY_CLIP_DIR / "config.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ hardening
+
+
+def test_out_of_memory_names_the_studio_fixes_and_recovers(studio):
+    run(studio)
+    shown = studio.gallery.children
+
+    def oom(pipe, step, timestep):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    studio.step_hooks.append(oom)
+    try:
+        run(studio)
+    finally:
+        studio.step_hooks.remove(oom)
+    msg = studio.last_error
+    assert msg.startswith("The run failed: Out of memory") and "OutOfMemoryError" not in msg
+    steps = [msg.index(f) for f in ("1. fewer images at once (Images=1)", "2. a smaller size (Height and Width",
+                                    "3. a memory preset (the Memory menu", "4. fp16")]  # fmt: skip
+    assert steps == sorted(steps)
+    assert studio.gallery.children is shown and not studio.running and not studio.generate_button.disabled
+    run(studio)
+    assert "Done" in studio.message.value and studio.last_error is None
+
+
+def test_rank_and_save_wait_for_the_run(studio):
+    studio.ranker = brightness
+    run(studio)
+    assert not studio.rank_button.disabled and not studio.save_button.disabled
+    with paused_run(studio):
+        assert studio.rank_button.disabled and studio.save_button.disabled  # one action at a time
+        assert studio.rank() is None and "Not ranking: a run is going" in studio.last_error
+        assert studio.save() is None and "Not saving: a run is going" in studio.last_error
+        assert studio.saved_dirs == []
+    assert not studio.rank_button.disabled and not studio.save_button.disabled
+    assert [it["score"] for it in studio.items] == [None] * N  # the new run's gallery, unranked
+
+
+def test_generate_waits_for_a_slow_ranking(studio):
+    """A ranking in progress (a slow CLIP) keeps Generate from replacing the gallery under it."""
+    run(studio)
+    clicked = {}
+
+    def slow_ranker(images, prompt):
+        clicked["started"] = studio.start()  # Generate clicked while the ranker works
+        clicked["generate_disabled"] = studio.generate_button.disabled
+        return brightness(images, prompt)
+
+    studio.ranker = slow_ranker
+    ranked = [it["image"] for it in studio.items]
+    assert studio.rank() is not None
+    assert clicked == {"started": False, "generate_disabled": True}
+    assert studio.runs_started == 1 and sorted(map(id, (it["image"] for it in studio.items))) == sorted(map(id, ranked))
+    assert "Ranked" in studio.message.value and studio.last_error is None  # the latest action's message
+
+
+@pytest.mark.parametrize(
+    "widget,bad,words",
+    [
+        ("steps", 300, "Steps must be from 1 to 250, got 300"),
+        ("steps", 0, "Steps must be from 1 to 250, got 0"),
+        ("n_images", 20, "Images must be from 1 to 16 here, got 20"),
+        ("n_images", 0, "Images must be from 1 to 16"),
+        ("guidance", 150.0, "Guidance must be from 0 to 100, got 150"),
+        ("guidance", -1.0, "Guidance must be from 0 to 100, got -1"),
+    ],
+)
+def test_out_of_range_values_are_refused_not_clamped(studio, widget, bad, words):
+    getattr(studio, widget).value = bad
+    assert getattr(studio, widget).value == bad  # kept as typed: nothing clamps it silently
+    studio.generate_button.click()
+    assert studio.wait(WAIT)
+    assert studio.runs_started == 0 and f"Not started: {words}" in studio.last_error
+
+
+def test_messages_follow_the_latest_action(studio):
+    studio.seed.value = -1
+    studio.generate_button.click()
+    assert "seed must be" in studio.last_error
+    studio.seed.value = 7
+    run(studio)
+    assert studio.last_error is None and "Done" in studio.message.value and "seed must be" not in studio.message.value
+    studio.save()
+    assert studio.last_error is None and "Saved" in studio.message.value

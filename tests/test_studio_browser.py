@@ -158,6 +158,8 @@ return {
   message: (document.querySelector('.sd-message') || {}).innerText || '',
   progress: (document.querySelector('.sd-progress') || {}).innerText || '',
   generateDisabled: (document.querySelector('button.sd-generate') || {}).disabled,
+  rankDisabled: (document.querySelector('button.sd-rank') || {}).disabled,
+  saveDisabled: (document.querySelector('button.sd-save') || {}).disabled,
 };
 """
 
@@ -207,18 +209,21 @@ def test_studio_in_a_real_browser(voila_url, browser):
     assert studio.screenshot(str(folder / "studio.png"))
 
     # Stop, clicked in the browser while a long run goes: the kernel hears it because the run is in a thread.
-    readout = browser.find_element(By.CSS_SELECTOR, ".sd-steps .widget-readout")
-    readout.click()
-    readout.send_keys(Keys.CONTROL, "a")
-    readout.send_keys("250", Keys.ENTER)
-    wait.until(lambda d: readout.text.strip() == "250")
+    steps_box = browser.find_element(By.CSS_SELECTOR, ".sd-steps input")  # a text box: nothing clamps silently
+    steps_box.click()
+    steps_box.send_keys(Keys.CONTROL, "a")
+    steps_box.send_keys("250", Keys.ENTER)
+    wait.until(lambda d: steps_box.get_attribute("value").strip() == "250")
     browser.find_element(By.CSS_SELECTOR, "button.sd-generate").click()
 
     def running(d):
         s = d.execute_script(GALLERY_STATE)
         return s if s["generateDisabled"] and re.search(r"Steps [1-9]\d*/", s["progress"]) else False
 
-    WebDriverWait(browser, WAIT, poll_frequency=0.1).until(running, message="the long run never showed progress")
+    during = WebDriverWait(browser, WAIT, poll_frequency=0.1).until(
+        running, message="the long run never showed progress"
+    )
+    assert during["rankDisabled"] and during["saveDisabled"], during  # one action at a time
     browser.find_element(By.CSS_SELECTOR, "button.sd-stop").click()
     state = wait.until(lambda d: (s := d.execute_script(GALLERY_STATE)) and not s["generateDisabled"] and s)
     assert "Stopped early" in state["message"], state["message"]
