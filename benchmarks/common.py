@@ -59,7 +59,11 @@ def results_dir() -> Path:
 
 
 def cpu_flags() -> dict[str, bool]:
-    """Which of `CPU_FLAGS` this CPU reports (all False where /proc/cpuinfo does not exist)."""
+    """Which of `CPU_FLAGS` this CPU reports (all False where /proc/cpuinfo does not exist).
+
+    Recorded with each result so a table names the machine exactly; decisions use torch's own queries
+    (`helpers.cpu_speed.cpu_features`), which work on every OS.
+    """
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())

@@ -42,6 +42,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers.cpu_speed import cpu_features
 from helpers.offline import SD_V1_4_CONFIGS, TINY_UNET  # TINY_UNET: the --smoke size
 
 AGREEMENT_MIN = 0.99  # cosine similarity with fp32 a row must reach
@@ -228,7 +229,7 @@ def run_row(row: Row, master, inputs, reference, flops: float, peaks: dict, args
     out = {"key": row.key, "row": row.label, "math": row.math, "threads": row.threads or torch.get_num_threads()}
     if row.child_env:
         return {**out, **run_in_child(row, args)}
-    if row.int8 and not (common.cpu_flags()["avx512_vnni"] or common.cpu_flags()["avx_vnni"]):
+    if row.int8 and not cpu_features()["vnni"]:
         return {**out, "skipped": "no VNNI on this CPU: int8 would be emulated"}
     sample, timestep, text = inputs
     x = sample.to(memory_format=torch.channels_last) if row.channels_last else sample

@@ -50,6 +50,8 @@ class CpuSpeedChoice:
 
 
 def cpu_model_name() -> str:
+    """The CPU's marketing name, which names the machine in benchmark results. torch has no query for it, so
+    Linux's /proc/cpuinfo is read (one line, clearer than any library); elsewhere `platform` answers."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith("model name"):
@@ -61,12 +63,26 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        return set(next(ln for ln in text.splitlines() if ln.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return set()
+def cpu_features() -> dict[str, object]:
+    """What torch itself detects on this CPU (the same checks that pick its kernels), on any OS.
+
+    `capability` is torch's vector level ("AVX512", "AVX2", "DEFAULT" on x86; "NEON"/"SVE256" on ARM);
+    the booleans come from torch.cpu's cpuinfo-backed queries (False where this torch build lacks one).
+    """
+
+    def ask(name: str) -> bool:
+        fn = getattr(torch.cpu, name, None)
+        try:
+            return bool(fn()) if fn is not None else False
+        except RuntimeError:
+            return False
+
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": ask("_is_avx512_bf16_supported"),
+        "amx": ask("_is_amx_tile_supported"),
+        "vnni": ask("_is_vnni_supported"),
+    }
 
 
 def _cores() -> int:
@@ -218,11 +234,11 @@ def from_cpu_flags() -> CpuSpeedChoice:
     hypervisor hides, `vdpbf16ps` has the same peak as fp32 FMAs and the conversions make bf16 *slower*
     (measured here: bf16 matmuls at ~0.65x of fp32). So without AMX we keep exact fp32 until measured.
     """
-    flags = cpu_flags()
-    if "amx_bf16" in flags:
+    features = cpu_features()
+    if features["amx"]:
         return CpuSpeedChoice(torch.bfloat16, True, "this CPU has AMX bf16 matrix units (not measured)", "cpu flags")
     why = "not measured on this CPU, so exact fp32"
-    if "avx512_bf16" in flags:
+    if features["avx512_bf16"]:
         why += " (it has AVX512-BF16 but no AMX: bf16 may or may not be faster; best_cpu_setup(measure=True) checks)"
     return CpuSpeedChoice(torch.float32, False, why, "cpu flags")
 

@@ -11,7 +11,6 @@ install cells elsewhere.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, replace
 
 import torch
@@ -63,23 +62,23 @@ MEASURED_SETUP_MIN_PARAMS = 100_000_000
 
 
 def detect_platform() -> str:
-    """'colab', 'gradient', 'kaggle' or 'local', from the environment each service sets."""
-    if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):
-        return "colab"
-    if os.environ.get("PAPERSPACE_NOTEBOOK_REPO_ID") or os.environ.get("PAPERSPACE_FQDN"):
-        return "gradient"
+    """'colab', 'gradient', 'kaggle' or 'local', from the environment each service sets (helpers.runtime)."""
+    from .runtime import hosted_notebook
+
+    where = hosted_notebook()
+    if where:
+        return where
     if os.environ.get("KAGGLE_KERNEL_RUN_TYPE"):
         return "kaggle"
     return "local"
 
 
 def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    try:
-        flags = open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), as torch detects them."""
+    from .cpu_speed import cpu_features
+
+    features = cpu_features()
+    return bool(features["avx512_bf16"] or features["amx"])
 
 
 _CPU_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
+
+
+def _importable(name: str) -> bool:
+    if name in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # the parent package is missing, or a stand-in module has no spec
+        return False
 
 
 def hosted_notebook(environ: dict[str, str] | None = None, root: Path = Path("/")) -> str | None:
     """'colab', 'gradient', or None on any other machine (a laptop, CI)."""
     env = os.environ if environ is None else environ
-    if env.get("COLAB_RELEASE_TAG") or (environ is None and importlib.util.find_spec("google.colab") is not None):
+    if env.get("COLAB_RELEASE_TAG") or (environ is None and _importable("google.colab")):
         return "colab"
     if any(k.startswith("PAPERSPACE_") for k in env) or ((root / "notebooks").is_dir() and (root / "storage").is_dir()):
         return "gradient"

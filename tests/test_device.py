@@ -127,14 +127,18 @@ def test_bf16_env_does_not_touch_gpus(fake_cuda, monkeypatch):
     assert pick_device().dtype == torch.float16
 
 
-def test_cpu_has_bf16_reads_cpu_flags(monkeypatch, tmp_path):
-    fake = tmp_path / "cpuinfo"
-    fake.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
-    real_open = open
-    monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p, *a, **k))
+def test_cpu_has_bf16_asks_torch(monkeypatch):
+    """No /proc/cpuinfo parsing: torch's own cpuinfo-backed queries answer, on Linux, macOS and Windows alike."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     assert dev.cpu_has_bf16() is True
-    fake.write_text("flags\t\t: fpu sse2 avx2\n")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     assert dev.cpu_has_bf16() is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert dev.cpu_has_bf16() is True
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert dev.cpu_has_bf16() is False  # a torch build without the query: no guess
 
 
 def test_platform_local():
