@@ -264,7 +264,7 @@ def img2img_rows(pipe, quick: bool) -> dict:
     return out
 
 
-def inpaint_rows(pipe, quick: bool) -> dict:
+def inpaint_rows(pipe, quick: bool, n: int | None = None) -> dict:
     """A shape inside a square mask on a plain background; pixels outside the mask, raw and pasted back."""
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
@@ -275,7 +275,7 @@ def inpaint_rows(pipe, quick: bool) -> dict:
     inp = StableDiffusionInpaintPipeline(**pipe.components)
     inp.set_progress_bar_config(disable=True)
     size = image_size(pipe)
-    n = 24 if quick else 300
+    n = n or (24 if quick else 300)
     rng = np.random.default_rng(11)
     combos = [all_combos()[int(rng.integers(90))] for _ in range(n)]
     inits, masks, boxes = [], [], []

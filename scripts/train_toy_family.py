@@ -1,16 +1,17 @@
-"""Train the toy Stable Diffusion family on CPU and save it under models/.
+"""Train the toy Stable Diffusion family on CPU and save it (default: models/).
 
-    python scripts/train_toy_family.py            # 10-36 min on 2 CPU cores (measured; README), the committed models
-    python scripts/train_toy_family.py --scale 0.1 --out /tmp/toy-models   # a quick rehearsal
+    python scripts/train_toy_family.py --out .cache/toy-v2     # the second generation (64 px, 8x VAE); ~45 min
+    python scripts/train_toy_family.py --scale 0.01 --out /tmp/toy-models   # a quick rehearsal
+    python scripts/train_toy_family.py --family v1              # the first generation (32 px, 4x VAE)
 
 What it does, in the order Stable Diffusion v1 was built:
-  1. the shape judge (a tiny CNN, independent of CLIP)          -> models/shape-judge/
-  2. a mini CLIP, contrastive, on the training combinations      -> models/toy-clip/ (torch + Flax)
+  1. the shape judge (a tiny CNN, independent of CLIP)          -> shape-judge/
+  2. a mini CLIP, contrastive, on the training combinations      -> toy-clip/
   3. a mini VAE (AutoencoderKL), reconstruction + small KL
-  4. latents of 8,100 training images, encoded once
+  4. latents of the training images, encoded once; the VAE's scaling_factor = 1 / their std
   5. a mini UNet on those latents, conditioned on the frozen CLIP text tower, 15% captions dropped
-  6. the pipeline                                                -> models/toy-sd/
-  7. the quality measurement (scripts/quality.py) and a model card in each folder
+  6. the pipeline                                                -> toy-sd/
+  7. the quality measurement (scripts/quality.py, strict judge) and a model card in each folder
 Seeds are fixed; the same command on the same machine gives the same weights.
 """
 
@@ -176,9 +177,99 @@ named by the nearest of the six palette colours and must lie within RGB distance
     return {"toy-sd": sd, "toy-clip": clip, "shape-judge": judge}
 
 
+V2_DATA = """Data: `helpers/shapes_data.py` (`make_dataset_v2`) draws every image itself (no download): a circle,
+square or triangle in one of six colours (red, green, blue, yellow, white, black) on a background of another
+of the six, 64x64 RGB, with random size (half-extent 17-29% of the image), position, rotation (squares and
+triangles) and a slight colour jitter. Captions come in 11 forms (`V2_CAPTION_FORMS`): full ones in either
+word order ("a red circle on a blue background", "a blue background with a red circle", ...) and partial ones
+that leave attributes unnamed ("a red circle", "a circle on a blue background", "a red shape on a blue
+background", "a circle", "a red shape", "a blue background"), which is what lets a negative prompt such as
+"red" push against something the model knows. Of the 90 combinations, 9 are held out of all training:
+{held_out}."""
+
+V2_LIMITS = """Limits: it knows only this toy world: 3 shapes, 6 colours, 64x64 pixels, captions in the forms above.
+`helpers.toy_vocab.vocabulary_message(prompt)` names the words of a prompt it never saw (the text tower holds
+CLIP's whole 49,408-token table, but only ~20 tokens were ever trained). A teaching model, not an image
+generator."""
+
+
+def render_cards_v2(summary: dict) -> dict[str, str]:
+    """The three model cards of the second generation, from `training_summary.json`."""
+    p, t, sch, sz = summary["params"], summary["times_s"], summary["schedule"], summary["sizes"]
+    data = V2_DATA.format(held_out=", ".join(f'"{c}"' for c in summary["held_out"]))
+    table = summary.get("quality_table", "(run `python scripts/quality.py` for the quality table)")
+    timing = (
+        f"Training time of this run: {t['total training'] / 60:.1f} min wall ({summary['threads']} torch threads "
+        "on a 2-core machine shared with other jobs; training_summary.json has each stage)."
+    )
+    command = f"`{COMMAND} --out DIR` (seed {summary['seed']}; all seeds fixed; `--scale 0.01` for a rehearsal)"
+    metrics = f"Metrics (`python scripts/quality.py --models DIR`, judge = `helpers/strict_judge.py`):\n\n{table}"
+    sd = f"""{_card_header("diffusers", "text-to-image")}
+# toy-sd (v2): Stable Diffusion v1's recipe and geometry at toy scale
+
+A `StableDiffusionPipeline` trained from scratch on a CPU: a mini CLIP text tower (frozen, from `toy-clip`),
+a mini VAE that shrinks images 8x into 4 latent channels (64x64x3 <-> 8x8x4, as SD v1's 512x512x3 <->
+64x64x4) and a mini UNet, assembled exactly like Stable Diffusion v1.
+
+```python
+from diffusers import StableDiffusionPipeline
+pipe = StableDiffusionPipeline.from_pretrained("models/toy-sd")
+image = pipe("a red circle on a blue background", num_inference_steps=10, guidance_scale=7.5).images[0]  # 64x64
+```
+
+| part | class | parameters | notes |
+|---|---|---|---|
+| text_encoder | `CLIPTextModel` | {p["text_encoder"]:,} | {sz["text_layers"]} layers, width {sz["text_width"]}, 77 positions, CLIP vocabulary (49,408) |
+| tokenizer | `CLIPTokenizer` | - | OpenAI's CLIP BPE, built offline (`helpers/tokenizer.py`) |
+| vae | `AutoencoderKL` | {p["vae"]:,} | channels {tuple(sz["vae_channels"])}: 64x64x3 <-> 8x8x4 (8x), scaling_factor {summary["scaling_factor"]:.4f} = 1 / std of the training latents (SD v1's 0.18215 was found the same way) |
+| unet | `UNet2DConditionModel` | {p["unet"]:,} | channels {tuple(sz["unet_channels"])}, cross-attention to the text states, EMA weights |
+| scheduler | `DDIMScheduler` | - | DDIM on SD v1's schedule (scaled_linear betas 0.00085 -> 0.012, 1000 steps) |
+
+{data}
+
+Training: {command}. VAE: {sch["vae_steps"]} steps of {sch["vae_batch"]} fresh images, MSE + {sch["vae_kl_weight"]} KL.
+UNet: {sch["unet_steps"]} steps of {sch["unet_batch"]} latents ({sch["unet_images"]:,} images encoded once, a fresh
+posterior sample each time, scaled by the VAE's scaling_factor), epsilon objective on SD v1's noise schedule,
+AdamW lr {sch["unet_lr"]} with warm-up and cosine decay, EMA {sch["ema_decay"]}; captions in a random form, replaced
+by "" 15% of the time so classifier-free guidance works. {timing}
+
+{metrics}
+
+{V2_LIMITS}
+"""
+    clip = f"""{_card_header("transformers", "zero-shot-image-classification")}
+# toy-clip (v2): a mini CLIP trained contrastively on coloured shapes
+
+`CLIPModel` ({p["clip_total"]:,} parameters) with the real CLIP tokenizer and 77 text positions; its text tower
+is `toy-sd`'s text encoder. Vision tower: ViT, {sz["vision_layers"]} layers, width {sz["vision_width"]}, patch
+{sz["patch_size"]} on 64x64 images ({p["clip_vision"]:,} parameters). Projection dim {sz["projection_dim"]}.
+
+{data}
+
+Training: {command}. {sch["clip_steps"]} steps; each batch holds one fresh image of every training combination
+(81), each with a caption in a random form. A partial caption ("a red shape") fits several images of the
+batch, so the loss spreads CLIP's target over every matching pair (`training.multi_positive_clip_loss`).
+AdamW lr {sch["clip_lr"]}, warm-up and cosine decay. {timing}
+
+{metrics}
+
+{V2_LIMITS}
+"""
+    judge = f"""{_card_header("pytorch", "image-classification")}
+# shape-judge (v2): the first judge's shape classifier, retrained on 64 px rotated shapes
+
+A {p["shape_judge"]:,}-parameter CNN (`helpers.judge.ShapeClassifier`) that names the shape in a 32x32 mask
+(64 px images are shrunk). The figures in the model cards come from the strict judge
+(`helpers/strict_judge.py`: classical image analysis, no learned model), which replaces it for grading.
+Training: {command}; {max(10, int(500 * summary["scale"]))} steps of 128 masks of `make_dataset_v2` images.
+"""
+    return {"toy-sd": sd, "toy-clip": clip, "shape-judge": judge}
+
+
 def write_model_cards(out: Path, summary: dict) -> None:
     """A README.md model card in each model folder: data, command, metrics, limits."""
-    for folder, text in render_cards(summary).items():
+    render = render_cards_v2 if summary.get("family") == "v2" else render_cards
+    for folder, text in render(summary).items():
         (out / folder / "README.md").write_text(text.lstrip())
 
 
@@ -410,7 +501,10 @@ def train_v2(args) -> dict:
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(times, indent=2), flush=True)
-    return summary
+    if args.no_quality:
+        write_model_cards(out, summary)
+        return summary
+    return measure_and_write_cards(out, smoke=args.quality_smoke, threads=args.threads)
 
 
 def measure_and_write_cards(out: Path, smoke: bool = False, threads: int = 2) -> dict:

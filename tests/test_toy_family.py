@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,6 +62,7 @@ def test_parse_prompt_reads_every_template():
         for t in range(len(TEMPLATES)):
             assert parse_prompt(c.caption(t)) == c
     assert parse_prompt("A Red CIRCLE on a blue background.") == Combo("circle", "red", "blue")
+    assert parse_prompt("a blue background with a red circle") == Combo("circle", "red", "blue")  # any order
     assert parse_prompt("a photo of an astronaut riding a horse") is None
     with pytest.raises(ValueError, match="cannot read"):
         judge_mod.judge(make_dataset(1).pil(0), "a horse")
@@ -122,7 +124,7 @@ def test_short_training_schedule_runs_and_losses_fall(tokenizer):
 
 def test_committed_models_are_small():
     files = [p for p in MODELS.rglob("*") if p.is_file()]
-    assert sum(p.stat().st_size for p in files) <= 25_000_000
+    assert sum(p.stat().st_size for p in files) <= 30_000_000  # the issue's budget for the whole family
     assert max(p.stat().st_size for p in files) < 15 * 1024**2
     for folder in ("toy-sd", "toy-clip", "shape-judge"):
         assert (MODELS / folder / "README.md").read_text().strip(), folder
@@ -194,3 +196,119 @@ def test_quality_script_smoke(tmp_path, monkeypatch, capsys):
     assert "| Prompt-faithful, guidance 7.5" in table
     saved = list((tmp_path / "benchmarks").glob("toy_quality_smoke_*.json"))
     assert len(saved) == 1
+
+
+# -- the second generation (64 px, 8x VAE): each lesson guarded on a small sample --------------------------
+# They run against the committed family once it is a v2 one (training_summary.json "family": "v2"), or against
+# TOY_MODELS_DIR=<folder> (e.g. .cache/toy-v2 while a retrain is measured before it is committed).
+
+V2_DIR = Path(os.environ.get("TOY_MODELS_DIR", MODELS))
+
+
+def _is_v2(folder: Path) -> bool:
+    summary = folder / "training_summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("family") == "v2"
+
+
+v2_only = pytest.mark.skipif(not _is_v2(V2_DIR), reason=f"{V2_DIR} holds no v2 family (set TOY_MODELS_DIR)")
+
+
+@pytest.fixture(scope="module")
+def v2_pipe():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(V2_DIR / "toy-sd")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _v2_generate(pipe, prompts, seeds, guidance_scale=7.5, negative=None):
+    return _quality_module().generate(pipe, prompts, seeds, guidance_scale, negative=negative)
+
+
+@v2_only
+def test_v2_has_sd_geometry_and_a_measured_scaling_factor(v2_pipe):
+    from helpers.shapes_data import make_dataset_v2
+
+    assert v2_pipe.vae_scale_factor == 8 and v2_pipe.vae.config.latent_channels == 4
+    assert v2_pipe.unet.config.sample_size == 8  # 64 px -> 8x8 latents, as SD v1's 512 px -> 64x64
+    data = make_dataset_v2(96, seed=77)
+    means, stds = tr.encode_latents(v2_pipe.vae, data.images)
+    assert means.shape == (96, 4, 8, 8)
+    # scaling_factor = 1 / std of the latents over the training data, the way SD v1's 0.18215 was found
+    assert tr.latent_scaling_factor(means, stds) == pytest.approx(v2_pipe.vae.config.scaling_factor, rel=0.1)
+
+
+@v2_only
+def test_v2_guidance_is_faithful_and_beats_no_guidance(v2_pipe):
+    from helpers import strict_judge as sj
+
+    combos = all_combos()[::5] + held_out_combos()[:3]  # 21 prompts, 3 held-out
+    prompts = [c.caption() for c in combos]
+    seeds = list(range(300, 300 + len(prompts)))
+    rate = {}
+    for g in (1.0, 7.5):
+        rate[g] = np.mean([v.faithful for v in sj.judge_many(_v2_generate(v2_pipe, prompts, seeds, g), prompts)])
+    assert rate[7.5] >= 0.8 and rate[7.5] > rate[1.0], rate
+
+
+@v2_only
+def test_v2_seeds_draw_different_places_and_sizes(v2_pipe):
+    from helpers import strict_judge as sj
+
+    prompts = ["a white square on a black background"] * 8 + ["a red circle on a blue background"] * 8
+    images = _v2_generate(v2_pipe, prompts, list(range(16)))
+    q = _quality_module()
+    generated = q.spread([sj.inspect(im) for im in images], prompts)
+    # the training data's spread at this size: centre ~7 px, size ~3 px (quality.py measures it each run)
+    assert generated["centre_std_px"] >= 2.5 and generated["size_std_px"] >= 1.0, generated
+
+
+@v2_only
+def test_v2_negative_prompt_removes_the_named_colour_and_keeps_the_rest(v2_pipe):
+    from helpers import strict_judge as sj
+
+    prompts = [f"a {s} on a {b} background" for s in ("circle", "square", "triangle") for b in ("blue", "black")] * 2
+    seeds = list(range(500, 500 + len(prompts)))
+    verdicts = sj.judge_many(_v2_generate(v2_pipe, prompts, seeds, negative="red"), prompts)
+    assert np.mean([v.inspection.colour == "red" for v in verdicts]) <= 0.1
+    assert np.mean([v.faithful for v in verdicts]) >= 0.75
+
+
+@v2_only
+def test_v2_img2img_changes_the_colour_and_keeps_the_place(v2_pipe):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from helpers import strict_judge as sj
+    from helpers.shapes_data import make_dataset_v2
+
+    i2i = StableDiffusionImg2ImgPipeline(**v2_pipe.components)
+    i2i.set_progress_bar_config(disable=True)
+    data = make_dataset_v2(8, seed=21, combos=[Combo("circle", "red", "blue"), Combo("square", "white", "black")])
+    prompts = [Combo(c.shape, "yellow", c.background).caption() for c in data.combos]
+    out = i2i(prompt=prompts, image=[data.pil(i) for i in range(8)], strength=0.6, num_inference_steps=20,
+              generator=[torch.Generator().manual_seed(i) for i in range(8)], output_type="np").images  # fmt: skip
+    after = [sj.inspect(im) for im in (out * 255).round().astype(np.uint8)]
+    ok = [sj.verdict(a, p).faithful and np.hypot(a.cx - g["cx"], a.cy - g["cy"]) <= 3
+          for a, p, g in zip(after, prompts, data.geometry)]  # fmt: skip
+    assert np.mean(ok) >= 0.75, [sj.verdict(a, p).reasons for a, p in zip(after, prompts)]
+
+
+@v2_only
+def test_v2_inpainting_draws_inside_the_mask_and_keeps_the_rest(v2_pipe):
+    q = _quality_module()
+    r = q.inpaint_rows(v2_pipe, quick=True, n=8)
+    assert r["shape_inside_mask_faithful"] >= 0.75, r
+    assert r["outside_change_pasted_255"] <= 1.0 and r["outside_change_raw_255"] <= 8.0, r
+
+
+@pytest.mark.slow
+def test_training_script_rehearsal_v2(tmp_path):
+    spec = importlib.util.spec_from_file_location("train_toy", REPO_ROOT / "scripts" / "train_toy_family.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    summary = module.main(["--scale", "0.002", "--out", str(tmp_path), "--threads", "1", "--no-quality"])
+    assert summary["family"] == "v2" and summary["sizes"]["image_size"] == 64
+    assert (tmp_path / "toy-sd" / "vae" / "config.json").exists()
+    vae_config = json.loads((tmp_path / "toy-sd" / "vae" / "config.json").read_text())
+    assert vae_config["scaling_factor"] == pytest.approx(summary["scaling_factor"])
