@@ -124,14 +124,16 @@ the time so classifier-free guidance works. The text tower is frozen (trained co
 # toy-clip: a mini CLIP trained contrastively on coloured shapes
 
 `CLIPModel` ({p["clip_total"]:,} parameters) with the real CLIP tokenizer and 77 text positions. Its text
-tower is `toy-sd`'s text encoder. Both weight files are here: `model.safetensors` (torch) and
-`flax_model.msgpack` (Flax), plus the `CLIPProcessor` files (32x32 images, OpenAI's mean/std).
+tower is `toy-sd`'s text encoder. One weights file, `model.safetensors`, read by transformers' torch
+`CLIPModel` and by the repo's own Flax CLIP (`helpers/clip_model.py`; transformers 5 has no Flax models),
+plus the `CLIPProcessor` files (32x32 images, OpenAI's mean/std).
 
 ```python
-from transformers import CLIPModel, CLIPProcessor, FlaxCLIPModel
+from transformers import CLIPModel, CLIPProcessor
+from helpers.clip_model import load_flax_clip
 model = CLIPModel.from_pretrained("models/toy-clip")
-processor = CLIPProcessor.from_pretrained("models/toy-clip", use_fast=False)
-flax_model, params = FlaxCLIPModel.from_pretrained("models/toy-clip", _do_init=False)
+processor = CLIPProcessor.from_pretrained("models/toy-clip", backend="pil")  # PIL: no torchvision needed
+flax_model, params, config = load_flax_clip("models/toy-clip")
 ```
 
 Text tower: {sz["text_layers"]} layers, width {sz["text_width"]} ({p["text_encoder"]:,} parameters, almost all in the
