@@ -5,7 +5,7 @@ the mini CLIP (the trained toy CLIP when `models/toy-clip` exists, else the tiny
 Images per second are end to end, as `helpers.clip_ranking.rank` gives them: preprocessing (resize, crop,
 normalise) + both towers + sorting, for `--n-images` 256x256 images per call, after one untimed call that
 compiles. The device count is fixed when jax starts, so each count runs in its own subprocess (this script
-with `--worker`). On a CPU, "devices" are slices of the same cores: more of them does not add compute, it
+with `--worker --devices N`, which calls `set_host_device_count(N)` before jax starts). On a CPU, "devices" are slices of the same cores: more of them does not add compute, it
 only shows that the recipe is right and what the splitting costs; on several GPUs/TPUs pmap scales.
 
     python benchmarks/clip_throughput.py            # 16 images, 3 repeats: ~3 min on 2 cores
@@ -52,11 +52,12 @@ def n_params(clip) -> float:
 
 
 def worker(args) -> list[dict]:
-    """Runs with XLA_FLAGS set by the parent: time every method that uses this many devices."""
+    """Runs in a fresh interpreter: ask for `args.devices` CPU devices, then time every method that uses them."""
+    from helpers import clip_ranking as cr
+
+    cr.set_host_device_count(args.devices)  # before jax's first computation: the count is fixed then
     import jax
     import torch
-
-    from helpers import clip_ranking as cr
 
     n_dev = jax.local_device_count()
     default_threads = torch.get_num_threads()
@@ -110,12 +111,9 @@ def worker(args) -> list[dict]:
 
 
 def run_worker(n_devices: int, args) -> list[dict]:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}",
-        "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
-    }
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--n-images", str(args.n_images)]
+    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--devices", str(n_devices)]
+    cmd += ["--n-images", str(args.n_images)]
     cmd += ["--repeats", str(args.repeats), "--chunk-size", str(args.chunk_size), "--models", *args.models]
     cmd += ["--smoke"] if args.smoke else []
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -131,6 +129,7 @@ def main(argv=None) -> Path | None:
     ap.add_argument("--chunk-size", type=int, default=64, help="rank()'s chunk_size")
     ap.add_argument("--models", nargs="+", default=["vit-b32", "mini"], choices=["vit-b32", "mini"])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)  # the worker's CPU device count
     args = ap.parse_args(argv)
     if args.smoke:
         args.n_images, args.repeats = 4, 1
@@ -159,9 +158,10 @@ def main(argv=None) -> Path | None:
         "images_per_s": "images/s",
     }
     notes = [
-        "pmap: jax.pmap, params replicated, batch padded to a multiple of the device count; sharded: jax.jit over "
-        "a Mesh with NamedSharding; single: jax.jit on one device; torch: transformers CLIPModel (fp32). XLA uses its "
-        "own thread pool; torch threads as shown.",
+        "Flax = the repo's own CLIP (helpers/clip_model.py) on the same weights as torch. pmap: jax.pmap, params "
+        "replicated, batch padded to a multiple of the device count; sharded: jax.jit over a Mesh with NamedSharding; "
+        "single: jax.jit on one device; torch: transformers CLIPModel (fp32). XLA uses its own thread pool; torch "
+        "threads as shown.",
         "End to end per rank() call (preprocessing included), median of the timed calls after one compiling call.",
         "Host devices share the same CPU cores: on a CPU more devices cannot add compute.",
     ]
