@@ -21,10 +21,12 @@
 # **What you will learn**
 # - what CLIP is: two encoders trained so that matching image/text pairs point the same way, and why its
 #   score is `logit_scale x cosine`;
+# - CLIP itself, in about 200 lines of Flax you can read (`helpers/clip_model.py`): transformers 5 dropped
+#   its Flax models, so this repo has its own, which reads the same `model.safetensors` as PyTorch and
+#   matches PyTorch's `CLIPModel` to 1e-5;
 # - how `jax.pmap` spreads the scoring over several devices (replicate the params, shard the batch), and
 #   the three bugs in the blog's version (`prompt * n`, no padding, device 0's scores only);
-# - the modern equivalent (`jax.jit` over a device mesh with `NamedSharding`) and a PyTorch twin for
-#   transformers 5, which has no Flax models at all;
+# - the modern equivalent (`jax.jit` over a device mesh with `NamedSharding`) and the PyTorch twin;
 # - how to sort a batch of generated images by their CLIP score and show them.
 #
 # **Needs**: nothing special. With a GPU it generates with the real Stable Diffusion v1-4 and scores with
@@ -44,14 +46,14 @@ if importlib.util.find_spec("helpers") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
 
 # %% [markdown]
-# **First, before anything imports jax**: ask XLA for 4 CPU devices. The device count is fixed when jax
+# **First, before jax computes anything**: ask jax for 4 CPU devices. The device count is fixed when jax
 # starts (and `diffusers` imports jax as soon as Flax is installed), so this must be the first cell.
-# On a GPU or TPU machine jax still computes on the accelerators; the flag only splits the CPU.
+# On a GPU or TPU machine jax still computes on the accelerators; this only splits the CPU.
 
 # %%
 from helpers.clip_ranking import set_host_device_count
 
-print(set_host_device_count(4))  # = os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+print(set_host_device_count(4), "CPU devices")  # = jax.config.update("jax_num_cpu_devices", 4)
 
 # %%
 from pathlib import Path
@@ -115,8 +117,10 @@ show_images(gen.images, titles=[f"seed {r['seed']}" for r in gen.records], supti
 # times a learned temperature $s$ (100 for OpenAI's CLIP: a cosine of 0.30 gives a score of 30). So
 # ranking images by `logits_per_image` is ranking them by the cosine: the scale does not change the order.
 #
-# We load CLIP with Flax as the blog did: `FlaxCLIPModel.from_pretrained(..., _do_init=False)` returns the
-# module and its parameters separately (jax functions are pure: params are an argument, not a state).
+# The blog loaded CLIP with `FlaxCLIPModel`, which transformers 5 removed. This repo brings its own Flax CLIP
+# (`helpers/clip_model.py`, section 4): `load_clip(..., backend="flax")` returns the module and its parameters
+# separately (jax functions are pure: params are an argument, not a state), read from the same
+# `model.safetensors` that PyTorch reads.
 
 # %%
 clip = cr.load_clip(CLIP_MODEL, backend="flax")  # Hub id or folder: the same call
@@ -140,7 +144,82 @@ print("max abs diff:", np.abs(by_hand - model_scores).max())
 assert np.allclose(by_hand, model_scores, rtol=1e-4, atol=1e-4 * np.abs(model_scores).max())
 
 # %% [markdown]
-# ## 4. Replicate and shard: `jax.pmap` by hand
+# ## 4. Inside our Flax CLIP: the paper, line by line
+#
+# Why it exists: transformers 5 has no Flax models at all, and pinning transformers 4 to keep `FlaxCLIPModel`
+# would hold the whole Hugging Face stack back a major version. A CLIP is small enough to own: two
+# transformers and two projections, about 200 lines of `flax.linen`. It reads Hugging Face's checkpoint as it
+# is (`vision_model.encoder.layers.0.self_attn.q_proj.weight`, ...), so every CLIP on the Hub works.
+#
+# **Image tower** (a ViT): cut the $S \times S$ image into $N = (S/p)^2$ patches $x_k$, embed each with one
+# linear map $E$ (a stride-$p$ convolution), prepend a learned class token, add learned positions:
+#
+# $$z_0 = [x_\text{class};\, x_1 E;\, \dots;\, x_N E] + E_\text{pos}$$
+#
+# **Transformer block** (pre-layer-norm, the same for both towers), repeated $L$ times:
+#
+# $$h = z + \mathrm{Attn}(\mathrm{LN}_1(z)), \qquad z' = h + \mathrm{MLP}(\mathrm{LN}_2(h)), \qquad
+# \mathrm{Attn} = \mathrm{softmax}\!\left(\frac{Q K^\top}{\sqrt{d}} + M\right) V, \qquad
+# \mathrm{MLP}(x) = W_2\, \mathrm{quick\_gelu}(W_1 x), \quad \mathrm{quick\_gelu}(x) = x\, \sigma(1.702\, x)$$
+#
+# In the image tower $M = 0$ (every patch sees every patch); the image embedding is the class token's last
+# state, layer-normed and projected: $I = W_i\, \mathrm{LN}(z_L[0])$.
+#
+# **Text tower**: token plus position embeddings, the same blocks with a **causal** mask ($M_{qk} = -\infty$
+# for $k > q$: each token sees only its past, like GPT-2), a final LN, and the state at the end-of-text token,
+# the only one that has read the whole prompt: $T = W_t\, \mathrm{LN}(h_L)[\text{eos}]$. Which position is
+# "eos" follows transformers 5 exactly: the first `<|endoftext|>`, or `argmax(input_ids)` for old configs
+# that say `eos_token_id = 2`. Then $\text{logits} = e^{t}\, \hat I \cdot \hat T$ as in section 3.
+#
+# Here is one block: the equations sit above the lines that compute them.
+
+# %%
+import inspect
+
+from helpers import clip_model as cm
+
+print(inspect.getsource(cm.EncoderLayer))
+print(inspect.getsource(cm.Attention.__call__))
+
+# %% [markdown]
+# The parameters are one nested dict, named like the checkpoint: `params_from_hf` only renames
+# (`layers.0` becomes `layers_0`) and transposes (torch's `Linear` stores $W$ as (out, in), Flax's `Dense`
+# its kernel as (in, out)).
+
+# %%
+layer0 = clip.params["vision_model"]["encoder"]["layers_0"]
+print(jax.tree_util.tree_map(np.shape, layer0))
+n_params = sum(np.size(x) for x in jax.tree_util.tree_leaves(clip.params))
+print(
+    f"{n_params:,} parameters; patch size {clip.model.config.vision_config.patch_size}, "
+    f"eos_token_id {clip.model.config.text_config.eos_token_id}"
+)
+
+# %% [markdown]
+# **Self-check**: our Flax CLIP and PyTorch's `CLIPModel` read the same `model.safetensors`; their image
+# embeddings, text embedding and scores must agree to float32 rounding (1e-5 relative). On a GPU both
+# libraries multiply float32 matrices in TF32 by default (a 10-bit mantissa), so there we allow 1e-2.
+
+# %%
+clip_torch = cr.load_clip(CLIP_MODEL, backend="torch")  # the same folder or Hub repo, the same weights file
+twin_parts = cr.embed(gen.images, PROMPT, clip_torch)
+RTOL = 1e-5 if jax.default_backend() == "cpu" and clip_torch.device == "cpu" else 1e-2
+
+
+def rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+for name, ours, theirs in [
+    ("image embeddings", parts.image_embeds, twin_parts.image_embeds),
+    ("text embedding", parts.text_embeds, twin_parts.text_embeds),
+    ("logit scale", parts.logit_scale, twin_parts.logit_scale),
+]:
+    print(f"Flax vs torch, {name}: max relative diff {rel(np.asarray(ours), np.asarray(theirs)):.1e}")
+    assert rel(np.asarray(ours), np.asarray(theirs)) < RTOL, name
+
+# %% [markdown]
+# ## 5. Replicate and shard: `jax.pmap` by hand
 #
 # `jax.pmap(f)` compiles `f` once and runs it on every device at the same time, each on its own slice of
 # the leading axis of the inputs. So the inputs need a leading *device* axis:
@@ -150,11 +229,11 @@ assert np.allclose(by_hand, model_scores, rtol=1e-4, atol=1e-4 * np.abs(model_sc
 #
 # `shard` only works when $B$ divides by $n$: with 6 images on 4 devices we must **pad** to 8, then drop
 # the 2 padding scores. Afterwards the outputs come back with the same leading axis, `(n, B/n)`: we must
-# read **every** device's row, not `logits[0]`.
+# read **every** device's row, not `logits[0]`. (`helpers.clip_devices` has both in a few lines of public
+# jax: flax's own `replicate`/`shard` call `jax.device_put_replicated`, which jax 0.10 removed.)
 
 # %%
-from flax.jax_utils import replicate
-from flax.training.common_utils import shard
+from helpers.clip_devices import replicate, shard
 
 pixels = cr.pixel_values(clip, gen.images)  # (6, 3, S, S)
 padded = cr.pad_batch(pixels, cr.padded_size(len(pixels), N_DEVICES))  # (8, 3, S, S) on 4 devices
@@ -185,7 +264,7 @@ assert ranked.order.tolist() == cr.stable_order(ranked.scores).tolist()
 assert (np.diff(ranked.sorted_scores) <= cr.tie_tolerance(ranked.scores)).all()  # best first
 
 # %% [markdown]
-# ## 5. What was wrong with the blog's code
+# ## 6. What was wrong with the blog's code
 #
 # The blog ran `clip_processor(text=prompt * jax.device_count(), images=lst, ...)`, `p_clip(shard(...))`,
 # and sorted `logits[0]`. `cr.blog_scores` is that code, unchanged. Three bugs, all invisible on one GPU:
@@ -214,7 +293,7 @@ if N_DEVICES > 1:  # the blog's numbers are right only for device 0's images, an
     print(f"blog: {blog.size} of {len(ours)} scores; those match ours: {np.round(blog, 3)} vs {np.round(ours[:2], 3)}")
 
 # %% [markdown]
-# ## 6. The modern twin: `jax.jit` over a device mesh
+# ## 7. The modern twin: `jax.jit` over a device mesh
 #
 # `pmap` is in maintenance mode. Today you describe *where data lives* and let the compiler split the work:
 # a `Mesh` names the devices (here one axis, `"batch"`), and a `NamedSharding(mesh, P("batch"))` says "split
@@ -229,21 +308,19 @@ assert np.allclose(sharded.scores, ranked.scores, rtol=1e-5, atol=1e-5 * np.abs(
 assert sharded.order.tolist() == ranked.order.tolist()
 
 # %% [markdown]
-# ## 7. The PyTorch twin: the way out of Flax
+# ## 8. The PyTorch twin
 #
-# transformers 4.57 is the last release with Flax models. `load_clip(..., backend="torch")` loads the same
-# checkpoint as a PyTorch `CLIPModel` (each backend reads its own weight file from the same folder or Hub
-# repo), and `rank(..., method="torch")` gives the same scores to about 1e-6, well within our 1e-3 promise.
+# `rank(..., method="torch")` runs the whole ranking with `clip_torch`, PyTorch's `CLIPModel` on the same
+# `model.safetensors` (section 4): the same scores, to float32 rounding, and so the same order.
 
 # %%
-clip_torch = cr.load_clip(CLIP_MODEL, backend="torch")
 twin = cr.rank(gen.images, PROMPT, clip_torch, method="torch")
-rel = np.abs(twin.scores - ranked.scores).max() / np.abs(ranked.scores).max()
-print(f"torch vs Flax pmap: max relative diff {rel:.2e}")
-assert rel < 1e-3 and twin.order.tolist() == ranked.order.tolist()
+diff = rel(twin.scores, ranked.scores)
+print(f"torch vs Flax pmap: max relative diff {diff:.2e}")
+assert diff < RTOL and twin.order.tolist() == ranked.order.tolist()
 
 # %% [markdown]
-# ## 8. Does ranking pick the faithful images?
+# ## 9. Does ranking pick the faithful images?
 #
 # A ranking is only useful if the top images really show what the prompt asks. We must not grade CLIP with
 # CLIP, so an independent judge (`helpers.judge`: a pixel rule for colours, a small CNN for the shape)
@@ -257,7 +334,9 @@ if TOY:
 
     prompts = [c.caption() for c in train_combos()[::20] + held_out_combos()[::3]]
     results = [
-        cr.rank(generate(pipe, p, n_images=8, seed=SEED, num_inference_steps=STEPS, show_progress=False).images, p, clip)
+        cr.rank(
+            generate(pipe, p, n_images=8, seed=SEED, num_inference_steps=STEPS, show_progress=False).images, p, clip
+        )
         for p in prompts
     ]
     stats = cr.faithfulness(results, judge)
@@ -288,8 +367,11 @@ fig = cr.ranking_grid(cr.rank(mine.images, TRY_PROMPT, clip, method="pmap"))
 #   `(n, B/n, ...)`, and all `n` rows of the output read back; then drop the padding.
 # - The blog's code worked on one device only: `prompt * n` repeats characters, the batch was not padded,
 #   and `logits[0]` holds device 0's scores only.
+# - CLIP is a ViT and a causal text transformer, pre-layer-norm blocks with quick-GELU MLPs, pooled at the
+#   class token and at the end-of-text token, projected and compared by cosine. Our Flax version
+#   (`helpers/clip_model.py`) reads Hugging Face's `model.safetensors` and matches PyTorch's to 1e-5.
 # - The same computation runs with `jax.jit` + `NamedSharding` (the modern API) and with PyTorch's
-#   `CLIPModel` (for transformers 5, which has no Flax), with the same scores.
+#   `CLIPModel`, with the same scores.
 # - `benchmarks/clip_throughput.py` measures all of them; on a CPU, more host devices cannot add compute.
 #
 # ## Exercises
@@ -302,6 +384,8 @@ fig = cr.ranking_grid(cr.rank(mine.images, TRY_PROMPT, clip, method="pmap"))
 #    them. Do the scores change? (Look at `cr._score_fn`.)
 # 4. Why is it fine to pad with black images? Would it still be fine if we normalised scores over the batch
 #    (e.g. a softmax over images)?
+# 5. In `helpers/clip_model.py`, replace the text tower's causal mask by "every token sees every other
+#    (non-padding) token" and rerun section 4's self-check. Which embeddings change, and why?
 #
 # <details><summary>Solutions</summary>
 #
@@ -312,5 +396,8 @@ fig = cr.ranking_grid(cr.rank(mine.images, TRY_PROMPT, clip, method="pmap"))
 # 3. Same scores: `in_axes=None` sends one copy to every device, like replicate, without the leading axis.
 # 4. Each image's score depends only on that image and the prompt, so padding cannot change it. A softmax
 #    over the batch would mix the padding into every score: then mask the padding out first.
+# 5. Only the text embedding: the end-of-text token sees the same tokens as before, but from the first layer
+#    on every earlier token now also reads the tokens after it, so the states the end token attends to
+#    change. CLIP was trained causal, so the check fails (the image tower never had a mask).
 #
 # </details>
