@@ -51,7 +51,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     echo "[setup] torch: $reason"
     deps_flag=""; [ "$no_deps" = 1 ] && deps_flag="--no-deps"
     # shellcheck disable=SC2086  # pip_args is a list of words
-    if ! quiet_pip install -q $deps_flag $pip_args "$torch_pin"; then
+    if ! quiet_pip install -q --retries 2 $deps_flag $pip_args "$torch_pin"; then
       echo "[setup] could not install $torch_pin ($kind). Fix: 'SD_TORCH=pypi make setup' takes PyPI's build (~3 GB on Linux), or install it yourself: $VENV/bin/pip install $torch_pin --index-url https://download.pytorch.org/whl/cpu" >&2
       exit 1
     fi

@@ -1,0 +1,107 @@
+"""The oldest versions our ranges admit (Colab's runtime for the Hugging Face stack, jax 0.7.2 and flax 0.11.2)
+really run our code: our Flax CLIP equals torch's CLIP there too, ranking works, and a pipeline generates.
+
+An overlay venv (`.cache/venv-lowest`) holds exactly the lower bound of every range in pyproject.toml; everything
+else (torch 2.13 CPU, pytest) falls through to the project's own .venv. Built once (a few hundred MB from the
+package registry), reused while the ranges stay the same. torch's lower bound (2.4) is checked by resolution only
+(scripts/check_resolution.py lowest): its only builds for this machine are multi-GB CUDA wheels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from helpers.paths import CACHE_DIR, REPO_ROOT
+
+pytestmark = pytest.mark.slow
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from check_resolution import lower_bounds, project_requirements  # noqa: E402
+
+OVERLAY = CACHE_DIR / "venv-lowest"
+KEEP_FROM_LOCK = ("torch",)  # see the module docstring
+
+
+def lowest_pins() -> dict[str, str]:
+    pins = {k: v for k, v in lower_bounds(project_requirements()).items() if k not in KEEP_FROM_LOCK}
+    if "jax" in pins:
+        pins["jaxlib"] = pins["jax"]  # jax x.y.z runs only on jaxlib x.y.z
+    return pins
+
+
+def _registry_reachable() -> bool:
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def overlay_python() -> Path:
+    pins = lowest_pins()
+    key = hashlib.sha256(json.dumps(pins, sort_keys=True).encode()).hexdigest()[:16]
+    py = OVERLAY / "bin" / "python"
+    stamp = OVERLAY / ".pins"
+    if py.exists() and stamp.exists() and stamp.read_text() == key:
+        return py
+    if not _registry_reachable():
+        pytest.skip("the package registry is unreachable, so the lowest versions cannot be installed here")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(OVERLAY)], check=True)
+    site = Path(
+        subprocess.check_output(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
+        ).strip()
+    )
+    fallback = dict.fromkeys(p for p in (sysconfig.get_path("purelib"), sysconfig.get_path("platlib")) if p)
+    (site / "zz_project_venv.pth").write_text("\n".join(fallback) + "\n")  # after the overlay's own packages
+    import torch
+
+    reqs = [f"{name}=={version}" for name, version in pins.items()] + [f"torch=={torch.__version__.split('+')[0]}"]
+    run = subprocess.run([str(py), "-m", "pip", "install", "-q", *reqs], capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    stamp.write_text(key)
+    return py
+
+
+def _versions(py: Path) -> dict[str, str]:
+    code = "import importlib.metadata as m, json, sys; print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
+    out = subprocess.check_output([str(py), "-c", code, *lowest_pins()], text=True)
+    return json.loads(out)
+
+
+def test_overlay_holds_exactly_the_lower_bounds(overlay_python):
+    got = _versions(overlay_python)
+    for name, version in lowest_pins().items():
+        assert got[name].split("+")[0] in (version, version + ".0", version + ".0.0"), (name, got[name], version)
+
+
+def test_clip_and_pipeline_tests_pass_on_the_lowest_versions(overlay_python):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    tests = [
+        "tests/test_clip_model.py",
+        "tests/test_clip_ranking.py",
+        "tests/test_tokenizer.py",
+        "tests/test_pipeline.py::test_load_from_a_local_folder",
+        "tests/test_pipeline.py::test_same_seed_same_images_other_seed_other_images",
+        "tests/test_pipeline.py::test_every_scheduler_runs_and_is_restored",
+        "tests/test_pipeline.py::test_one_batched_call_for_n_images",
+    ]
+    run = subprocess.run(
+        [str(overlay_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-x", *tests],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1500,
+    )
+    tail = run.stdout[-4000:] + run.stderr[-2000:]
+    assert run.returncode == 0, tail
+    assert " passed" in run.stdout and " failed" not in run.stdout, tail
