@@ -31,9 +31,9 @@ _HOST_COUNT_FLAG = "--xla_force_host_platform_device_count"  # the pre-config sp
 def set_host_device_count(n: int) -> int:
     """Ask jax for `n` CPU devices (pmap on a laptop); call it before jax's first computation. Returns `n`.
 
-    Uses `jax.config.update("jax_num_cpu_devices", n)` (public since jax 0.4.3x; `JAX_NUM_CPU_DEVICES` is the
-    environment-variable spelling). A jax too old for that option gets `XLA_FLAGS=--xla_force_host_platform_
-    device_count=n` instead. On a GPU/TPU machine jax still computes on the accelerators; this only splits the CPU.
+    Uses `jax.config.update("jax_num_cpu_devices", n)`: checked on jax 0.7.2 (Colab's) and 0.10.2, and
+    `JAX_NUM_CPU_DEVICES` is its environment-variable spelling since jax 0.5.1. A jax too old for the option
+    gets the XLA flag it replaced, `XLA_FLAGS=--xla_force_host_platform_device_count=n`. On a GPU/TPU machine jax still computes on the accelerators; this only splits the CPU.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a whole number >= 1, got {n!r}.")
