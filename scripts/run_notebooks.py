@@ -2,7 +2,7 @@
 keep the executed copies and every generated image under outputs/.
 
     make run                                   # all notebooks
-    .venv/bin/python scripts/run_notebooks.py 02 03   # only notebooks whose name starts with these
+    .venv/bin/python scripts/run_notebooks.py 01 02   # only notebooks whose name starts with these
 
 Executed notebooks go to a new folder outputs/notebooks/<timestamp>/ (nothing from an earlier run is
 touched); images are written by the notebooks themselves through helpers.saving (new run folders).

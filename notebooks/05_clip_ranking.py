@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 03 · Ranking generated images with CLIP, on any number of devices
+# # 05 · Ranking generated images with CLIP, on any number of devices
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/03_clip_ranking.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/05_clip_ranking.ipynb)
 #
 # The blog's "CLIP ranking" section (adapted from Boris Dayma's DALL-E Mini), made right, then taken further.
 #
@@ -86,7 +86,7 @@ CLIP_MODEL, CLIP_WHY = cr.choose_clip(MODEL)
 TOY = str(CLIP_MODEL) == str(cr.TOY_CLIP_DIR) and MODEL.endswith("toy-sd")  # the trained pair
 REAL = not Path(MODEL).is_dir()  # a Hub model (GPU)
 PROMPT = "Kermit the Frog sits on the Iron Throne" if REAL else "a red circle on a blue background"
-STEPS = 50 if REAL else DEFAULT_STEPS  # toy family: DDIM at 10 steps (notebook 02, section 6)
+STEPS = 50 if REAL else DEFAULT_STEPS  # toy family: DDIM at 10 steps (notebook 01, section 6)
 print(f"pipeline: {MODEL}\n  why: {WHY}\nCLIP:     {CLIP_MODEL}\n  why: {CLIP_WHY}")
 if not TOY and not REAL:
     print("NOTE: random-weight models: images are noise and the scores mean nothing; the code is the same.")
@@ -94,7 +94,7 @@ if not TOY and not REAL:
 # %% [markdown]
 # ## 2. Generate a few images
 #
-# One batched call, image `i` from seed `SEED + i` (notebook 02). We save them with their settings.
+# One batched call, image `i` from seed `SEED + i` (notebook 01). We save them with their settings.
 
 # %%
 N_IMAGES = 6  # on 4 devices: padded to 8, as we will see

@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 01 · Diffusion theory: equations that run
+# # 03 · Diffusion theory: equations that run
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/01_diffusion_theory.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/03_diffusion_theory.ipynb)
 #
 # The blog explains diffusion in words: "the model learns to remove noise, step by step". Here every equation
 # behind that sentence is a line of code, and every line is checked against what 🤗 diffusers does.

@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 02 · Text to image in fp16 with `StableDiffusionPipeline`
+# # 01 · Text to image in fp16 with `StableDiffusionPipeline`
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/02_fp16_inference.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/01_generate.ipynb)
 #
 # The blog's "low cost image generation" section, made to work on today's libraries, then taken further.
 #
@@ -306,7 +306,7 @@ assert generate(pipe, prompt, seed=SEED, num_inference_steps=5, show_progress=Fa
 # %% [markdown]
 # ## Try it
 #
-# Change the prompt, seed or guidance and rerun. The prompt studio (notebook 04) does this with widgets.
+# Change the prompt, seed or guidance and rerun. The prompt studio (notebook 06) does this with widgets.
 
 # %%
 my_prompt = "a green triangle on a yellow background" if is_toy_family(pipe) else "a photo of an astronaut riding a horse on mars"

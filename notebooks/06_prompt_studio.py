@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 04 · The prompt studio: a small app made of widgets
+# # 06 · The prompt studio: a small app made of widgets
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/04_prompt_studio.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/06_prompt_studio.ipynb)
 #
 # The blog imports `ipywidgets` and never uses it. Here we use it: a prompt studio where you change the prompt,
 # the seed, the steps, the guidance and the scheduler, press **Generate**, watch the progress bar, **Stop** a run
@@ -29,7 +29,7 @@
 #
 # **Needs**: nothing special. With a GPU (Colab: *Runtime > Change runtime type > GPU*) the studio runs the real
 # Stable Diffusion v1-4; without one, the whole notebook runs on CPU in under a minute with the offline model.
-# Works with ipywidgets 7 (Colab) and 8 (Jupyter, VS Code); `voila notebooks/04_prompt_studio.ipynb` serves
+# Works with ipywidgets 7 (Colab) and 8 (Jupyter, VS Code); `voila notebooks/06_prompt_studio.ipynb` serves
 # it as a web app.
 
 # %% tags=["skip-execution", "nbval-skip"]
@@ -58,7 +58,7 @@ from helpers.studio import PromptStudio, clip_ranker
 SEED = 0
 MODEL, WHY = choose_model()  # set SD_MODEL, or pass a Hub id / folder, to choose another
 pipe = load_pipeline(MODEL)
-STEPS = DEFAULT_STEPS  # DDIM at 10 steps: measured as faithful as the blog's 50 PNDM steps (notebook 02, section 6)
+STEPS = DEFAULT_STEPS  # DDIM at 10 steps: measured as faithful as the blog's 50 PNDM steps (notebook 01, section 6)
 PROMPT, PROMPT_WHY = suggested_prompt(pipe)
 print("model:", MODEL)
 print("why:  ", WHY)
@@ -186,7 +186,7 @@ studio.height.value = pipe.unet.config.sample_size * pipe.vae_scale_factor
 # %% [markdown]
 # ## 4. Rank and save
 #
-# **Rank with CLIP** scores each image against the prompt with CLIP (notebook 03: the cosine similarity of the
+# **Rank with CLIP** scores each image against the prompt with CLIP (notebook 05: the cosine similarity of the
 # image and text embeddings times CLIP's temperature, $\text{score} = 100 \cos(E_I(x), E_T(p))$ for OpenAI's CLIP)
 # and reorders the gallery, best first. The studio takes any function `ranker(images, prompt) -> scores`;
 # `clip_ranker(model)` makes one from `helpers.clip_ranking`. By itself the studio picks the blog's CLIP for the
