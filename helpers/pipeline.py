@@ -48,12 +48,28 @@ MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64-bit seeds; keep see
 MAX_GUIDANCE = 100.0  # beyond ~30 images burn out; far beyond, fp16 overflows to inf
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# The default sampler: the fastest setting within 2 points of PNDM-50's prompt-faithfulness (PNDM at 50 steps
-# is SD v1's and the blog's default). Measured on the trained offline family by benchmarks/schedulers_quality.py:
-# DDIM at 10 steps was 94.8% faithful vs PNDM-50's 90.0%, with 5.1x fewer UNet calls (benchmarks/README.md, 3).
-# `load_pipeline` switches to it, `generate` uses its step count; pass scheduler=None / "pndm" for the model's own.
+# Default samplers depend on the model: what was measured where, and what the literature supports where we could not.
+# The toy family (and the tiny random test model): the fastest setting within 2 points of PNDM-50's
+# prompt-faithfulness (PNDM at 50 steps is SD v1's and the blog's default). Measured on the trained offline family by
+# benchmarks/schedulers_quality.py: DDIM at 10 steps was 94.8% faithful vs PNDM-50's 90.0%, with 5.1x fewer UNet
+# calls (benchmarks/README.md, 3). `DEFAULT_SCHEDULER`/`DEFAULT_STEPS` name this measured pick.
 DEFAULT_SCHEDULER = "ddim"
 DEFAULT_STEPS = 10
+# Any other model (SD v1-4 and its relatives): not measured here (no GPU, no weights). DPM-Solver++ 2M, the
+# second-order multistep solver of Lu et al. 2022 (DPM-Solver++, https://arxiv.org/abs/2211.01095, made for guided
+# sampling); diffusers' docs on `DPMSolverMultistepScheduler`: "DPMSolver sampling with only 20 steps can generate
+# high-quality samples" and solver_order=2 "for guided sampling"
+# (https://huggingface.co/docs/diffusers/api/schedulers/multistep_dpm_solver). We take 25 steps, a margin over the
+# docs' 20 because it is unmeasured on v1-4 here; the pipeline's own PNDM at 50 steps (diffusers' default) is
+# `scheduler="pndm", num_inference_steps=50`.
+REAL_MODEL_SCHEDULER = "dpmpp_2m"
+REAL_MODEL_STEPS = 25
+TOY_UNET_MAX_PARAMS = 100_000_000  # the offline models' UNets have ~1-4 M parameters; SD v1's has 859.5 M
+
+# SD v1-4 on CPU: one UNet step at 64x64 latents, batch 2 (= one guided step), fp32, measured by
+# benchmarks/unet_cpu.py: 6.47 s on a quiet 2-core AMD EPYC VM (benchmarks/results/unet_cpu-20261201-081905.json),
+# 46.0 s on a 2-core Xeon VM under heavy load (unet_cpu-20261125-033051.json). tests/test_pipeline.py reads both.
+CPU_UNET_STEP_S = {"quiet 2-core AMD EPYC VM": 6.47, "heavily loaded 2-core Xeon VM": 46.0}
 
 BLOG_PROMPT = "Kermit the Frog on the Iron Throne"  # the blog's prompt, for real models
 TOY_PROMPT = "a red circle on a blue background"  # the toy family only knows coloured shapes on plain backgrounds
@@ -70,14 +86,17 @@ SCHEDULERS = {
     "unipc": "UniPCMultistepScheduler",
 }
 
-#: What each memory preset switches on, and what it costs (see `apply_memory_preset`).
+#: What each memory preset switches on, and what it costs (see `apply_memory_preset`). Not measured here (no GPU):
+#: the trade-offs are the ones diffusers' guide describes (https://huggingface.co/docs/diffusers/optimization/memory);
+#: benchmarks/gpu_ladder.py measures them on a GPU.
 MEMORY_PRESETS = {
-    "none": "everything on the GPU, no slicing: fastest; SD v1 fp16 peaks at ~2.6 GiB for one 512 px image",
+    "none": "everything on the GPU, no slicing: fastest, highest peak memory",
     "balanced": "attention slicing + VAE slicing: attention computed in slices and the VAE decoding one image at a "
-    "time; saves ~1 GiB at batch 4 for a few % of speed",
-    "low": "balanced + VAE tiling + model CPU offload: each model moves to the GPU only while it runs; fits ~4 GiB "
-    "GPUs, ~20-30% slower",
-    "lowest": "sequential CPU offload: weights stream to the GPU layer by layer; runs in < 2 GiB but several times slower",
+    "time; lower peak memory for batches, a little slower",
+    "low": "balanced + VAE tiling + model CPU offload: each model moves to the GPU only while it runs; for small "
+    "GPUs, slower",
+    "lowest": "sequential CPU offload: weights stream to the GPU layer by layer; the least GPU memory (diffusers' "
+    "guide: under 3 GB for SD), many times slower",
 }
 
 
@@ -134,9 +153,18 @@ def choose_model(model: str | os.PathLike | None = None) -> tuple[str, str]:
         return DEFAULT_MODEL, "a CUDA GPU is available, so we run the real Stable Diffusion v1-4 from the Hub"
     offline = offline_model_dir()
     kind = "trained toy family" if offline == TOY_MODEL_DIR else "tiny random-weight model (noise, not pictures)"
-    return _near(offline), (
-        f"no GPU here: the real model would take ~20 min per image on CPU, so we run the offline {kind} "
-        "with exactly the same code (set SD_MODEL to override)"
+    return (
+        _near(offline),
+        f"no GPU here: {cpu_minutes_message()}, so we run the offline {kind} with exactly the same code (set SD_MODEL to override)",
+    )
+
+
+def cpu_minutes_message(steps: int = REAL_MODEL_STEPS) -> str:
+    """What one 512 px SD v1-4 image costs on a CPU, from the project's own UNet measurements (not a guess)."""
+    (quiet, fast), (loaded, slow) = CPU_UNET_STEP_S.items()
+    return (
+        f"the real v1-4 needs {steps} guided UNet steps per 512 px image, ~{steps * fast / 60:.0f} min on a {quiet} "
+        f"and ~{steps * slow / 60:.0f} min on a {loaded} (fp32; benchmarks/unet_cpu.py: {fast} and {slow} s per step)"
     )
 
 
@@ -147,6 +175,38 @@ def is_toy_family(model) -> bool:
         return Path(str(name)).expanduser().resolve() == TOY_MODEL_DIR.resolve()
     except (OSError, RuntimeError):
         return False
+
+
+@dataclass(frozen=True)
+class SamplerDefault:
+    """The default sampler for one model, and where the choice comes from."""
+
+    scheduler: str
+    num_inference_steps: int
+    source: str
+
+
+def default_sampler(model) -> SamplerDefault:
+    """The sampler to use when none is given: measured on the toy family, from the literature for real models.
+
+    `model` is a pipeline (decided by its UNet's size: the offline models are tiny) or a folder / Hub id (the toy
+    family's folder, or anything else = a real model). See REAL_MODEL_SCHEDULER for the sources.
+    """
+    unet = getattr(model, "unet", None)
+    toy = is_toy_family(model) or (unet is not None and sum(p.numel() for p in unet.parameters()) < TOY_UNET_MAX_PARAMS)
+    if toy:
+        return SamplerDefault(
+            DEFAULT_SCHEDULER,
+            DEFAULT_STEPS,
+            "measured on the toy family: as prompt-faithful as PNDM-50 with 5x fewer UNet calls "
+            "(benchmarks/schedulers_quality.py, benchmarks/README.md section 3)",
+        )
+    return SamplerDefault(
+        REAL_MODEL_SCHEDULER,
+        REAL_MODEL_STEPS,
+        "not measured here on v1-4: DPM-Solver++ 2M (Lu et al. 2022, arXiv 2211.01095); diffusers' docs: 20 steps "
+        "give high-quality samples, we take 25 for margin",
+    )
 
 
 def suggested_prompt(model) -> tuple[str, str]:
@@ -188,7 +248,7 @@ def load_pipeline(
     variant: str | None = "auto",
     safety_checker: bool = True,
     token: str | None = None,
-    scheduler: str | None = DEFAULT_SCHEDULER,
+    scheduler: str | None = "auto",
 ):
     """Load a `StableDiffusionPipeline` from a Hub id or a local folder, on the best device.
 
@@ -198,8 +258,9 @@ def load_pipeline(
     - `variant`: "auto" loads the `fp16` weight files when running in fp16 and they exist (half the download).
     - `safety_checker=False` drops the checker (you then get no NSFW filtering: use responsibly).
     - `token`: only if you must; `python login.py` stores it so you never paste it in a notebook.
-    - `scheduler`: default `DEFAULT_SCHEDULER` (DDIM, built from the model's own config: same noise schedule),
-      the measured fastest at equal quality; None keeps the model's own (SD v1-4: PNDM).
+    - `scheduler`: "auto" (default) picks `default_sampler(pipe)`: DDIM for the toy family (measured fastest at
+      equal quality there), DPM-Solver++ 2M for real models (diffusers' docs, Lu et al. 2022), each built from the
+      model's own config (same noise schedule); a name picks that one; None keeps the model's own (SD v1-4: PNDM).
     """
     model_str = _check_load_arguments(model, device, dtype, variant, safety_checker, token, scheduler)
     from diffusers import StableDiffusionPipeline
@@ -269,6 +330,8 @@ def load_pipeline(
 
         pipe = apply_cpu_setup(pipe, choice)  # bf16 and/or channels_last where measured faster on this CPU
     pipe.device_choice = choice  # what runs, and why: notebooks print it
+    if scheduler == "auto":
+        scheduler = default_sampler(pipe).scheduler
     if scheduler is not None:
         pipe.scheduler = make_scheduler(pipe, scheduler)
     return pipe
@@ -303,7 +366,7 @@ def _check_load_arguments(model, device, dtype, variant, safety_checker, token, 
         raise ValueError(f"safety_checker must be True or False, got {safety_checker!r}.")
     if token is not None and not isinstance(token, str):
         raise ValueError("token must be a string or None (better: run `python login.py` once and pass nothing).")
-    if scheduler is not None:
+    if scheduler not in (None, "auto"):
         _check_scheduler(scheduler)
     model_str, _ = choose_model(model)
     return model_str
@@ -419,7 +482,7 @@ def validate_inputs(
     n_images: int = 1,
     seed: int = 0,
     guidance_scale: float = 7.5,
-    num_inference_steps: int = DEFAULT_STEPS,
+    num_inference_steps: int | None = DEFAULT_STEPS,
     negative_prompt=None,
     height: int | None = None,
     width: int | None = None,
@@ -428,6 +491,7 @@ def validate_inputs(
     """Raise `ValueError` (saying what to do) for any bad input, before any model work.
 
     Returns the values as exact plain Python types (ints stay exact: a seed near 2**63 is not rounded).
+    `num_inference_steps=None` stays None: "the model's default" (`default_sampler`), decided once the model is loaded.
     """
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string, got {type(prompt).__name__}: pass one text prompt.")
@@ -441,8 +505,8 @@ def validate_inputs(
             f"n_images must be a whole number from 1 to {MAX_IMAGES}, got {n_images!r}; "
             "for more images use scripts/generate_many.py or call generate() again with another seed."
         )
-    steps = _as_int(num_inference_steps)
-    if steps is None or not 1 <= steps <= MAX_STEPS:
+    steps = None if num_inference_steps is None else _as_int(num_inference_steps)
+    if num_inference_steps is not None and (steps is None or not 1 <= steps <= MAX_STEPS):
         raise ValueError(
             f"num_inference_steps must be a whole number from 1 to {MAX_STEPS}, got {num_inference_steps!r} "
             "(typical: 20-50)."
@@ -556,7 +620,7 @@ def generate(
     n_images: int = 1,
     seed: int = 0,
     guidance_scale: float = 7.5,
-    num_inference_steps: int = DEFAULT_STEPS,
+    num_inference_steps: int | None = None,
     negative_prompt: str | None = None,
     height: int | None = None,
     width: int | None = None,
@@ -567,13 +631,16 @@ def generate(
     """Generate `n_images` for one prompt in ONE batched call; image i uses seed `seed + i`.
 
     Regenerate image i alone with `generate(pipe, prompt, n_images=1, seed=seed + i, ...)`.
-    A `scheduler` name swaps the scheduler for this call only.
+    A `scheduler` name swaps the scheduler for this call only. `num_inference_steps=None` is the model's default
+    (`default_sampler(pipe)`: 10 for the toy family, 25 for real models).
     """
     # exact plain ints and floats: numpy integers pass, and records stay JSON-exact (a seed reads back as a number)
     checked = validate_inputs(
         prompt, n_images, seed, guidance_scale, num_inference_steps, negative_prompt, height, width, scheduler
     )
     n_images, seed, num_inference_steps = checked["n_images"], checked["seed"], checked["num_inference_steps"]
+    if num_inference_steps is None:  # checked first: a bad input fails before the model is touched
+        num_inference_steps = default_sampler(pipe).num_inference_steps
     guidance_scale, height, width = checked["guidance_scale"], checked["height"], checked["width"]
     messages = [m for m in (truncation_message(pipe.tokenizer, prompt),) if m]
     if negative_prompt:

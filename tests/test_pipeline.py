@@ -244,7 +244,40 @@ def test_default_scheduler_and_steps_are_the_measured_pick(tiny_model_dir):
     assert pl.scheduler_name(StableDiffusionPipeline.from_pretrained(pl.TOY_MODEL_DIR)) == pl.DEFAULT_SCHEDULER
     import inspect
 
-    assert inspect.signature(generate).parameters["num_inference_steps"].default == pl.DEFAULT_STEPS
+    assert inspect.signature(generate).parameters["num_inference_steps"].default is None  # the model's default
+    assert pl.default_sampler(pipe).num_inference_steps == pl.DEFAULT_STEPS
+    assert generate(pipe, "a red circle", show_progress=False).records[0]["num_inference_steps"] == pl.DEFAULT_STEPS
+
+
+def test_defaults_depend_on_the_model(tiny_model_dir):
+    """Toy-sized models keep the measured DDIM-10; real models get DPM-Solver++ 2M at 25 steps (diffusers' docs)."""
+    from types import SimpleNamespace
+
+    toy = pl.default_sampler(pl.TOY_MODEL_DIR)
+    assert (toy.scheduler, toy.num_inference_steps) == (pl.DEFAULT_SCHEDULER, pl.DEFAULT_STEPS) == ("ddim", 10)
+    real = pl.default_sampler(DEFAULT_MODEL)
+    assert (real.scheduler, real.num_inference_steps) == (pl.REAL_MODEL_SCHEDULER, pl.REAL_MODEL_STEPS)
+    assert (real.scheduler, real.num_inference_steps) == ("dpmpp_2m", 25) and "2211.01095" in real.source
+    big_unet = SimpleNamespace(parameters=lambda: [torch.empty(1).expand(pl.TOY_UNET_MAX_PARAMS)])
+    assert pl.default_sampler(SimpleNamespace(unet=big_unet, name_or_path="my/sd-model")).scheduler == "dpmpp_2m"
+    assert pl.default_sampler(load_pipeline(tiny_model_dir, scheduler=None)).scheduler == "ddim"  # tiny UNet
+
+
+def test_cpu_minutes_come_from_the_committed_unet_benchmarks():
+    """choose_model's CPU estimate is UNet step time (batch 2 = one guided step) x steps, from benchmarks/results."""
+    import json
+
+    results = pl.REPO_ROOT / "benchmarks" / "results"
+    measured = {}
+    for name in ("unet_cpu-20261201-081905.json", "unet_cpu-20261125-033051.json"):
+        data = json.loads((results / name).read_text())
+        row = next(r for r in data["rows"] if r["key"] == "fp32")
+        assert data["args"]["latent"] == 64 and not data["smoke"]
+        measured[data["machine"]["cpu_model"]] = row["s_per_step"]
+    quiet, loaded = pl.CPU_UNET_STEP_S.values()
+    assert abs(quiet - measured["AMD EPYC"]) < 0.01 and abs(loaded - measured["Intel(R) Xeon(R) Processor"]) < 0.1
+    msg = pl.cpu_minutes_message()
+    assert f"~{25 * quiet / 60:.0f} min" in msg and f"~{25 * loaded / 60:.0f} min" in msg and "25 guided" in msg
 
 
 def test_suggested_prompt_fits_the_model(tiny_model_dir):
@@ -299,6 +332,7 @@ def test_choose_offline_without_gpu(no_model_env):
     model, why = choose_model()
     assert Path(model).resolve() == offline_model_dir().resolve() and not Path(model).is_absolute()
     assert "no GPU" in why and "SD_MODEL" in why and "offline" in why
+    assert "20 min" not in why and pl.cpu_minutes_message() in why  # measured figures, not a guess
 
 
 def test_offline_model_is_loadable_by_default(no_model_env, from_pretrained_kwargs):
