@@ -16,17 +16,21 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/01_generate.ipynb)
 #
-# The blog's "low cost image generation" section, made to work on today's libraries, then taken further.
+# Start here: use Stable Diffusion before looking inside it. This is the blog's "low cost image generation"
+# section, made to work on today's libraries, then taken further. Notebook 02 opens the pipeline up, notebook 03
+# explains the theory.
 #
-# **What you will learn**
-# - how to load Stable Diffusion v1-4 in half precision (fp16) the modern way, and why fp16 halves memory;
-# - how to make `n` images in one batched call and still regenerate any single one from its seed;
-# - what `guidance_scale`, `num_inference_steps`, negative prompts and schedulers do to an image;
-# - how to fit small GPUs (memory presets) and why an image sometimes comes out black.
+# **What you will be able to do**
+# - load Stable Diffusion v1-4 in half precision (fp16) the modern way, and say why fp16 halves memory;
+# - make `n` images in one batched call and still regenerate any single one from its seed;
+# - choose `guidance_scale`, `num_inference_steps`, a negative prompt and a scheduler, knowing what each does;
+# - fit a small GPU (memory presets), explain a black image, and know what the model may and may not be used for.
 #
-# **Needs**: a GPU for the real model (Colab: *Runtime > Change runtime type > GPU*; ~2 min of downloads,
-# then seconds per image). Without a GPU every cell runs on CPU in about a minute with the offline model:
-# the same code, only the `model` argument differs.
+# **Needs**: a GPU for the real model (Colab: *Runtime > Change runtime type > GPU*). The first run downloads its
+# fp16 weights: 1.37 B parameters x 2 bytes = about 2.7 GB (UNet 859.5 M, text encoder 123.1 M, VAE 83.7 M, safety
+# checker 304.0 M, counted from the public configs in `configs/sd-v1-4`). Without a GPU every cell runs on CPU with
+# the offline toy family (about 1.5 minutes, measured under nbval on a 2-core machine): the same code, only the
+# `model` argument differs.
 
 # %% tags=["skip-execution", "nbval-skip"]
 # Colab / Gradient only: install this project's release, one wheel with the helpers, the offline models and
@@ -50,9 +54,12 @@ from helpers.pipeline import (
     DEFAULT_SCHEDULER,
     DEFAULT_STEPS,
     MEMORY_PRESETS,
+    REAL_MODEL_SCHEDULER,
+    REAL_MODEL_STEPS,
     REPO_ROOT,
     apply_memory_preset,
     choose_model,
+    default_sampler,
     generate,
     is_toy_family,
     load_pipeline,
@@ -99,14 +106,17 @@ if LOG_IN:
 # | a loop of `sample_num` calls | one call, `num_images_per_prompt=n`, a generator per image | the GPU works on the whole batch at once |
 #
 # `load_pipeline` does the modern load: `StableDiffusionPipeline.from_pretrained(model, variant="fp16",
-# torch_dtype=torch.float16)` on a GPU, plain fp32 on CPU, and the same call for a local folder. It also
-# switches the sampler to DDIM (built from the model's own noise schedule), which we measured as fast as
-# 10 steps at the quality of the blog's 50 PNDM steps (section 6).
+# torch_dtype=torch.float16)` on a GPU, plain fp32 on CPU, and the same call for a local folder. It also picks the
+# model's default sampler (`default_sampler`, built from the model's own noise schedule): on the toy family DDIM at
+# 10 steps, which we measured to be as prompt-faithful as the blog's PNDM at 50 steps (section 6); on real models
+# DPM-Solver++ at 25 steps, from diffusers' docs and its paper (not measured here: no GPU).
 
 # %%
 pipe = load_pipeline(MODEL)
 print(type(pipe).__name__, "| unet dtype:", pipe.unet.dtype, "| device:", pipe.device, "| scheduler:", type(pipe.scheduler).__name__)
 print("precision:", pipe.device_choice.precision, "-", pipe.device_choice.reason)
+sampler = default_sampler(pipe)
+print(f"default sampler: {sampler.scheduler}, {sampler.num_inference_steps} steps ({sampler.source})")
 assert pipe.unet.dtype == pipe.device_choice.dtype and pipe.device.type == choice.device
 EXACT = pipe.unet.dtype == torch.float32  # fp16/bf16 round differently with batch size and kernel: see the checks below
 
@@ -199,7 +209,7 @@ own = scheduler_name(pipe)
 runs = {n: generate(pipe, prompt, seed=SEED, num_inference_steps=20, scheduler=n, show_progress=False) for n in names}
 show_images([r.images[0] for r in runs.values()], [f"{n}: {r.seconds:.2f}s" for n, r in runs.items()], ncols=6)
 assert all(r.records[0]["scheduler"] == n for n, r in runs.items())
-assert scheduler_name(pipe) == own == DEFAULT_SCHEDULER  # generate() restored the pipeline's own scheduler
+assert scheduler_name(pipe) == own == sampler.scheduler  # generate() restored the pipeline's own scheduler
 
 # %% [markdown]
 # How many steps does each sampler need? `benchmarks/schedulers_quality.py` counts it on the toy family,
@@ -228,14 +238,24 @@ ok = [r for r in bench["rows"] if r["faithful"] >= base["faithful"] - 2]
 assert pick["unet_calls"] == min(r["unet_calls"] for r in ok)
 
 # %% [markdown]
-# On the real v1-4 we could not run this measurement (no GPU, no weights here); DDIM and DPM-Solver++ at
-# 10-25 steps are the usual choices there. Compare for yourself: the same seed with the blog's setting and ours.
+# **Defaults depend on the model.** The table above was measured on the toy family only, so DDIM at 10 steps is
+# the default there and nowhere else. On the real v1-4 we could not measure (no GPU, no weights here), so its default
+# comes from the literature: DPM-Solver++ 2M (Lu et al. 2022, [arXiv 2211.01095](https://arxiv.org/abs/2211.01095),
+# a second-order solver designed for guided sampling) at 25 steps. diffusers' documentation of
+# `DPMSolverMultistepScheduler` says 20 steps give high-quality samples; we keep a margin of 5 because nobody has
+# checked it here. The blog's setting, PNDM at 50 steps (the pipeline's own default), stays one argument away.
+# Compare for yourself: the same seed with the blog's setting and this model's default.
 
 # %%
+print(f"toy family: {DEFAULT_SCHEDULER} x {DEFAULT_STEPS}; real models: {REAL_MODEL_SCHEDULER} x {REAL_MODEL_STEPS}")
 blog = generate(pipe, prompt, seed=SEED, num_inference_steps=50, scheduler="pndm", show_progress=False)
-ours = generate(pipe, prompt, seed=SEED, show_progress=False)  # the defaults: DDIM, 10 steps
-show_images(blog.images + ours.images, [f"PNDM 50: {blog.seconds:.2f}s", f"DDIM {DEFAULT_STEPS}: {ours.seconds:.2f}s"])
-assert ours.records[0]["scheduler"] == DEFAULT_SCHEDULER and ours.records[0]["num_inference_steps"] == DEFAULT_STEPS
+ours = generate(pipe, prompt, seed=SEED, show_progress=False)  # no steps, no scheduler: this model's defaults
+show_images(blog.images + ours.images, [f"PNDM 50: {blog.seconds:.2f}s", f"{sampler.scheduler} {sampler.num_inference_steps}: {ours.seconds:.2f}s"])  # fmt: skip
+assert ours.records[0]["scheduler"] == sampler.scheduler
+assert ours.records[0]["num_inference_steps"] == sampler.num_inference_steps
+assert (sampler.scheduler, sampler.num_inference_steps) == (
+    (DEFAULT_SCHEDULER, DEFAULT_STEPS) if is_toy_family(pipe) else (REAL_MODEL_SCHEDULER, REAL_MODEL_STEPS)
+)
 
 # %% [markdown]
 # ## 7. fp32 vs fp16: memory and time
@@ -252,10 +272,11 @@ assert fp32_bytes == 2 * fp16_bytes
 assert torch.tensor(FP16_MAX, dtype=torch.float16).isfinite() and torch.tensor(70000.0).half().isinf()
 
 # %% [markdown]
-# On a GPU this cell measures both precisions on the same prompt and seed (on Colab's T4, expect fp16 to take
-# about half the peak memory and well under half the time). On CPU it measures fp32, plus bf16 when the pipeline
-# runs in it (`SD_CPU_DTYPE=bf16`), never fp16: fp16 matrix multiplication on CPU is emulated and ~20x slower,
-# which is why `pick_device` chooses fp32 there.
+# On a GPU this cell measures both precisions on the same prompt and seed. What to expect there, from diffusers'
+# guide on speed and memory (https://huggingface.co/docs/diffusers/optimization/memory): one 512 px image with 50 DDIM
+# steps took 9.50 s in fp32 and 3.61 s in fp16 (2.63x) on an NVIDIA TITAN RTX; the weights take exactly half the
+# memory (the cell above). On CPU it measures fp32, plus bf16 when the pipeline runs in it (`SD_CPU_DTYPE=bf16`),
+# never fp16: most CPUs have no fast fp16 matrix multiplication, which is why `pick_device` chooses fp32 there.
 
 # %%
 rows = []
@@ -292,8 +313,11 @@ assert diff.max() <= 2 if EXACT else diff.mean() <= 2
 # Two causes, and `generate` names both in `result.messages`:
 # 1. **The safety checker** (the real model ships one) replaced an image it flagged as NSFW with black.
 #    Try another seed or prompt.
-# 2. **NaNs from an fp16 overflow**, usually in the VAE decoder on older GPUs. Reload in fp32, or run the VAE
-#    in fp32. Below we simulate the overflow to see the diagnosis.
+# 2. **NaN values from an overflow.** In fp16 (GPUs) this is the usual cause, mostly in the VAE decoder: the fix is
+#    to reload in fp32 or run the VAE in fp32. In fp32 or bf16 (this notebook on CPU) an overflow is rare and
+#    points at extreme settings instead: the fix is a lower `guidance_scale` or another scheduler.
+#
+# Below we force NaNs into the VAE decoder and read the diagnosis: its fix follows the precision the pipeline runs in.
 
 # %%
 with nan_in_vae_decoder(pipe):
@@ -301,6 +325,8 @@ with nan_in_vae_decoder(pipe):
 print("\n".join(broken.messages))
 assert broken.nan == [True] and np.asarray(broken.images[0]).max() == 0  # shown black
 assert any("NaN" in m and "Fix:" in m for m in broken.messages)  # ...and explained, with the fix
+fix = next(m for m in broken.messages if "NaN" in m).split("Fix:")[1]
+assert ("fp32" in fix) if pipe.unet.dtype == torch.float16 else ("guidance_scale" in fix)  # the fix fits the dtype
 assert generate(pipe, prompt, seed=SEED, num_inference_steps=5, show_progress=False).nan == [False]
 
 # %% [markdown]
@@ -314,6 +340,45 @@ my = generate(pipe, my_prompt, n_images=4, seed=42, guidance_scale=7.5, num_infe
 show_images(my.images, [f"seed {r['seed']}" for r in my.records])
 
 # %% [markdown]
+# ## 10. Limitations and responsible use
+#
+# Before you publish anything made with v1-4, know what it is. From its model card
+# (https://huggingface.co/CompVis/stable-diffusion-v1-4, sections "Training", "Limitations and Bias", "Misuse",
+# "Safety Module"):
+#
+# - **What it was trained on.** Subsets of LAION-2B(en), image-text pairs scraped from the web with English captions;
+#   v1-4 was initialised from v1-2 and fine-tuned for 225k steps at 512x512 on "laion-aesthetics v2 5+", dropping
+#   10% of the captions to make classifier-free guidance possible. LAION-5B contains adult material, and the data
+#   was not deduplicated, so some heavily repeated training images can be reproduced (memorisation).
+# - **Licence.** CreativeML OpenRAIL-M: you may use, redistribute and sell outputs and the weights, but not to
+#   deliberately produce or share illegal or harmful content; whoever redistributes the weights or offers them as a
+#   service must pass the same use restrictions on. Read it in full before shipping anything:
+#   https://huggingface.co/spaces/CompVis/stable-diffusion-license. Misuse named by the card includes demeaning
+#   depictions of people or cultures, impersonating individuals without consent, non-consensual sexual content,
+#   mis- and disinformation, and sharing copyrighted material against its terms.
+# - **The safety checker.** A CLIP model that compares each generated image's embedding with hidden, hand-weighted
+#   NSFW concepts, *after* generation, and replaces flagged images with black ones (section 9).
+#   `load_pipeline(..., safety_checker=False)` (diffusers: `safety_checker=None`) removes it; diffusers' own warning
+#   for that case asks you to abide by the licence and not to expose unfiltered results in services or applications
+#   open to the public. Fine for research on images nobody else sees; keep it on when you publish or serve images.
+# - **Known limitations and biases** (the card's list): no perfect photorealism; no legible text; weak at
+#   compositions ("a red cube on top of a blue sphere"); faces and people often come out wrong; English prompts work
+#   far better than others; and because the captions are mostly English, white and Western cultures are often the
+#   default, which can reinforce social biases. The autoencoder is lossy (notebook 02 measures a reconstruction).
+# - **What the toy family cannot do.** The offline models in `models/` know only coloured circles, squares and
+#   triangles on plain backgrounds, at a few dozen pixels (the cell below prints the size; their model cards say so);
+#   any other prompt gives some shape. They exist
+#   so that every cell runs and is checked without a GPU, not to make pictures. Their measured quality numbers (the
+#   table in section 6) say nothing about v1-4.
+
+# %%
+# Self-check: the real model keeps its safety checker unless asked; the toy family has none to keep.
+has_checker = getattr(pipe, "safety_checker", None) is not None
+print("safety checker:", type(pipe.safety_checker).__name__ if has_checker else "none (the offline models have none)")
+print(f"image size of this model: {pipe.unet.config.sample_size * pipe.vae_scale_factor} px")
+assert has_checker or is_toy_family(pipe) or Path(MODEL).expanduser().is_dir()
+
+# %% [markdown]
 # ## Summary
 #
 # - Load with `variant="fp16", torch_dtype=torch.float16` (not `revision="fp16"`), log in once with
@@ -321,10 +386,13 @@ show_images(my.images, [f"seed {r['seed']}" for r in my.records])
 # - One batched call with a generator per image is faster than the blog's loop, and every image stays
 #   reproducible from its own seed; `save_images` keeps every image with its settings and never overwrites.
 # - Guidance trades diversity for prompt-following; negative prompts replace the empty prompt in guidance;
-#   schedulers are interchangeable samplers over the same trained noise schedule, and DDIM at 10 steps
-#   matched the blog's 50 PNDM steps on the toy family (measured), so it is our default.
+#   schedulers are interchangeable samplers over the same trained noise schedule. Defaults depend on the model:
+#   DDIM at 10 steps on the toy family (measured as faithful as the blog's PNDM-50 there), DPM-Solver++ at 25 steps
+#   on real models (diffusers' docs and Lu et al. 2022; not measured here).
 # - fp16 halves memory (2 bytes instead of 4) and is faster on GPUs; its 65,504 ceiling is why some
 #   images come out as NaN (black). The safety checker is the other source of black images.
+# - v1-4 learned from English-captioned web images, under a licence with use restrictions; keep its safety
+#   checker on when you publish, and expect its biases and limits.
 #
 # ## Exercises
 #
@@ -337,9 +405,11 @@ show_images(my.images, [f"seed {r['seed']}" for r in my.records])
 # <details><summary>Solutions</summary>
 #
 # 1. `generate(pipe, prompt, n_images=1, seed=7 + 5)`: image $i$ uses seed `seed + i`.
-# 2. Typically 7-9 for SD v1; beyond ~12 colours saturate.
-# 3. Usually yes on SD v1 (DPM-Solver++ is a 2nd-order multistep solver): about 3x faster (16 vs 51 UNet calls;
-#    the table in section 6 measures it on the toy family: 94.8% vs 90.0% prompt-faithful).
-# 4. "low" (model CPU offload) fits ~4 GiB; "balanced" mostly cuts the VAE-decode peak of a batch.
+# 2. It depends on the prompt; diffusers' default is 7.5, and very high scales over-saturate colours (section 4's grid).
+# 3. On the toy family, yes: the table in section 6 measures 94.8% prompt-faithful for `dpmpp_2m` at 15 steps vs
+#    90.0% for PNDM at 50, with 15 vs 51 UNet calls (3.4x fewer). On SD v1 diffusers' docs expect high quality from
+#    20 steps, so look closely at 15.
+# 4. Measure it (section 7's `measure` prints the peak). Expect `low`, or `lowest` (diffusers' guide: sequential
+#    offload runs SD in under 3 GB); `balanced` mostly cuts the VAE-decode peak of a batch.
 # 5. A bad value would fail deep inside the pipeline after minutes of loading, with an unhelpful traceback.
 # </details>
