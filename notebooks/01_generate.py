@@ -29,7 +29,7 @@
 # **Needs**: a GPU for the real model (Colab: *Runtime > Change runtime type > GPU*). The first run downloads its
 # fp16 weights: 1.37 B parameters x 2 bytes = about 2.7 GB (UNet 859.5 M, text encoder 123.1 M, VAE 83.7 M, safety
 # checker 304.0 M, counted from the public configs in `configs/sd-v1-4`). Without a GPU every cell runs on CPU with
-# the offline toy family (about 1.5 minutes, measured under nbval on a 2-core machine): the same code, only the
+# the offline toy family (about 30 s, measured under nbval on a shared 2-core machine): the same code, only the
 # `model` argument differs.
 
 # %% tags=["skip-execution", "nbval-skip"]

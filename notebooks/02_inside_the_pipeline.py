@@ -29,7 +29,7 @@
 # - watch the model's guess of the final image ($\hat x_0$) sharpen step by step, and draw where each word of the
 #   prompt looks (cross-attention maps).
 #
-# **Needs**: no GPU (a minute on a laptop CPU with the offline toy family). On a GPU the same cells open the real
+# **Needs**: no GPU (about 15 s with the offline toy family, measured under nbval on a shared 2-core machine). On a GPU the same cells open the real
 # Stable Diffusion v1-4. Notebook 03 then explains the theory behind each part.
 
 # %% tags=["skip-execution", "nbval-skip"]

@@ -28,7 +28,7 @@
 # - read notebook 02's hand-written loop line by line as the equations of this notebook;
 # - say what classifier-free guidance computes, and what `guidance_scale` does to an image.
 #
-# **Needs**: no GPU. About 2 minutes on a laptop CPU (most of it training the small model).
+# **Needs**: no GPU. About 30 s (measured under nbval on a shared 2-core machine), most of it training the small model.
 # The helpers live in `helpers/diffusion.py` (the equations) and `helpers/toy_ddpm.py` (the small model): open them
 # beside this notebook.
 

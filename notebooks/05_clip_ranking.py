@@ -18,19 +18,19 @@
 #
 # The blog's "CLIP ranking" section (adapted from Boris Dayma's DALL-E Mini), made right, then taken further.
 #
-# **What you will learn**
-# - what CLIP is: two encoders trained so that matching image/text pairs point the same way, and why its
+# **What you will be able to do** (and what you will learn on the way)
+# - explain what CLIP is: two encoders trained so that matching image/text pairs point the same way, and why its
 #   score is `logit_scale x cosine`;
-# - CLIP itself, in about 200 lines of Flax you can read (`helpers/clip_model.py`): transformers 5 dropped
+# - read CLIP itself, in about 200 lines of Flax you can read (`helpers/clip_model.py`): transformers 5 dropped
 #   its Flax models, so this repo has its own, which reads the same `model.safetensors` as PyTorch and
 #   matches PyTorch's `CLIPModel` to 1e-5;
-# - how `jax.pmap` spreads the scoring over several devices (replicate the params, shard the batch), and
+# - spread the scoring over several devices with `jax.pmap` (replicate the params, shard the batch), and fix
 #   the three bugs in the blog's version (`prompt * n`, no padding, device 0's scores only);
-# - the modern equivalent (`jax.jit` over a device mesh with `NamedSharding`) and the PyTorch twin;
-# - how to sort a batch of generated images by their CLIP score and show them.
+# - write the modern equivalent (`jax.jit` over a device mesh with `NamedSharding`) and the PyTorch twin;
+# - sort a batch of generated images by their CLIP score and show them.
 #
 # **Needs**: nothing special. With a GPU it generates with the real Stable Diffusion v1-4 and scores with
-# OpenAI's CLIP ViT-B/32; without one, every cell runs on CPU in about a minute with the offline models.
+# OpenAI's CLIP ViT-B/32; without one, every cell runs on CPU with the offline models (about 30 s under nbval on a shared 2-core machine).
 # On a CPU we split the processor into 4 "devices" to run `pmap` for real.
 
 # %% tags=["skip-execution", "nbval-skip"]
@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from helpers import clip_ranking as cr
-from helpers.pipeline import DEFAULT_STEPS, choose_model, generate, load_pipeline
+from helpers.pipeline import choose_model, generate, load_pipeline
 from helpers.plotting import show_images
 from helpers.saving import save_images
 
@@ -86,7 +86,7 @@ CLIP_MODEL, CLIP_WHY = cr.choose_clip(MODEL)
 TOY = str(CLIP_MODEL) == str(cr.TOY_CLIP_DIR) and MODEL.endswith("toy-sd")  # the trained pair
 REAL = not Path(MODEL).is_dir()  # a Hub model (GPU)
 PROMPT = "Kermit the Frog sits on the Iron Throne" if REAL else "a red circle on a blue background"
-STEPS = 50 if REAL else DEFAULT_STEPS  # toy family: DDIM at 10 steps (notebook 01, section 6)
+STEPS = None  # the model's default sampler (notebook 01, section 6): DDIM-10 on the toy family, DPM-Solver++-25 on v1-4
 print(f"pipeline: {MODEL}\n  why: {WHY}\nCLIP:     {CLIP_MODEL}\n  why: {CLIP_WHY}")
 if not TOY and not REAL:
     print("NOTE: random-weight models: images are noise and the scores mean nothing; the code is the same.")
