@@ -109,3 +109,15 @@ def test_login_runs_only_on_hosted_notebooks_with_a_hub_model(tmp_path):
         for cell in nbformat.read(path, as_version=4).cells:
             if "login.main()" in cell.source:
                 assert "if LOG_IN:" in cell.source and "should_log_in(" in cell.source, path.name
+
+
+def test_lesson_order_and_openings():
+    """Use first (01), look inside (02), then the theory (03); 04 is kept for image editing. Each notebook opens
+    with what the learner will be able to do."""
+    names = [p.stem for p in sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb"))]
+    core = ["01_generate", "02_inside_the_pipeline", "03_diffusion_theory", "05_clip_ranking", "06_prompt_studio"]
+    assert [n for n in names if not n.startswith("04_")] == core
+    assert all(n == "04_image_editing" for n in names if n.startswith("04_"))
+    for path in sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")):
+        first = next(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+        assert "What you will be able to do" in first, path.name
