@@ -162,7 +162,9 @@ def load_clip(model_or_dir: str | os.PathLike = DEFAULT_CLIP, backend: str = "fl
         raise ValueError(
             f"{src!r} is neither a folder nor a Hub id like {DEFAULT_CLIP!r}: check the path, or pass a Hub id."
         )
-    try:
+    from .hub import HubTimeoutError, hub_call
+
+    def load() -> Clip:
         processor = load_processor(src)
         if backend == "flax":
             from huggingface_hub import snapshot_download
@@ -174,9 +176,20 @@ def load_clip(model_or_dir: str | os.PathLike = DEFAULT_CLIP, backend: str = "fl
             return Clip(model, params, processor, "flax", dtype, src)
         model, device = _load_torch(src, dtype)
         return Clip(model, None, processor, "torch", dtype, src, device)
+
+    if path.is_dir():
+        return load()
+    try:  # a Hub id: every request gets connect/read timeouts, and a silent Hub says so (helpers.hub)
+        from huggingface_hub import constants, model_info
+
+        if not constants.HF_HUB_OFFLINE:
+            # one quick request first (no retries): transformers' processor loader retries file downloads with
+            # back-off for minutes on a silent network, then re-raises the timeout as a plain OSError
+            hub_call(model_info, src, what=f"loading CLIP {src!r}")
+        return hub_call(load, what=f"loading CLIP {src!r}")
+    except HubTimeoutError:
+        raise
     except OSError as err:
-        if path.is_dir():
-            raise
         raise _unavailable(src, err) from err
 
 

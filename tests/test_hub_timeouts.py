@@ -149,3 +149,28 @@ def test_load_pipeline_gives_up_on_a_silent_hub(tmp_path):
     assert "ModelUnavailableError" in proc.stdout, text
     assert "did not answer while loading 'someone/some-model'" in proc.stdout, text
     assert took < 240, f"took {took:.0f} s"
+
+
+@pytest.mark.parametrize("backend", ["flax", "torch"])
+def test_load_clip_gives_up_on_a_silent_hub(tmp_path, backend):
+    code = (
+        "import helpers\n"
+        "from helpers.clip_ranking import load_clip\n"
+        "try:\n"
+        f"    load_clip('openai/clip-vit-base-patch32', backend={backend!r})\n"
+        "except Exception as err:\n"
+        "    print(type(err).__name__, '|', err)\n"
+    )
+    with silent_server() as url:
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=_env(tmp_path, url),
+            cwd=REPO_ROOT, timeout=300,
+        )  # fmt: skip
+        took = time.monotonic() - t0
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    assert "HubTimeoutError" in proc.stdout, text
+    assert "did not answer while loading CLIP 'openai/clip-vit-base-patch32'" in proc.stdout, text
+    assert "HF_HUB_OFFLINE=1" in proc.stdout
+    assert took < 240, f"took {took:.0f} s"
