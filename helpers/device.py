@@ -40,7 +40,7 @@ class DeviceChoice:
         layer moves. A small UNet is dominated by per-layer overhead instead: on a CPU where the full-size UNet ran
         1.86x faster in bf16, the offline toy family ran 1.04x faster (1.11 vs 1.15 s per 50-step image), and bf16
         rounding moved its sliced-attention image by up to 10/255 (`SD_CPU_DTYPE=bf16 python
-        scripts/run_notebooks.py 02` prints both, sections 7 and 8). So small models stay on exact fp32, and the
+        scripts/run_notebooks.py 01` prints both, sections 7 and 8). So small models stay on exact fp32, and the
         reason says so.
         """
         if not self.measured or n_params >= MEASURED_SETUP_MIN_PARAMS or self.precision == "float32":

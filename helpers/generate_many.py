@@ -539,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch threads per process (CPU; default cores / processes)"
     )
     ap.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
-    ap.add_argument("--memory", choices=list(MEMORY_PRESETS), default="none", help="memory preset (see notebook 02)")
+    ap.add_argument("--memory", choices=list(MEMORY_PRESETS), default="none", help="memory preset (see notebook 01)")
     ap.add_argument("--no-safety-checker", action="store_true", help="drop the NSFW filter (use responsibly)")
     return ap  # fmt: skip
 
