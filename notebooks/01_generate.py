@@ -106,7 +106,8 @@ if LOG_IN:
 # | a loop of `sample_num` calls | one call, `num_images_per_prompt=n`, a generator per image | the GPU works on the whole batch at once |
 #
 # `load_pipeline` does the modern load: `StableDiffusionPipeline.from_pretrained(model, variant="fp16",
-# torch_dtype=torch.float16)` on a GPU, plain fp32 on CPU, and the same call for a local folder. It also picks the
+# dtype=torch.float16)` on a GPU (diffusers 0.42 renamed `torch_dtype` to `dtype`; older releases such as Colab's
+# 0.39 still want `torch_dtype`, and `load_pipeline` passes whichever yours knows), plain fp32 on CPU, and the same call for a local folder. It also picks the
 # model's default sampler (`default_sampler`, built from the model's own noise schedule): on the toy family DDIM at
 # 10 steps, which we measured to be as prompt-faithful as the blog's PNDM at 50 steps (section 6); on real models
 # DPM-Solver++ at 25 steps, from diffusers' docs and its paper (not measured here: no GPU).
@@ -381,7 +382,7 @@ assert has_checker or is_toy_family(pipe) or Path(MODEL).expanduser().is_dir()
 # %% [markdown]
 # ## Summary
 #
-# - Load with `variant="fp16", torch_dtype=torch.float16` (not `revision="fp16"`), log in once with
+# - Load with `variant="fp16", dtype=torch.float16` (`torch_dtype` before diffusers 0.42; not `revision="fp16"`), log in once with
 #   `login.py` (not `use_auth_token`), read `.images` (not `["sample"]`), and drop `autocast`.
 # - One batched call with a generator per image is faster than the blog's loop, and every image stays
 #   reproducible from its own seed; `save_images` keeps every image with its settings and never overwrites.
@@ -393,23 +394,113 @@ assert has_checker or is_toy_family(pipe) or Path(MODEL).expanduser().is_dir()
 #   images come out as NaN (black). The safety checker is the other source of black images.
 # - v1-4 learned from English-captioned web images, under a licence with use restrictions; keep its safety
 #   checker on when you publish, and expect its biases and limits.
-#
+
+# %% [markdown]
 # ## Exercises
 #
-# 1. Generate 8 images with `seed=7`. Which call regenerates only the sixth one?
-# 2. Find the guidance scale above which the images stop improving for your prompt.
-# 3. Compare `dpmpp_2m` at 15 steps with `pndm` at 50 steps on your prompt: same quality? How much faster?
-# 4. On a GPU, measure peak memory with each memory preset at `n_images=4`. Which fits a 4 GiB card?
-# 5. Why must the seed range be checked *before* the model runs, and what would happen otherwise?
+# Each exercise is followed by its solution (a cell tagged `solution`, folded on the rendered site): answer first,
+# then run it. Every solution checks itself with an `assert` on a computed value, in seconds on a CPU.
 #
-# <details><summary>Solutions</summary>
-#
-# 1. `generate(pipe, prompt, n_images=1, seed=7 + 5)`: image $i$ uses seed `seed + i`.
-# 2. It depends on the prompt; diffusers' default is 7.5, and very high scales over-saturate colours (section 4's grid).
-# 3. On the toy family, yes: the table in section 6 measures 94.8% prompt-faithful for `dpmpp_2m` at 15 steps vs
-#    90.0% for PNDM at 50, with 15 vs 51 UNet calls (3.4x fewer). On SD v1 diffusers' docs expect high quality from
-#    20 steps, so look closely at 15.
-# 4. Measure it (section 7's `measure` prints the peak). Expect `low`, or `lowest` (diffusers' guide: sequential
-#    offload runs SD in under 3 GB); `balanced` mostly cuts the VAE-decode peak of a batch.
-# 5. A bad value would fail deep inside the pipeline after minutes of loading, with an unhelpful traceback.
-# </details>
+# **1. Predict, then check.** `generate(pipe, prompt, n_images=8, seed=7)` makes 8 images in one batched call.
+# Which single call regenerates only the sixth one? Predict its seed, then compare the pixels.
+
+# %% tags=["solution"]
+steps = 4  # few steps: enough to compare pixels, fast anywhere
+eight = generate(pipe, prompt, n_images=8, seed=7, num_inference_steps=steps, show_progress=False)
+sixth = generate(
+    pipe, prompt, n_images=1, seed=7 + 5, num_inference_steps=steps, show_progress=False
+)  # image i: seed + i
+diff = np.abs(np.asarray(sixth.images[0], float) - np.asarray(eight.images[5], float))
+print(
+    f"the sixth image's seed: {eight.records[5]['seed']}; regenerated alone: pixel diff max {diff.max():.0f}, mean {diff.mean():.2f}"
+)
+assert eight.records[5]["seed"] == sixth.records[0]["seed"] == 7 + 5
+assert diff.max() <= 2 if EXACT else diff.mean() <= 2
+
+# %% [markdown]
+# **2. Count the UNet calls.** For `n_images=2` and 20 DDIM steps, predict how many times the UNet runs and on how
+# many latents in all, with `guidance_scale=7.5` and with `guidance_scale=1.0`. Then count them with a forward
+# pre-hook on `pipe.unet` (`register_forward_pre_hook(fn, with_kwargs=True)`).
+
+# %% tags=["solution"]
+rows = []  # the batch size of each UNet call
+
+
+def count_unet(module, args, kwargs):
+    rows.append((args[0] if args else kwargs["sample"]).shape[0])
+
+
+handle = pipe.unet.register_forward_pre_hook(count_unet, with_kwargs=True)
+counts = {}
+try:
+    for scale in (7.5, 1.0):
+        rows.clear()
+        generate(
+            pipe,
+            prompt,
+            n_images=2,
+            seed=SEED,
+            guidance_scale=scale,
+            num_inference_steps=20,
+            scheduler="ddim",
+            show_progress=False,
+        )
+        counts[scale] = (len(rows), sum(rows))
+finally:
+    handle.remove()
+print("(UNet calls, latents through the UNet):", counts)
+assert counts[7.5] == (20, 2 * 2 * 20)  # one call per step, on the prompt's and the empty prompt's latents at once
+assert counts[1.0] == (20, 2 * 20)  # no guidance: half the work
+
+# %% [markdown]
+# **3. Write the function.** Every saved image carries a record (`result.records[i]`, also in its PNG metadata).
+# Write `regenerate(pipe, record)` that makes that image again from its record alone, and check it on
+# `negative.records[0]` from section 5.
+
+
+# %% tags=["solution"]
+def regenerate(pipe, record):
+    """One image again, from the record that generate() stored with it."""
+    again = generate(
+        pipe,
+        record["prompt"],
+        seed=record["seed"],
+        guidance_scale=record["guidance_scale"],
+        num_inference_steps=record["num_inference_steps"],
+        negative_prompt=record["negative_prompt"] or None,
+        height=record["height"],
+        width=record["width"],
+        scheduler=record["scheduler"],
+        show_progress=False,
+    )
+    return again.images[0]
+
+
+remade = regenerate(pipe, negative.records[0])
+diff = np.abs(np.asarray(remade, float) - np.asarray(negative.images[0], float))
+print(f"regenerated from its record: pixel diff max {diff.max():.0f} / 255")
+assert diff.max() <= 2 if EXACT else diff.mean() <= 2
+
+# %% [markdown]
+# **4. Change one number.** Predict: are the images for `guidance_scale=0.0` and `guidance_scale=1.0` the same?
+# (Hint: read `do_classifier_free_guidance` in diffusers' pipeline.)
+
+# %% tags=["solution"]
+g0, g1 = (
+    generate(pipe, prompt, seed=SEED, guidance_scale=g, num_inference_steps=steps, show_progress=False)
+    for g in (0.0, 1.0)
+)
+diff = np.abs(np.asarray(g0.images[0], float) - np.asarray(g1.images[0], float))
+print(
+    f"guidance 0 vs 1: pixel diff max {diff.max():.0f}: guidance is off for any scale <= 1, so both are the prompt alone"
+)
+assert diff.max() <= 2 if EXACT else diff.mean() <= 2
+
+# %% [markdown]
+# **More to think about** (no code): on a GPU, measure peak memory with each memory preset at `n_images=4`; which
+# fits a 4 GiB card? And why must the seed range be checked *before* the model runs?
+
+# %% [markdown] tags=["solution"]
+# Measure it (section 7's `measure` prints the peak). Expect `low`, or `lowest` (diffusers' guide: sequential
+# offload runs SD in under 3 GB); `balanced` mostly cuts the VAE-decode peak of a batch. A bad seed checked late
+# would fail deep inside the pipeline after minutes of loading, with an unhelpful traceback.

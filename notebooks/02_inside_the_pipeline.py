@@ -376,35 +376,94 @@ assert maps.shape == (77, h, w) and all(type(p).__name__ != "CrossAttentionRecor
 #   converges on the final image as $t$ falls.
 # - Cross-attention $\mathrm{softmax}(QK^\top/\sqrt d)$ is where words meet pixels; recording it shows where each
 #   word acts.
-#
-# ## Exercises
-#
-# 1. How many tokens does "a photorealistic portrait of an astronaut" take? Which words split into several pieces?
-# 2. Encode the image, add Gaussian noise of std 0.1 to the *scaled* latents and decode. Then the same noise on the
-#    unscaled latents of a model with a small scaling factor. Which damages the image more, and why?
-# 3. In section 6, set `guidance_scale = 1.0` and drop the empty-prompt half. What must change in the loop?
-# 4. Swap the scheduler: `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)` and rerun sections
-#    5-7. Does the self-check of section 6 still hold? Why?
-# 5. Which token does the `<|endoftext|>` at the end of the prompt attend like? Plot its map.
-#
-# Solutions are at the end of the notebook.
 
 # %% [markdown]
-# &nbsp;
+# ## Exercises
 #
-# ## Solutions
+# Each exercise is followed by its solution (a cell tagged `solution`, folded on the rendered site): answer first,
+# then run it. Every solution checks itself with an `assert` on a computed value, in seconds on a CPU.
 #
-# <details><summary>Click to show</summary>
-#
-# 1. `inside.tokenize(pipe.tokenizer, "a photorealistic portrait of an astronaut").pieces`: "photorealistic" is
-#    several pieces (`photo`, `realistic</w>`); common words are one piece each.
-# 2. The noise is the same size, but the decoder divides by $s$ first: noise on scaled latents is amplified by
-#    $1/s$ (5.5x for SD). The scale is what makes "noise of std 1" mean the same to the UNet for any VAE.
-# 3. With $s \le 1$ the pipeline runs the UNet on `latents` alone with `cond` only; `embeds = cond.expand(N, -1, -1)`
-#    and no `chunk(2)`. (Our loop with `guidance_scale = 1.0` still works, just twice as slow.)
-# 4. Yes: the loop uses whatever `pipe.scheduler` is, and so does `pipe(...)`. Only `init_noise_sigma` and
-#    `scale_model_input` differ between samplers (Euler-type samplers scale the latents); the loop already calls both.
-# 5. `maps[tok.n_tokens - 1]`: the end token sits after the whole prompt, so (causal mask) its embedding sums up
-#    the prompt; its map often resembles the main object's.
-#
-# </details>
+# **1. Predict, then check.** How many tokens does "a photorealistic portrait of an astronaut" take, start and end
+# included? Which words split into several pieces?
+
+# %% tags=["solution"]
+text = "a photorealistic portrait of an astronaut"
+t1 = inside.tokenize(pipe.tokenizer, text)
+per_word = {word: pipe.tokenizer.tokenize(word) for word in text.split()}
+print(f"{t1.n_tokens} tokens: {t1.pieces}")
+print("split into several pieces:", {w: p for w, p in per_word.items() if len(p) > 1})
+# CLIP's BPE works word by word: the prompt's pieces are the words' pieces, plus <start> and <end>
+assert t1.pieces == [p for pieces in per_word.values() for p in pieces]
+assert t1.n_tokens == len(t1.pieces) + 2 == len(pipe.tokenizer(text).input_ids)
+
+# %% [markdown]
+# **2. Change one number.** Add Gaussian noise of std 0.1 to the *scaled* latents `z` of section 4 and decode. Then
+# add the same noise to the *unscaled* latents `z / s` (the VAE's own space) and decode. Predict which damages the
+# image more for this model's $s$ (printed in section 1), and why.
+
+# %% tags=["solution"]
+s = pipe.vae.config.scaling_factor
+noise = 0.1 * torch.randn(z.shape, generator=torch.Generator().manual_seed(SEED)).to(z.device, z.dtype)
+on_scaled = inside.decode_latents(pipe, z + noise)  # the decoder divides by s first: noise of std 0.1 / s
+on_unscaled = inside.decode_latents(pipe, (z / s + noise) * s)  # noise of std 0.1 where the decoder works
+err = {name: float(np.mean((im[0] - x_hat[0]) ** 2)) for name, im in [("scaled", on_scaled), ("unscaled", on_unscaled)]}
+print(f"s = {s:.4f}; MSE vs the clean decode: {err}")
+assert (err["scaled"] > err["unscaled"]) == (s < 1)  # noise on scaled latents is amplified by 1/s when s < 1
+
+
+# %% [markdown]
+# **3. Write the function.** Write `my_loop(pipe, n, guidance_scale, steps)`: section 6's loop as a function of
+# the prompt embeddings `cond` and `uncond` from section 3, which for `guidance_scale <= 1` runs the UNet on the
+# prompt alone (no empty-prompt half). Check it against `pipe(..., guidance_scale=1.0, output_type="latent")`.
+
+
+# %% tags=["solution"]
+def my_loop(pipe, n, guidance_scale, steps, seed=SEED):
+    """Section 6's loop; the empty-prompt half only when guidance is on (as diffusers does)."""
+    guided = guidance_scale > 1
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # a fresh one: multistep samplers keep state
+    scheduler.set_timesteps(steps, device=device)
+    embeds = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)]) if guided else cond.expand(n, -1, -1)
+    latents = randn_tensor((n, C, h, w), generator=generators, device=device, dtype=dtype) * scheduler.init_noise_sigma
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x_in = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)  # (2n or n, C, h, w)
+            eps = pipe.unet(x_in, t, encoder_hidden_states=embeds).sample
+            if guided:
+                eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)  # (n, C, h, w)
+            latents = scheduler.step(eps, t, latents).prev_sample
+    return latents
+
+
+def pipe_latents(n, guidance_scale, steps, seed=SEED):
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    return pipe(prompt, num_images_per_prompt=n, generator=generators, num_inference_steps=steps,
+                guidance_scale=guidance_scale, output_type="latent").images  # fmt: skip
+
+
+diff = (my_loop(pipe, 2, 1.0, STEPS) - pipe_latents(2, 1.0, STEPS)).abs().max().item()
+print(f"no guidance: our loop vs pipe(...): max abs diff {diff:.1e}")
+assert diff < (1e-4 if EXACT else 2e-2)
+
+# %% [markdown]
+# **4. Swap one part.** Set `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`. Does `my_loop`
+# still match `pipe(...)`, now with guidance 7.5? Predict, then check (and put the old scheduler back).
+
+# %% tags=["solution"]
+old_scheduler = pipe.scheduler
+pipe.scheduler = DDIMScheduler.from_config(old_scheduler.config)
+try:
+    diff = (my_loop(pipe, 2, 7.5, STEPS) - pipe_latents(2, 7.5, STEPS)).abs().max().item()
+finally:
+    pipe.scheduler = old_scheduler
+print(f"DDIM, guidance 7.5: our loop vs pipe(...): max abs diff {diff:.1e}")
+# yes: the loop asks the scheduler for everything sampler-specific (init_noise_sigma, scale_model_input, step)
+assert diff < (1e-4 if EXACT else 2e-2)
+
+# %% [markdown]
+# **More to think about.** Which token does the `<|endoftext|>` at the end of the prompt attend like? Plot its map.
+
+# %% [markdown] tags=["solution"]
+# `maps[tok.n_tokens - 1]`: the end token sits after the whole prompt, so (causal mask) its embedding sums up the
+# prompt; its map often resembles the main object's.

@@ -445,43 +445,91 @@ assert min(change) > 1e-3  # guidance visibly changes the image at every scale w
 # - The pipeline's loop (written out in notebook 02) is these equations in order: noise $x_T$, the trained
 #   $\epsilon_\theta$, guidance, $\hat x_0$ and a sampler step, then the VAE decoder.
 # - Classifier-free guidance is one line: $\epsilon_\varnothing + s(\epsilon_c - \epsilon_\varnothing)$.
-#
-# ## Exercises
-#
-# 1. At which $t$ does $\log\mathrm{SNR}$ cross 0 (signal and noise equally loud) for each of the three schedules?
-# 2. Train the toy model with `beta_schedule="squaredcos_cap_v2"` and compare the samples' mean distance to the data.
-# 3. Sample the toy model with `num_inference_steps=10`. What happens, and why do DDIM-style samplers cope better?
-# 4. With `guidance_scale=0`, what does the pipeline compute? (Careful: read `do_cfg` in `manual_generate`.)
-# 5. The VAE downsamples by 8. How many values does a 768x768 image's latent have, and what is the compression factor?
-#
-# Solutions are at the end of the notebook, below a blank section, so they are not in view while you work.
 
 # %% [markdown]
-# &nbsp;
+# ## Exercises
 #
-# &nbsp;
+# Each exercise is followed by its solution (a cell tagged `solution`, folded on the rendered site): answer first,
+# then run it. Every solution checks itself with an `assert` on a computed value, in seconds on a CPU.
 #
-# ## Solutions
-#
-# <details><summary>Click to show</summary>
-#
-# 1. `{n: int((d.log_snr(a) < 0).nonzero()[0]) for n, a in schedules.items()}`: linear 259, scaled_linear 354,
-#    cosine 496 (the cell below computes it). The cosine schedule keeps the picture longer, spending more steps at medium noise.
-# 2. `train_toy_ddpm(data, beta_schedule="squaredcos_cap_v2")`: its samples sit closer to the spiral (mean distance
-#    ~0.011 vs ~0.024 with `linear`, on the same seed). The linear schedule destroys the signal early (its log SNR
-#    drops fastest), so few steps are spent at the low noise levels where the fine structure is decided.
-# 3. `sample_toy_ddpm(toy, num_inference_steps=10)`: the points are blurrier around the spiral (mean distance ~0.08
-#    instead of ~0.024 with 1,000 steps or ~0.026 with 50). Each jump of 100 steps
-#    adds the posterior's noise in one go but relies on a single $\hat x_0$ guess; DDIM's deterministic update
-#    (section 4) follows the model's prediction smoothly, and higher-order samplers (PNDM, DPM-Solver) correct for curvature.
-# 4. `guidance_scale <= 1` switches guidance off: the UNet runs on the prompt only, i.e. $s = 1$ (not 0). In the
-#    formula, $s = 0$ would give the unconditional model, which ignores the prompt.
-# 5. $96 \times 96 \times 4 = 36{,}864$ values, against $768 \times 768 \times 3 = 1{,}769{,}472$: still 48x.
-#
-# </details>
+# **1. Read a curve.** At which $t$ does $\log\mathrm{SNR}$ cross 0 (signal and noise equally loud) for each of
+# the three schedules of section 2? Predict the order first: which schedule keeps the picture longest?
 
-# %%
+# %% tags=["solution"]
 crossings = {name: int((d.log_snr(abar) < 0).nonzero()[0]) for name, abar in schedules.items()}
 print("first t with log SNR < 0:", crossings)
+# the cosine schedule keeps the picture longest: more steps are spent at medium noise
 assert crossings["linear"] < crossings["scaled_linear"] < crossings["squaredcos_cap_v2"]
-assert d.values_per_image(768, 768, 3) // d.values_per_image(96, 96, 4) == 48
+assert all(d.log_snr(schedules[n])[t - 1] >= 0 > d.log_snr(schedules[n])[t] for n, t in crossings.items() if t > 0)
+
+# %% [markdown]
+# **2. Write the function.** Without `helpers.diffusion`, write `my_alphas_cumprod(betas)` and
+# `my_q_sample(x_0, t, eps, alphas_cumprod)` (the closed form of section 1), and check both against diffusers'
+# `DDPMScheduler` (its `alphas_cumprod` and `add_noise`) for Stable Diffusion's schedule.
+
+
+# %% tags=["solution"]
+def my_alphas_cumprod(betas):
+    # $\bar\alpha_t = \prod_{s \le t} (1 - \beta_s)$
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def my_q_sample(x_0, t, eps, alphas_cumprod):
+    # $x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1 - \bar\alpha_t}\, \epsilon$, one $t$ per image
+    abar = alphas_cumprod[t].view(-1, *([1] * (x_0.ndim - 1)))  # (B, 1, 1, 1)
+    return abar.sqrt() * x_0 + (1 - abar).sqrt() * eps
+
+
+reference = DDPMScheduler.from_config(scheduler.config)
+t_check = torch.tensor([0, 10, 500, 999])
+noise_check = torch.randn((4, *x_0.shape), generator=torch.Generator().manual_seed(SEED))
+mine_abar = my_alphas_cumprod(reference.betas)
+diff_abar = (mine_abar - reference.alphas_cumprod).abs().max().item()
+diff_x_t = (my_q_sample(x_0.expand(4, -1, -1, -1), t_check, noise_check, mine_abar)
+            - reference.add_noise(x_0.expand(4, -1, -1, -1), noise_check, t_check)).abs().max().item()  # fmt: skip
+print(f"max abs diff: alphas_cumprod {diff_abar:.1e}, x_t {diff_x_t:.1e}")
+assert diff_abar < 1e-6 and diff_x_t < 1e-5
+
+# %% [markdown]
+# **3. Change one number.** Sample the toy model of section 5 with `num_inference_steps=10` instead of 50. Predict:
+# closer to the spiral, or farther? Measure the mean distance to the data as section 5 does.
+
+# %% tags=["solution"]
+ten = mean_nearest_distance(sample_toy_ddpm(toy, n=2000, seed=SEED, num_inference_steps=10)[0], data)
+print(f"mean distance to the data: 10 steps {ten:.4f}, 50 steps {dist['samples, 50 steps']:.4f}")
+# farther: each jump of 100 timesteps adds the posterior's noise in one go and trusts a single x0-hat guess
+assert ten > dist["samples, 50 steps"]
+
+# %% [markdown]
+# **4. Predict, then check.** The VAE downsamples by 8 into 4 channels. How many values does the latent of a
+# 768x768 image have, and how many times fewer than the image?
+
+# %% tags=["solution"]
+latent_values = d.values_per_image(768 // 8, 768 // 8, 4)
+factor = d.values_per_image(768, 768, 3) / latent_values
+print(f"{latent_values:,} latent values, {factor:g}x fewer than the image's {d.values_per_image(768, 768, 3):,}")
+assert latent_values == (768 // 8) ** 2 * 4 and factor == 8 * 8 * 3 / 4  # 64 pixels per latent position, 3 -> 4
+
+# %% [markdown]
+# **5. Careful reading.** With `guidance_scale=0`, does the pipeline compute the unconditional model
+# ($s = 0$ in the formula of section 8)? Read `do_cfg` in `manual_generate`, predict, then compare with $s = 1$.
+
+# %% tags=["solution"]
+g0, g1 = (
+    manual_generate(
+        pipe, PROMPT, num_inference_steps=5, guidance_scale=s, generator=torch.Generator().manual_seed(SEED)
+    )
+    for s in (0.0, 1.0)
+)
+print(f"s=0 vs s=1: max abs diff {np.abs(g0.images - g1.images).max():.1e}")
+# guidance is switched off for any s <= 1: the UNet runs on the prompt only, i.e. s = 1, not the unconditional model
+assert np.abs(g0.images - g1.images).max() == 0
+
+# %% [markdown]
+# **More to think about.** Train the toy model with `beta_schedule="squaredcos_cap_v2"` (about 30 s) and compare
+# its samples' mean distance to the data with section 5's.
+
+# %% [markdown] tags=["solution"]
+# `train_toy_ddpm(data, beta_schedule="squaredcos_cap_v2")`: its samples sit closer to the spiral (mean distance
+# ~0.011 vs ~0.024 with `linear`, on the same seed). The linear schedule destroys the signal early (its log SNR drops
+# fastest), so few steps are spent at the low noise levels where the fine structure is decided.

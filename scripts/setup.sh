@@ -37,6 +37,16 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   t0=$(date +%s)
+  # Classroom wheelhouse (`make wheelhouse`, scripts/build_wheelhouse.py): when wheelhouse/ exists or SD_WHEELHOUSE
+  # names a folder, every pip call below installs from it alone (--no-index): no network needed, torch included.
+  WHEELHOUSE=${SD_WHEELHOUSE:-wheelhouse}
+  if [ -d "$WHEELHOUSE" ]; then
+    export PIP_NO_INDEX=1 PIP_FIND_LINKS="$(cd "$WHEELHOUSE" && pwd)"
+    echo "[setup] installing from the wheelhouse $PIP_FIND_LINKS (no network)"
+  elif [ -n "${SD_WHEELHOUSE:-}" ]; then
+    echo "[setup] SD_WHEELHOUSE=$SD_WHEELHOUSE is not a folder. Fix: copy the wheelhouse there, or unset SD_WHEELHOUSE." >&2
+    exit 1
+  fi
   torch_pin=$(grep -E '^torch==' requirements.lock)
   echo "[setup] installing the locked versions (requirements.lock) into $VENV ..."
   # --no-deps: the lock lists every package, so pip never resolves a floating torch (a multi-GB CUDA build).
