@@ -241,6 +241,16 @@ def _unavailable(model: str, err: Exception) -> ModelUnavailableError:
     )
 
 
+def dtype_kwarg() -> str:
+    """The name `from_pretrained` takes the dtype under: `dtype` in diffusers 0.42+ (`torch_dtype` is deprecated
+    there), `torch_dtype` in older releases such as Colab's 0.39, which do not know `dtype`."""
+    try:
+        from diffusers.utils import deprecation_utils
+    except ImportError:
+        return "torch_dtype"
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
 def load_pipeline(
     model: str | os.PathLike | None = None,
     device: str | None = None,
@@ -270,7 +280,7 @@ def load_pipeline(
     adapt = dtype is None and choice.measured
     dtype = torch.float32 if adapt else (dtype or choice.dtype)
     path = Path(model_str).expanduser()
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {dtype_kwarg(): dtype}
     if not safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if path.is_dir():

@@ -25,6 +25,7 @@ from helpers.pipeline import (
     ModelUnavailableError,
     apply_memory_preset,
     choose_model,
+    dtype_kwarg,
     explain_black_images,
     generate,
     load_pipeline,
@@ -103,7 +104,7 @@ def test_load_from_a_local_folder(tiny_pipe, tiny_model_dir):
 def test_local_folder_in_fp32_loads_plain_files(tiny_model_dir, from_pretrained_kwargs):
     pipe = load_pipeline(tiny_model_dir, dtype=torch.float32)
     assert "variant" not in from_pretrained_kwargs[0]
-    assert from_pretrained_kwargs[0]["torch_dtype"] == torch.float32
+    assert from_pretrained_kwargs[0][dtype_kwarg()] == torch.float32
     assert pipe.unet.dtype == torch.float32
 
 
@@ -133,7 +134,7 @@ def test_fp16_folder_layout(fp16_folder):
 def test_fp16_picks_the_fp16_files(fp16_folder, from_pretrained_kwargs, tiny_pipe):
     pipe = load_pipeline(fp16_folder, dtype=torch.float16)
     assert from_pretrained_kwargs[0]["variant"] == "fp16"
-    assert from_pretrained_kwargs[0]["torch_dtype"] == torch.float16
+    assert from_pretrained_kwargs[0][dtype_kwarg()] == torch.float16
     assert pipe.unet.dtype == torch.float16
     # the same weights, rounded to fp16
     w16 = pipe.unet.conv_in.weight
@@ -189,7 +190,7 @@ def test_hub_without_fp16_files_falls_back_with_a_warning(monkeypatch):
         pipe = load_pipeline("someone/sd-model", dtype=torch.float16, token="hf_fake")
     assert isinstance(pipe, _FakePipe)
     assert seen[0]["variant"] == "fp16" and seen[0]["token"] == "hf_fake"
-    assert "variant" not in seen[1] and seen[1]["torch_dtype"] == torch.float16
+    assert "variant" not in seen[1] and seen[1][dtype_kwarg()] == torch.float16
 
 
 def test_hub_fallback_that_cannot_download_still_explains(monkeypatch):
@@ -816,3 +817,13 @@ def test_models_are_recorded_without_absolute_paths(tiny_pipe):
     )
     record = generate(tiny_pipe, PROMPT, height=64, width=64, **FAST).records[0]
     assert not Path(record["model"]).is_absolute() and str(Path.home()) not in record["model"]
+
+
+def test_load_uses_no_deprecated_dtype_argument(tiny_model_dir):
+    """diffusers 0.42 deprecates `torch_dtype`; load_pipeline passes the name the installed diffusers wants."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_pipeline(tiny_model_dir, device="cpu", dtype=torch.float32)
+    assert not [w for w in caught if "torch_dtype" in str(w.message)], [str(w.message) for w in caught]
