@@ -236,27 +236,86 @@ print(f"{len(studio.history)} runs so far; the last one: {studio.history[-1].rec
 # - Runs go in a background thread so Stop can be heard; a lock keeps double clicks to one run; inputs are checked
 #   before any work and errors become messages while the last good gallery stays.
 # - Every image's label is its recipe; Save keeps the recipe inside each PNG and never overwrites.
-#
+
+# %% [markdown]
 # ## Exercises
 #
-# 1. Add a "Copy seed" behaviour: clicking an image's label puts its seed into the Seed box. (Hint: an `HTML`
-#    label cannot be clicked; use a small `Button` under each image, and `on_click`.)
-# 2. Watch an image form: write a `callback_on_step_end` that keeps `callback_kwargs["latents"][0, 0]` (the first
-#    latent channel) every few steps, and plot them with `show_images`. Why is looking at latents cheap, and
-#    decoding them with the VAE at every step not?
-# 3. Write a ranker that prefers colourful images (far from grey), plug it in with `studio.ranker = ...` and
-#    compare its order with CLIP's.
+# Each exercise is followed by its solution (a cell tagged `solution`, folded on the rendered site): answer first,
+# then run it. Every solution checks itself with an `assert` on a computed value, in seconds on a CPU. They leave
+# the studio above alone (it may be running in its thread while you work): they build their own widgets and
+# their own pipeline.
 #
-# <details><summary>Solutions</summary>
-#
-# 1. For each card: `b = widgets.Button(description=f"use seed {rec['seed']}")` and
-#    `b.on_click(lambda _, s=rec["seed"]: setattr(studio.seed, "value", s))` (the default argument freezes `s`).
-# 2. `frames = []`, then a callback with `if step % 3 == 0: frames.append(callback_kwargs["latents"][0, 0].clone())`
-#    and `return callback_kwargs`; pass it to `generate(..., callback_on_step_end=...)` and call
-#    `show_images([(f - f.min()) / (f.max() - f.min()) for f in frames])` (each frame as a grey image). Latents are
-#    $4 \times H/8 \times W/8$, 48x fewer numbers than the image; decoding runs the VAE decoder (~2.5 TFLOP at
-#    512 px), which costs about as much as a UNet step.
-# 3. `lambda images, prompt: [float(np.asarray(im, float).std(axis=2).mean()) for im in images]`: the spread
-#    across the R, G, B channels of each pixel is 0 for grey.
-#
-# </details>
+# **1. Copy a seed.** Give each image a small button "use seed N" that puts its seed into a Seed box. (An `HTML`
+# label cannot be clicked: use a `Button` under each image and `on_click`.) Build the cards for the first run's
+# images (`first`), click each button from code, and check the box.
+
+# %% tags=["solution"]
+seed_box = widgets.IntText(value=-1, description="Seed")
+buttons = []
+for item in first:
+    b = widgets.Button(description=f"use seed {item['record']['seed']}")
+    b.on_click(lambda _, s=item["record"]["seed"]: setattr(seed_box, "value", s))  # the default argument freezes s
+    buttons.append(b)
+display(widgets.HBox([seed_box, *buttons]))
+got = []
+for b in buttons:
+    b.click()
+    got.append(seed_box.value)
+print("seed box after each click:", got)
+assert got == [item["record"]["seed"] for item in first]
+
+# %% [markdown]
+# **2. Watch an image form.** Write a `callback_on_step_end` that keeps `callback_kwargs["latents"][0, 0]` (the first
+# latent channel) every 3 steps, and show the frames with `show_images`. Predict how many frames you get for
+# `STEPS` steps. Why is looking at latents cheap, and decoding them with the VAE at every step not?
+
+# %% tags=["solution"]
+own = load_pipeline(MODEL)  # its own pipeline: the studio's may be busy in its thread
+frames = []
+
+
+def keep_latents(pipe, step, timestep, callback_kwargs):
+    if step % 3 == 0:
+        frames.append(callback_kwargs["latents"][0, 0].float().cpu().clone())  # (h, w)
+    return callback_kwargs
+
+
+generate(
+    own,
+    PROMPT,
+    seed=SEED,
+    num_inference_steps=STEPS,
+    scheduler="ddim",
+    callback_on_step_end=keep_latents,
+    show_progress=False,
+)
+show_images(
+    [((f - f.min()) / (f.max() - f.min())).numpy() for f in frames], [f"step {3 * i}" for i in range(len(frames))]
+)
+image_values = (frames[0].shape[0] * own.vae_scale_factor) ** 2 * 3
+latent_values = frames[0].numel() * own.unet.config.in_channels
+print(f"{len(frames)} frames; one image is {image_values / latent_values:g}x more numbers than its latents")
+assert len(frames) == len(range(0, STEPS, 3))  # DDIM runs exactly STEPS steps, numbered 0..STEPS-1
+assert image_values / latent_values == own.vae_scale_factor**2 * 3 / own.unet.config.in_channels
+del own
+
+# %% [markdown]
+# **3. Write a ranker.** Write `colour_ranker(images, prompt)` that prefers colourful images (far from grey) and
+# returns one score per image, as the studio's `ranker` must. Check it on a grey and a red image, then on the
+# first run's images: does it agree with CLIP's order (section 4)? (To use it: `studio.ranker = colour_ranker`.)
+
+# %% tags=["solution"]
+from PIL import Image
+
+
+def colour_ranker(images, prompt):
+    """The spread across R, G, B of each pixel, averaged: 0 for any grey image."""
+    return [float(np.asarray(im.convert("RGB"), float).std(axis=2).mean()) for im in images]
+
+
+grey, red = Image.new("RGB", (32, 32), (128, 128, 128)), Image.new("RGB", (32, 32), (255, 0, 0))
+g_score, r_score = colour_ranker([grey, red], "anything")
+colour_scores = colour_ranker([it["image"] for it in first], PROMPT)
+print(f"grey {g_score:.1f}, red {r_score:.1f}; first run, most colourful first: seeds",
+      [first[i]["record"]["seed"] for i in np.argsort(colour_scores)[::-1]])  # fmt: skip
+assert g_score == 0 and r_score > 100 and len(colour_scores) == len(first)
