@@ -373,31 +373,99 @@ fig = cr.ranking_grid(cr.rank(mine.images, TRY_PROMPT, clip, method="pmap"))
 # - The same computation runs with `jax.jit` + `NamedSharding` (the modern API) and with PyTorch's
 #   `CLIPModel`, with the same scores.
 # - `benchmarks/clip_throughput.py` measures all of them; on a CPU, more host devices cannot add compute.
-#
+
+# %% [markdown]
 # ## Exercises
 #
-# 1. Rank the same images against a *different* prompt. Which image wins now, and why can a score of 25
-#    be "good" for one prompt and "bad" for another?
-# 2. Restart the kernel with `set_host_device_count(3)` and rank 7 images. How many padding images does
-#    `rank` add, and what would the blog's `shard` have done?
-# 3. Write `jax.pmap(score, in_axes=(None, 0, None, None))` to broadcast the params instead of replicating
-#    them. Do the scores change? (Look at `cr._score_fn`.)
-# 4. Why is it fine to pad with black images? Would it still be fine if we normalised scores over the batch
-#    (e.g. a softmax over images)?
-# 5. In `helpers/clip_model.py`, replace the text tower's causal mask by "every token sees every other
-#    (non-padding) token" and rerun section 4's self-check. Which embeddings change, and why?
+# Each exercise is followed by its solution (a cell tagged `solution`, folded on the rendered site): answer first,
+# then run it. Every solution checks itself with an `assert` on a computed value, in seconds on a CPU.
 #
-# <details><summary>Solutions</summary>
-#
-# 1. `cr.rank(gen.images, "a green square on a white background", clip)`. Scores compare images for one
-#    prompt; across prompts the text embedding changes, so the cosines move together: only the order
-#    within one prompt means something.
-# 2. 7 images on 3 devices pad to 9 (2 padding images); `shard` would raise a reshape error.
-# 3. Same scores: `in_axes=None` sends one copy to every device, like replicate, without the leading axis.
-# 4. Each image's score depends only on that image and the prompt, so padding cannot change it. A softmax
-#    over the batch would mix the padding into every score: then mask the padding out first.
-# 5. Only the text embedding: the end-of-text token sees the same tokens as before, but from the first layer
-#    on every earlier token now also reads the tokens after it, so the states the end token attends to
-#    change. CLIP was trained causal, so the check fails (the image tower never had a mask).
-#
-# </details>
+# **1. Another prompt.** Rank the same images against a *different* prompt. Which image wins now? Check that the
+# scores are still `logit_scale * cosine` of the two towers' embeddings, and say why a score of 25 can be "good"
+# for one prompt and "bad" for another.
+
+# %% tags=["solution"]
+other_prompt = "a green square on a white background" if not REAL else "a photo of a frog in a green forest"
+other = cr.rank(gen.images, other_prompt, clip, method="pmap")
+e = cr.embed(gen.images, other_prompt, clip)
+cos = (e.image_embeds / np.linalg.norm(e.image_embeds, axis=1, keepdims=True)) @ (
+    e.text_embeds / np.linalg.norm(e.text_embeds)
+)
+print(f"best for {PROMPT!r}: image {ranked.order[0]}; for {other_prompt!r}: image {other.order[0]}")
+print(
+    f"score ranges: {np.ptp(ranked.scores):.2f} within one prompt, means {ranked.scores.mean():.2f} vs {other.scores.mean():.2f}"
+)
+# scores compare images for ONE prompt: another text embedding moves every cosine together
+assert np.allclose(other.scores, e.logit_scale * cos, rtol=RTOL, atol=1e-4)
+assert other.order[0] == int(np.argmax(other.scores))
+
+# %% [markdown]
+# **2. Predict the padding.** Rank 7 images (`(gen.images * 2)[:7]`) with `method="pmap"` on this machine's
+# `N_DEVICES`. How many black padding images does `rank` add? Do they change the 7 real scores (compare with
+# `method="single"`, one image at a time)?
+
+# %% tags=["solution"]
+seven = (gen.images * 2)[:7]
+n_pad = cr.padded_size(7, N_DEVICES) - 7
+by_pmap = cr.rank(seven, PROMPT, clip, method="pmap").scores
+alone7 = cr.rank(seven, PROMPT, clip, method="single", chunk_size=1).scores
+print(
+    f"{N_DEVICES} devices: 7 images padded with {n_pad}; max relative diff vs one at a time {rel(by_pmap, alone7):.1e}"
+)
+assert n_pad == -7 % N_DEVICES and len(by_pmap) == 7  # the padding's scores are dropped
+assert rel(by_pmap, alone7) < max(RTOL, 1e-4)  # each image's score depends only on that image and the prompt
+
+# %% [markdown]
+# **3. Write the `pmap` yourself, broadcasting the params.** Write `jax.pmap(score, in_axes=(None, 0, None, None))`
+# with `score = cr._score_fn(clip)`, so the params are sent whole to every device instead of replicated with a
+# leading axis. Shard the 6 images as section 5 does. Do the scores change?
+
+# %% tags=["solution"]
+score = cr._score_fn(clip)
+broadcast = jax.pmap(score, in_axes=(None, 0, None, None))  # None: the same params on every device, no copy axis
+size = cr.padded_size(len(gen.images), N_DEVICES)
+pixels6 = cr.pad_batch(cr.pixel_values(clip, gen.images), size)  # (size, 3, S, S)
+text6 = cr.text_inputs(clip, PROMPT)
+out = broadcast(clip.params, pixels6.reshape(N_DEVICES, size // N_DEVICES, *pixels6.shape[1:]),
+                text6["input_ids"], text6["attention_mask"])  # fmt: skip
+mine6 = np.asarray(out).reshape(size)[: len(gen.images)]
+print(f"broadcast params vs replicated: max relative diff {rel(mine6, ranked.scores):.1e}")
+assert rel(mine6, ranked.scores) < max(RTOL, 1e-4)
+
+# %% [markdown]
+# **4. Write the function: a softmax over images.** Padding with black images is harmless while each score
+# depends on its image alone. Write `batch_softmax(scores, n_real)` that turns a padded batch's scores into
+# probabilities over the *real* images only, and show that a plain softmax over the padded batch gives
+# the padding some of the probability.
+
+
+# %% tags=["solution"]
+def batch_softmax(scores, n_real):
+    """Softmax over the first n_real scores; the padding's get probability 0."""
+    masked = np.where(np.arange(len(scores)) < n_real, scores, -np.inf)  # padding can never win
+    z = np.exp(masked - masked.max())
+    return z / z.sum()
+
+
+black = np.zeros_like(pixels6[:2])  # two black padding images, as pad_batch makes them
+black_scores = np.asarray(score(clip.params, black, text6["input_ids"], text6["attention_mask"]))
+padded_scores = np.concatenate([ranked.scores, black_scores])  # a padded batch: real images first
+n_real = len(gen.images)
+masked_p = batch_softmax(padded_scores, n_real)
+real_only = np.exp(ranked.scores - ranked.scores.max()) / np.exp(ranked.scores - ranked.scores.max()).sum()
+# a plain softmax over the padded batch: how much probability the black images get, relative to the real ones
+# (in log space: with CLIP's temperature of ~100 the ratio can be far below float precision)
+log_ratio = float(np.logaddexp.reduce(black_scores.astype(float)) - np.logaddexp.reduce(ranked.scores.astype(float)))
+print("masked:", np.round(masked_p[:n_real], 3), f"| plain softmax: the padding gets e^{log_ratio:.1f} of the real images' share")
+assert np.allclose(masked_p[:n_real], real_only, atol=1e-5) and masked_p[n_real:].sum() == 0
+assert np.isfinite(log_ratio)  # never zero: the black images always take some probability from the real ones
+# here they score low, so the share is small; with a prompt that suits dark images ("a night sky") it grows
+
+# %% [markdown]
+# **More to think about.** In `helpers/clip_model.py`, replace the text tower's causal mask by "every token sees
+# every other (non-padding) token" and rerun section 4's self-check. Which embeddings change, and why?
+
+# %% [markdown] tags=["solution"]
+# Only the text embedding: the end-of-text token sees the same tokens as before, but from the first layer on every
+# earlier token now also reads the tokens after it, so the states the end token attends to change. CLIP was trained
+# causal, so the check fails (the image tower never had a mask).
