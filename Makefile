@@ -9,7 +9,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 # OpenMP threads sleep instead of spinning while they wait: 10-100x faster on a busy shared CPU (benchmarks/README.md)
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test lint sync-notebooks check-notebooks
+.PHONY: setup run test lint sync-notebooks check-notebooks wheelhouse site
 
 setup:
 	@bash scripts/setup.sh
@@ -30,3 +30,12 @@ lint: setup
 ## Regenerate each .ipynb from its py:percent twin (edit the .py, then run this)
 sync-notebooks: setup
 	@$(PY) scripts/sync_notebooks.py
+
+## Classroom: every wheel `make setup` needs, for this platform and Python, in wheelhouse/ (copy it to a USB stick;
+## with wheelhouse/ next to a clone, `make setup` installs from it without network). TEACHING.md says more.
+wheelhouse: setup
+	@$(PY) scripts/build_wheelhouse.py
+
+## Classroom: execute the notebooks and build a static HTML site (lessons, figures, math, folded solutions) -> outputs/site/
+site: setup
+	@$(PY) scripts/build_site.py
