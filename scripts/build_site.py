@@ -110,6 +110,13 @@ def title_and_blurb(nb) -> tuple[str, str]:
     return title, blurb
 
 
+def inline_markdown(text: str) -> str:
+    """A title or paragraph of markdown as inline HTML (`code`, **bold**, links)."""
+    import mistune
+
+    return mistune.html(text).strip().removeprefix("<p>").removesuffix("</p>")
+
+
 def newest_screenshot() -> Path | None:
     shots = [p for p in SCREENSHOTS.rglob("studio.png")] if SCREENSHOTS.exists() else []
     return max(shots, key=lambda p: p.stat().st_mtime) if shots else None
@@ -208,7 +215,7 @@ def render_markdown_page(source: Path, out: Path, title: str) -> None:
 
     md = mistune.create_markdown(plugins=["table", "strikethrough"])
     body = md(source.read_text())
-    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>{STYLE}</head>
+    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>{MATHJAX_CONFIG}{STYLE}</head>
 <body class="sd-page"><nav class="sd-nav"><a href="index.html">All lessons</a></nav>{body}</body></html>"""
     soup = BeautifulSoup(page, "html.parser")
     fix_links(soup, set(), source)
@@ -235,7 +242,7 @@ def build(out: Path, executed: Path | None = None) -> dict:
         shutil.copy2(shot, out / "assets" / "studio.png")
     names = [s.stem for s in sources]
     info = [title_and_blurb(nbformat.read(s, as_version=4)) for s in sources]
-    titles = [t for t, _ in info]
+    titles = [t.replace("`", "").replace("**", "") for t, _ in info]  # plain text for <title> and the nav bar
     folded = {}
     for i, name in enumerate(names):
         folded[name] = render_lesson(
@@ -246,7 +253,7 @@ def build(out: Path, executed: Path | None = None) -> dict:
     if teaching.exists():
         render_markdown_page(teaching, out, "Teacher's guide")
     items = "\n".join(
-        f'<li><a href="{n}.html">{html.escape(t)}</a><br><span>{html.escape(b)}</span></li>'
+        f'<li><a href="{n}.html">{inline_markdown(t)}</a><br><span>{inline_markdown(b)}</span></li>'
         for n, (t, b) in zip(names, info)
     )
     guide = '<p><a href="teaching.html">Teacher\'s guide</a>: a 90-minute lesson, a three-lesson course.</p>'
