@@ -43,6 +43,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   if [ -d "$WHEELHOUSE" ]; then
     export PIP_NO_INDEX=1 PIP_FIND_LINKS="$(cd "$WHEELHOUSE" && pwd)"
     echo "[setup] installing from the wheelhouse $PIP_FIND_LINKS (no network)"
+    grep -q "\"lock_digest\": \"$want\"" "$WHEELHOUSE/manifest.json" 2>/dev/null ||
+      echo "[setup] warning: $WHEELHOUSE was built for another requirements.lock; if pip finds no matching version, rebuild it: make wheelhouse" >&2
   elif [ -n "${SD_WHEELHOUSE:-}" ]; then
     echo "[setup] SD_WHEELHOUSE=$SD_WHEELHOUSE is not a folder. Fix: copy the wheelhouse there, or unset SD_WHEELHOUSE." >&2
     exit 1
