@@ -153,10 +153,13 @@ def test_toy_sd_loads_and_generates_at_training_resolution(toy_pipe):
 
 def test_toy_clip_loads_in_torch_and_flax_with_the_same_scores():
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers import CLIPModel, CLIPProcessor, FlaxCLIPModel
+    from transformers import CLIPModel
+
+    from helpers.clip_loading import load_processor
+    from helpers.clip_model import load_flax_clip, logits_per_image
 
     clip = CLIPModel.from_pretrained(MODELS / "toy-clip").eval()
-    processor = CLIPProcessor.from_pretrained(MODELS / "toy-clip", use_fast=False)
+    processor = load_processor(MODELS / "toy-clip")
     data = make_dataset(4, seed=9, combos=held_out_combos())
     captions = [c.caption() for c in held_out_combos()]
     inputs = processor(text=captions, images=[data.pil(i) for i in range(4)], return_tensors="np", padding=True)
@@ -164,8 +167,10 @@ def test_toy_clip_loads_in_torch_and_flax_with_the_same_scores():
     assert np.allclose(inputs["pixel_values"], tr.clip_pixel_values(data.images).numpy(), atol=1e-5)
     with torch.no_grad():
         pt = clip(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits_per_image.numpy()
-    flax_model, params = FlaxCLIPModel.from_pretrained(MODELS / "toy-clip", _do_init=False)
-    fx = np.asarray(flax_model(**inputs, params=params).logits_per_image)
+    flax_model, params, _ = load_flax_clip(MODELS / "toy-clip")  # our Flax CLIP, the same model.safetensors
+    fx = np.asarray(
+        logits_per_image(flax_model, params, inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"])
+    )
     assert np.abs(pt - fx).max() < 1e-3
     truth = [captions.index(c.caption()) for c in data.combos]
     assert (pt.argmax(1) == truth).mean() >= 0.75  # held-out images, never seen in training
