@@ -49,7 +49,9 @@ class Clip:
     _cache: dict = field(default_factory=dict, repr=False)  # compiled functions and placed params
 
     def __repr__(self) -> str:
-        return f"Clip({self.backend}, {self.dtype}, {self.source!r}, image size {self.image_size} px)"
+        from .saving import public_name  # a Hub id, or a path relative to the project: never the absolute path
+
+        return f"Clip({self.backend}, {self.dtype}, {public_name(self.source)!r}, image size {self.image_size} px)"
 
     @property
     def image_size(self) -> int:

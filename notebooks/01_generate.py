@@ -67,7 +67,7 @@ from helpers.pipeline import (
     suggested_prompt,
 )
 from helpers.plotting import show_images
-from helpers.saving import read_manifest, read_metadata, save_images
+from helpers.saving import public_name, read_manifest, read_metadata, save_images
 
 SEED = 0
 choice = pick_device()
@@ -138,7 +138,7 @@ prompt, why = suggested_prompt(MODEL)
 print(f"prompt: {prompt!r} ({why})")
 result = generate(pipe, prompt, n_images=sample_num, seed=SEED, guidance_scale=7.5, num_inference_steps=50, scheduler="pndm")
 paths = save_images(result.images, result.records)
-print(f"{len(result)} images in {result.seconds:.1f}s -> {paths[0].parent}")
+print(f"{len(result)} images in {result.seconds:.1f}s -> {public_name(paths[0].parent)}")  # no absolute paths in what you share
 show_images(result.images, [f"seed {r['seed']}" for r in result.records])
 
 # %%

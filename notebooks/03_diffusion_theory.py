@@ -376,7 +376,9 @@ MODEL = offline_model_dir()
 TRAINED = MODEL == TOY_MODEL_DIR
 pipe = load_pipeline(MODEL, device="cpu", dtype=torch.float32)
 pipe.set_progress_bar_config(disable=True)
-print("model:", MODEL, "(trained toy family)" if TRAINED else "(tiny random weights: expect noise, not pictures)")
+from helpers.saving import public_name
+
+print("model:", public_name(MODEL), "(trained toy family)" if TRAINED else "(tiny random weights: expect noise, not pictures)")
 PROMPT = "a red circle on a blue background"
 kw = dict(num_inference_steps=10, guidance_scale=7.5)
 ref = pipe(PROMPT, generator=torch.Generator().manual_seed(SEED), output_type="np", **kw).images

@@ -65,7 +65,7 @@ import torch
 from helpers import clip_ranking as cr
 from helpers.pipeline import choose_model, generate, load_pipeline
 from helpers.plotting import show_images
-from helpers.saving import save_images
+from helpers.saving import public_name, save_images
 
 SEED = 0
 N_DEVICES = jax.local_device_count()
@@ -87,7 +87,7 @@ TOY = str(CLIP_MODEL) == str(cr.TOY_CLIP_DIR) and MODEL.endswith("toy-sd")  # th
 REAL = not Path(MODEL).is_dir()  # a Hub model (GPU)
 PROMPT = "Kermit the Frog sits on the Iron Throne" if REAL else "a red circle on a blue background"
 STEPS = None  # the model's default sampler (notebook 01, section 6): DDIM-10 on the toy family, DPM-Solver++-25 on v1-4
-print(f"pipeline: {MODEL}\n  why: {WHY}\nCLIP:     {CLIP_MODEL}\n  why: {CLIP_WHY}")
+print(f"pipeline: {public_name(MODEL)}\n  why: {WHY}\nCLIP:     {public_name(CLIP_MODEL)}\n  why: {CLIP_WHY}")
 if not TOY and not REAL:
     print("NOTE: random-weight models: images are noise and the scores mean nothing; the code is the same.")
 
@@ -101,7 +101,7 @@ N_IMAGES = 6  # on 4 devices: padded to 8, as we will see
 pipe = load_pipeline(MODEL)
 gen = generate(pipe, PROMPT, n_images=N_IMAGES, seed=SEED, num_inference_steps=STEPS, show_progress=False)
 paths = save_images(gen.images, gen.records)
-print(f"{len(gen)} images in {gen.seconds:.1f} s, saved to {paths[0].parent}")
+print(f"{len(gen)} images in {gen.seconds:.1f} s, saved to {public_name(paths[0].parent)}")
 show_images(gen.images, titles=[f"seed {r['seed']}" for r in gen.records], suptitle=PROMPT)
 
 # %% [markdown]

@@ -52,7 +52,7 @@ from IPython.display import display
 from helpers.clip_ranking import choose_clip
 from helpers.pipeline import choose_model, default_sampler, generate, load_pipeline, scheduler_name, suggested_prompt
 from helpers.plotting import show_images
-from helpers.saving import read_metadata
+from helpers.saving import public_name, read_metadata
 from helpers.studio import PromptStudio, clip_ranker
 
 SEED = 0
@@ -213,7 +213,7 @@ assert scores == sorted(scores, reverse=True) and "score" in studio.gallery.chil
 studio.save_button.click()
 folder = studio.saved_dirs[-1]
 saved = sorted(folder.glob("*.png"))
-print(f"{len(saved)} images in {folder}")
+print(f"{len(saved)} images in {public_name(folder)}")
 assert [read_metadata(p)["seed"] for p in saved] == sorted(it["record"]["seed"] for it in studio.items)
 assert read_metadata(saved[0])["prompt"] == prompt
 
