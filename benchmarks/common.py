@@ -32,6 +32,7 @@ from typing import Any
 import helpers  # noqa: F401  (quiet diffusers/transformers logs before they are imported)
 from helpers.cpu_speed import cpu_model_name
 from helpers.paths import OUTPUTS_DIR, REPO_ROOT
+from helpers.saving import scrub_paths
 
 
 def _quiet_progress_bars() -> None:
@@ -251,6 +252,7 @@ def write_results(
         "rows": [dict(r) for r in rows],
         **dict(extra or {}),
     }
+    payload = scrub_paths(payload)  # results get shared: the project's absolute path and the home folder go
     out_dir = Path(out_dir) if out_dir else results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -307,8 +309,9 @@ def report(
     print(f"\n### {title}{' (SMOKE: tiny sizes, numbers mean nothing)' if args.smoke else ''}\n")
     print(markdown_table(rows, columns, formats))
     print(f"\nMachine: {describe_machine(machine)}.")
-    for note in notes:
+    for note in scrub_paths(list(notes)):
         print(f"- {note}")
+    extra = {**dict(extra or {}), "notes": list(notes)} if notes else extra
     path = write_results(name, rows, args=args, machine=machine, extra=extra, out_dir=args.out)
     try:
         shown = path.relative_to(REPO_ROOT)

@@ -82,6 +82,10 @@ def _scrub(value: Any) -> Any:
     return value
 
 
+#: The same scrub for other text a learner may publish (benchmark tables and their JSON, logs).
+scrub_paths = _scrub
+
+
 def public_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """`record` as it may be written to disk: model and source by public name, no absolute paths."""
     out = dict(record)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.paths import REPO_ROOT
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 SMOKES = {
@@ -81,6 +83,10 @@ def test_smoke_prints_a_table_and_writes_json(smoke_runs, name):
     assert machine["versions"]["torch"] and machine["versions"]["diffusers"]
     assert "gpu" in machine and "cpu_flags" in machine
     assert isinstance(data["rows"], list) and data["rows"]
+    # results get shared: no absolute project path or home folder in the JSON or in the printed notes
+    notes = [ln for ln in lines if ln.startswith("- ")]
+    for private in {str(REPO_ROOT.resolve()), str(Path.home())} - {"/"}:
+        assert private not in json.dumps(data) and not any(private in n for n in notes), private
 
 
 def test_blog_loop_and_batched_call_make_the_same_images(smoke_runs):
