@@ -658,6 +658,11 @@ def generate(
         messages += [msg] if msg else []
     for m in messages:
         warnings.warn(m, stacklevel=2)
+    if is_toy_family(pipe):  # words its training captions never used: say so, and suggest a caption it knows
+        from .toy_vocab import vocabulary_message
+
+        unknown = vocabulary_message(prompt)
+        messages += [unknown] if unknown else []
 
     original = pipe.scheduler
     if scheduler is not None:

@@ -827,3 +827,17 @@ def test_load_uses_no_deprecated_dtype_argument(tiny_model_dir):
         warnings.simplefilter("always")
         load_pipeline(tiny_model_dir, device="cpu", dtype=torch.float32)
     assert not [w for w in caught if "torch_dtype" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_prompts_the_toy_family_cannot_know_are_named():
+    """ "Kermit the Frog on the Iron Throne" on the toy family must not silently return blobs."""
+    from helpers.paths import MODELS_DIR
+
+    pipe = load_pipeline(MODELS_DIR / "toy-sd", device="cpu", dtype=torch.float32)
+    result = generate(pipe, "Kermit the Frog on the Iron Throne", num_inference_steps=2, show_progress=False)
+    (msg,) = [m for m in result.messages if "never saw" in m]
+    for word in ("kermit", "frog", "iron", "throne"):
+        assert f"'{word}'" in msg
+    assert "Try 'a " in msg  # a caption it knows
+    known = generate(pipe, "a red circle on a blue background", num_inference_steps=2, show_progress=False)
+    assert not [m for m in known.messages if "never saw" in m]

@@ -320,3 +320,13 @@ def test_messages_follow_the_latest_action(studio):
     assert studio.last_error is None and "Done" in studio.message.value and "seed must be" not in studio.message.value
     studio.save()
     assert studio.last_error is None and "Saved" in studio.message.value
+
+
+def test_a_prompt_the_toy_family_cannot_know_is_named_in_the_message_line(studio):
+    studio.prompt.value = "Kermit the Frog on the Iron Throne"
+    run(studio)
+    assert "never saw 'kermit', 'frog', 'iron', 'throne'" in studio.last_message
+    assert "Try 'a " in studio.last_message
+    studio.prompt.value = "a red circle on a blue background"
+    run(studio)
+    assert "never saw" not in studio.last_message  # the next run's message replaces it
