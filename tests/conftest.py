@@ -83,3 +83,14 @@ def fresh_tiny_pipe(tiny_pipe):
     pipe.register_to_config(_name_or_path=tiny_pipe.name_or_path)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def package_registry() -> None:
+    """Skip (with the reason) where pypi.org cannot be reached: resolution and installs need the registry."""
+    import socket
+
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+    except OSError:
+        pytest.skip("the package registry (pypi.org) is unreachable from here")

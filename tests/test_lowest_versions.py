@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -36,24 +35,15 @@ def lowest_pins() -> dict[str, str]:
     return pins
 
 
-def _registry_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=5).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def overlay_python() -> Path:
+def overlay_python(request) -> Path:
     pins = lowest_pins()
     key = hashlib.sha256(json.dumps(pins, sort_keys=True).encode()).hexdigest()[:16]
     py = OVERLAY / "bin" / "python"
     stamp = OVERLAY / ".pins"
     if py.exists() and stamp.exists() and stamp.read_text() == key:
         return py
-    if not _registry_reachable():
-        pytest.skip("the package registry is unreachable, so the lowest versions cannot be installed here")
+    request.getfixturevalue("package_registry")  # skips where pypi.org is unreachable
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(OVERLAY)], check=True)
     site = Path(
         subprocess.check_output(

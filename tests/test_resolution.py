@@ -4,7 +4,6 @@ resolve together. Needs the package registry (CI has it); skips with the reason 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
@@ -15,18 +14,8 @@ from helpers.paths import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 
-def _registry_reachable() -> bool:
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=5).close()
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("profile", ["colab", "lowest"])
-def test_resolution_profile(profile):
-    if not _registry_reachable():
-        pytest.skip("the package registry (pypi.org) is unreachable: resolution cannot be checked offline")
+def test_resolution_profile(profile, package_registry):
     run = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "check_resolution.py"), profile],
         capture_output=True,
