@@ -282,8 +282,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every step count (0.1 = a quick rehearsal)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
-        "--family", choices=("v1", "v2"), default="v2",
-        help="v2 (default): 64 px, 8x VAE, rotated shapes, partial captions; v1: the first 32 px family",
+        "--family", choices=("v1", "v2"), default="v1",
+        help="v1 (default): the committed 32 px family; v2: 64 px, 8x VAE, rotated shapes, partial captions "
+        "(experimental: it misses issue 12's targets, see the closing note; train it into --out .cache/toy-v2)",
     )  # fmt: skip
     ap.add_argument("--no-quality", action="store_true", help="skip the quality measurement at the end")
     ap.add_argument("--quality-smoke", action="store_true", help="measure quality with small counts")

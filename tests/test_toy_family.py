@@ -312,7 +312,9 @@ def test_training_script_rehearsal_v2(tmp_path):
     spec = importlib.util.spec_from_file_location("train_toy", REPO_ROOT / "scripts" / "train_toy_family.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    summary = module.main(["--scale", "0.002", "--out", str(tmp_path), "--threads", "1", "--no-quality"])
+    summary = module.main(
+        ["--family", "v2", "--scale", "0.002", "--out", str(tmp_path), "--threads", "1", "--no-quality"]
+    )
     assert summary["family"] == "v2" and summary["sizes"]["image_size"] == 64
     assert (tmp_path / "toy-sd" / "vae" / "config.json").exists()
     vae_config = json.loads((tmp_path / "toy-sd" / "vae" / "config.json").read_text())
