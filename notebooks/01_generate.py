@@ -347,8 +347,8 @@ if is_toy_family(pipe):
 # and the shown seed is one of its misses. PNDM needs more steps on this model (we measured 0/16 at 10 steps, 11/16
 # at 25 and 16/16 at 50; the table below has it at 90% at 50 steps over 270 images): it is SD v1's and the blog's
 # default at 50 steps, and was not made for 20. So the schedulers are interchangeable in the sense that matters for
-# code (swap one line, no retraining), not in how many steps each needs. On v1-4 diffusers' docs recommend 20-25
-# steps for DPM-Solver++ and keep 50 for PNDM; not measured here.
+# code (swap one line, no retraining), not in how many steps each needs. On v1-4 the pipeline's own default is PNDM
+# at 50 steps, and diffusers' docs say DPM-Solver++ gives high-quality samples in 20 (next section); not measured here.
 
 # %%
 # Self-check: at 20 steps PNDM misses (the shown seed and over 16 seeds), every other scheduler is faithful.
