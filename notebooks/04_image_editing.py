@@ -157,7 +157,8 @@ latents = inside.encode_images(pipe, x, generator)  # x_0 = s_vae * E(image), a 
 latents = editing.img2img_start(latents, strength, scheduler, generator)  # x_t = sqrt(abar) x_0 + sqrt(1-abar) eps
 timesteps = editing.img2img_timesteps(scheduler, strength)
 latents = editing.denoise(pipe, latents, timesteps, cond, uncond, GUIDANCE, scheduler)  # the loop of notebook 02
-ref = img2img_pipe(EDIT_PROMPT, image=x, strength=strength, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+# the library's pipeline takes image tensors in [0, 1] and maps them to the VAE's [-1, 1] itself
+ref = img2img_pipe(EDIT_PROMPT, image=(x + 1) / 2, strength=strength, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
                    generator=torch.Generator().manual_seed(SEED), output_type="latent").images  # fmt: skip
 print(
     f"our img2img vs StableDiffusionImg2ImgPipeline: max abs diff of the final latents {(latents - ref).abs().max():.1e}"
