@@ -49,3 +49,17 @@ def should_log_in(needs_hub: bool, environ: dict[str, str] | None = None, root: 
             "(or set HF_TOKEN), then rerun this notebook"
         )
     return True, f"on {where.title()} with a Hub model: log in once (a hidden prompt, or an HF_TOKEN secret)"
+
+
+def log_in_if_needed(model) -> str:
+    """The notebooks' login cell: log in to the Hub only where `should_log_in` says so; return the reason.
+
+    `model` is a Hub id or a local folder (a folder needs no Hub). On Colab/Gradient with a Hub model this runs
+    `login.main()` (a hidden prompt, or the HF_TOKEN secret); anywhere else it only explains why it did nothing.
+    """
+    log_in, why = should_log_in(needs_hub=not Path(str(model)).expanduser().is_dir())
+    if log_in:
+        import login
+
+        login.main()
+    return why

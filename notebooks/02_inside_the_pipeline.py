@@ -63,17 +63,12 @@ print("model:", MODEL)
 print("why:  ", WHY)
 
 # %%
-# The Hub login, only where it is needed: on Colab/Gradient with a Hub model. On a laptop "Run all" never stops here.
-from pathlib import Path
+# The Hub login, only where it is needed: on Colab/Gradient with a Hub model (a hidden prompt, or an HF_TOKEN
+# secret; then accept the license at https://huggingface.co/CompVis/stable-diffusion-v1-4 once). On a laptop
+# "Run all" never stops here: the offline model needs no Hub.
+from helpers.runtime import log_in_if_needed
 
-from helpers.runtime import should_log_in
-
-LOG_IN, WHY_LOGIN = should_log_in(needs_hub=not Path(MODEL).expanduser().is_dir())
-print("Hub login:", WHY_LOGIN)
-if LOG_IN:
-    import login
-
-    login.main()
+print("Hub login:", log_in_if_needed(MODEL))
 
 # %% [markdown]
 # ## 1. The parts, and the facts we read from them

@@ -107,8 +107,20 @@ def test_login_runs_only_on_hosted_notebooks_with_a_hub_model(tmp_path):
     assert should_log_in(True, {"COLAB_RELEASE_TAG": "r"}, root=empty)[0] is True
     for path in sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")):
         for cell in nbformat.read(path, as_version=4).cells:
-            if "login.main()" in cell.source:
-                assert "if LOG_IN:" in cell.source and "should_log_in(" in cell.source, path.name
+            assert "login.main()" not in cell.source, (path.name, "log in through helpers.runtime.log_in_if_needed")
+
+
+def test_log_in_if_needed_calls_login_only_where_should_log_in_says(monkeypatch, tmp_path):
+    import login
+    from helpers import runtime
+
+    calls = []
+    monkeypatch.setattr(login, "main", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(runtime, "hosted_notebook", lambda environ=None, root=None: None)  # a laptop
+    assert "login.py" in runtime.log_in_if_needed("CompVis/stable-diffusion-v1-4") and calls == []
+    monkeypatch.setattr(runtime, "hosted_notebook", lambda environ=None, root=None: "colab")
+    assert "no Hugging Face login is needed" in runtime.log_in_if_needed(tmp_path) and calls == []  # a folder
+    assert "Colab" in runtime.log_in_if_needed("CompVis/stable-diffusion-v1-4") and calls == [()]
 
 
 def test_lesson_order_and_openings():
