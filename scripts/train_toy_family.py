@@ -275,6 +275,28 @@ def write_model_cards(out: Path, summary: dict) -> None:
         (out / folder / "README.md").write_text(text.lstrip())
 
 
+def _run_facts(args, sizes, sched, times, stats, scaling_factor, text_encoder, clip, vae, ema, judge_model) -> dict:
+    """What both families record in training_summary.json: settings, sizes, times, statistics, parameter counts."""
+    return {
+        "scale": args.scale,
+        "threads": args.threads,
+        "sizes": asdict(sizes),
+        "schedule": {k: v for k, v in asdict(sched).items() if k != "extra"},
+        "times_s": times,
+        "stats": stats,
+        "scaling_factor": scaling_factor,
+        "params": {
+            "text_encoder": _n_params(text_encoder),
+            "clip_vision": _n_params(clip.vision_model) + _n_params(clip.visual_projection),
+            "clip_total": _n_params(clip),
+            "vae": _n_params(vae),
+            "unet": _n_params(ema),
+            "shape_judge": _n_params(judge_model),
+        },
+        "held_out": sorted(c.caption() for c in HELD_OUT),
+    }
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "models", help="folder that receives the three models")
@@ -378,23 +400,8 @@ def main(argv=None) -> dict:
 
     summary = {
         "seed": args.seed,
-        "scale": args.scale,
-        "threads": args.threads,
-        "sizes": asdict(sizes),
-        "schedule": {k: v for k, v in asdict(sched).items() if k != "extra"},
-        "times_s": times,
-        "stats": stats,
+        **_run_facts(args, sizes, sched, times, stats, scaling_factor, text_encoder, clip, vae, ema, judge_model),
         "judge_accuracy": judge_acc,
-        "scaling_factor": scaling_factor,
-        "params": {
-            "text_encoder": _n_params(text_encoder),
-            "clip_vision": _n_params(clip.vision_model) + _n_params(clip.visual_projection),
-            "clip_total": _n_params(clip),
-            "vae": _n_params(vae),
-            "unet": _n_params(ema),
-            "shape_judge": _n_params(judge_model),
-        },
-        "held_out": sorted(c.caption() for c in HELD_OUT),
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(times, indent=2))
@@ -485,22 +492,7 @@ def train_v2(args) -> dict:
     summary = {
         "family": "v2",
         "seed": args.seed,
-        "scale": args.scale,
-        "threads": args.threads,
-        "sizes": asdict(sizes),
-        "schedule": {k: v for k, v in asdict(sched).items() if k != "extra"},
-        "times_s": times,
-        "stats": stats,
-        "scaling_factor": scaling_factor,
-        "params": {
-            "text_encoder": _n_params(text_encoder),
-            "clip_vision": _n_params(clip.vision_model) + _n_params(clip.visual_projection),
-            "clip_total": _n_params(clip),
-            "vae": _n_params(vae),
-            "unet": _n_params(ema),
-            "shape_judge": _n_params(judge_model),
-        },
-        "held_out": sorted(c.caption() for c in HELD_OUT),
+        **_run_facts(args, sizes, sched, times, stats, scaling_factor, text_encoder, clip, vae, ema, judge_model),
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(times, indent=2), flush=True)
