@@ -45,6 +45,18 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 COLOUR_JITTER = 12  # max +- per RGB channel, per image
 
+#: Concepts the toy family never saw, for teaching it a new word (`helpers.personalise`). Kept out of `SHAPES`
+#: and `COLOURS` so that the family's training data (and every measurement made on it) stays as it was.
+#: Magenta is >= 60 CIELAB Delta E from every palette colour (nearest: blue at 62, red at 90), so a judge that
+#: names colours within Delta E 25 never confuses them. Orange (>= 43 from all: yellow 44, red 45) is the control:
+#: it lies between two colours the toy VAE learned, so the VAE reproduces it; magenta it cannot
+#: (`benchmarks/personalise.py` measures both).
+EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {"magenta": (240, 30, 200), "orange": (240, 140, 40)}
+#: A 5-pointed star (outer radius r, inner radius `STAR_INNER` r): "star" is in CLIP's vocabulary, but the
+#: family's UNet never saw one.
+EXTRA_SHAPES = ("star",)
+STAR_INNER = 0.5  # inner/outer radius; a regular pentagram's 0.38 leaves arms ~2 px wide at 32 px
+
 #: Caption templates of the first generation. The shape's colour always comes before the background's colour.
 TEMPLATES = (
     "a {colour} {shape} on a {background} background",
@@ -149,6 +161,15 @@ def v2_form_weights() -> np.ndarray:
     return w / w.sum()
 
 
+def colour_rgb(colour: str) -> tuple[int, int, int]:
+    """The RGB of a palette colour or of one of the `EXTRA_COLOURS`."""
+    if colour in COLOURS:
+        return COLOURS[colour]
+    if colour in EXTRA_COLOURS:
+        return EXTRA_COLOURS[colour]
+    raise ValueError(f"Unknown colour {colour!r}; use one of {tuple(COLOURS) + tuple(EXTRA_COLOURS)}.")
+
+
 def _jitter(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, ...]:
     return tuple(int(np.clip(v + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1), 0, 255)) for v in rgb)
 
@@ -157,22 +178,27 @@ def _jitter(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, .
 #: so that a rotated shape still has room to move: centres vary by up to +-23% of the image.
 V2_RADIUS = (0.17, 0.29)
 #: The distance from a shape's centre to its farthest point, in units of its half-extent r.
-EXTENT = {"circle": 1.0, "square": 0.85 * 2**0.5, "triangle": 1.2}
+EXTENT = {"circle": 1.0, "square": 0.85 * 2**0.5, "triangle": 1.2, "star": 1.0}
 
 
 def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float = 0.0) -> np.ndarray:
-    """Vertices (K, 2) of the ideal square or triangle of half-extent r centred (centroid) at (cx, cy).
+    """Vertices (K, 2) of the ideal square, triangle or star of half-extent r centred (centroid) at (cx, cy).
 
     The triangle is the dataset's isosceles one (apex up, base 1.8 r below it), rotated about its
-    centroid; angles in radians, counter-clockwise on screen.
+    centroid; the star has 5 points at radius r (one straight up) and 5 inner corners at `STAR_INNER` r.
+    Angles in radians, counter-clockwise on screen.
     """
-    if shape == "square":
+    if shape == "star":
+        phi = np.pi / 2 + np.arange(10) * np.pi / 5  # points and inner corners alternate, 36 deg apart
+        rho = np.where(np.arange(10) % 2 == 0, r, STAR_INNER * r)
+        pts = np.stack([rho * np.cos(phi), -rho * np.sin(phi)], axis=1)  # y grows downwards on screen
+    elif shape == "square":
         h = 0.85 * r
         pts = np.array([(-h, -h), (h, -h), (h, h), (-h, h)])
     elif shape == "triangle":
         pts = np.array([(0.0, -1.2 * r), (r, 0.6 * r), (-r, 0.6 * r)])  # centroid at the origin
     else:
-        raise ValueError(f"No polygon for {shape!r}; polygons exist for 'square' and 'triangle'.")
+        raise ValueError(f"No polygon for {shape!r}; polygons exist for 'square', 'triangle' and 'star'.")
     c, s = np.cos(angle), np.sin(angle)
     rot = np.array([[c, s], [-s, c]])  # y grows downwards on screen
     return pts @ rot.T + np.array([cx, cy])
@@ -184,9 +210,9 @@ def draw_v2(combo: Combo, rng: np.random.Generator, size: int = V2_IMAGE_SIZE) -
     Returns the image and its geometry: centre (cx, cy) in px, half-extent r in px, angle in radians.
     """
     big = size * SUPERSAMPLE
-    img = Image.new("RGB", (big, big), _jitter(COLOURS[combo.background], rng))
+    img = Image.new("RGB", (big, big), _jitter(colour_rgb(combo.background), rng))
     pen = ImageDraw.Draw(img)
-    fill = _jitter(COLOURS[combo.colour], rng)
+    fill = _jitter(colour_rgb(combo.colour), rng)
     r = rng.uniform(*V2_RADIUS) * size
     margin = EXTENT[combo.shape] * r + 0.04 * size  # the shape never touches the border
     cx, cy = rng.uniform(margin, size - margin, size=2)
@@ -204,9 +230,9 @@ def draw_v2(combo: Combo, rng: np.random.Generator, size: int = V2_IMAGE_SIZE) -
 def draw(combo: Combo, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
     """Draw one image of `combo` with a random size, position and slight colour jitter."""
     big = size * SUPERSAMPLE
-    img = Image.new("RGB", (big, big), _jitter(COLOURS[combo.background], rng))
+    img = Image.new("RGB", (big, big), _jitter(colour_rgb(combo.background), rng))
     pen = ImageDraw.Draw(img)
-    fill = _jitter(COLOURS[combo.colour], rng)
+    fill = _jitter(colour_rgb(combo.colour), rng)
     r = rng.uniform(0.22, 0.36) * size  # half-extent: the shape spans 44-72% of the image
     margin = r + 0.06 * size
     cx, cy = rng.uniform(margin, size - margin, size=2)
@@ -218,8 +244,11 @@ def draw(combo: Combo, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Imag
         pen.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
     elif combo.shape == "triangle":
         pen.polygon([(cx, cy - r), (cx + r, cy + 0.8 * r), (cx - r, cy + 0.8 * r)], fill=fill)
+    elif combo.shape == "star":  # not in SHAPES: drawn only for `helpers.personalise`, with a random rotation
+        pts = shape_polygon("star", cx, cy, r, float(rng.uniform(0, 2 * np.pi)))
+        pen.polygon([tuple(p) for p in pts], fill=fill)
     else:
-        raise ValueError(f"Unknown shape {combo.shape!r}; use one of {SHAPES}.")
+        raise ValueError(f"Unknown shape {combo.shape!r}; use one of {SHAPES + EXTRA_SHAPES}.")
     return img.resize((size, size), Image.Resampling.BOX)
 
 
@@ -275,3 +304,19 @@ def make_dataset_v2(n: int, seed: int = 0, combos: list[Combo] | None = None, si
     forms = rng.choice(len(V2_CAPTION_FORMS), size=n, p=v2_form_weights()) if form is None else np.full(n, form)
     captions = [v2_caption(c, int(f)) for c, f in zip(picks, forms)]
     return ShapesDataset(images, picks, captions, [int(f) for f in forms], [g for _, g in drawn])
+
+
+def draw_for_size(combo: Combo, rng: np.random.Generator, size: int) -> Image.Image:
+    """One image drawn as the family generation of that size draws: `draw` at the first generation's 32 px
+    (axis-aligned squares and triangles), `draw_v2` at any other size (rotated, smaller shapes)."""
+    return draw(combo, rng, size) if size == IMAGE_SIZE else draw_v2(combo, rng, size)[0]
+
+
+def concept_combos(concept: str) -> list[Combo]:
+    """Every combination that shows a new concept: a colour of `EXTRA_COLOURS` such as "magenta" (each shape of
+    `SHAPES` in it on each palette background: 18) or "star" (in each palette colour on each other one: 30)."""
+    if concept in EXTRA_COLOURS:
+        return [Combo(s, concept, b) for s in SHAPES for b in COLOURS]
+    if concept in EXTRA_SHAPES:
+        return [Combo(concept, c, b) for c in COLOURS for b in COLOURS if b != c]
+    raise ValueError(f"Unknown new concept {concept!r}; use one of {tuple(EXTRA_COLOURS) + EXTRA_SHAPES}.")

@@ -23,6 +23,12 @@ colour all hold for what the caption names. `parse_caption` reads every caption 
 uses, in any word order, and partial captions ("a red shape"); it refuses anything else with a ValueError.
 `calibrate()` measures the thresholds: training images must pass, wrong images (wrong kind, wrong colour,
 blobs from `draw_blob`) must fail.
+
+New concepts (`helpers.personalise` teaches them to the family): the colours "magenta" and "orange"
+(`shapes_data.EXTRA_COLOURS`) and the kind "star" (`shapes_data.EXTRA_SHAPES`, fitted with the k = 5
+angular moment). They are opt-in, so every existing result stays exactly as it was: `inspect` fits them and
+names colours with them only when asked (`kinds=`, `colours=`), and `judge`/`judge_many` ask only when the
+caption names them (`inspect_options`). `calibrate_new_concepts()` measures them.
 """
 
 from __future__ import annotations
@@ -34,7 +40,22 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from .shapes_data import COLOURS, SHAPES, SUPERSAMPLE, V2_IMAGE_SIZE, Combo, _jitter, all_combos, make_dataset_v2
+from .shapes_data import (
+    COLOURS,
+    EXTRA_COLOURS,
+    EXTRA_SHAPES,
+    SHAPES,
+    STAR_INNER,
+    SUPERSAMPLE,
+    V2_IMAGE_SIZE,
+    Combo,
+    _jitter,
+    all_combos,
+    colour_rgb,
+    concept_combos,
+    draw_for_size,
+    make_dataset_v2,
+)
 
 IOU_MIN = (
     0.93  # soft IoU with the ideal shape of the named kind: training images >= 0.97, blobs <= 0.92 (`calibrate()`)
@@ -60,6 +81,8 @@ READABLE_FORMS = (
 )
 _FILLER = {"a", "an", "on", "against", "with", "the", "and", "in", "of"}
 _SHAPE_WORDS = {s: s for s in SHAPES} | {s + "s": s for s in SHAPES}
+_ALL_SHAPE_WORDS = _SHAPE_WORDS | {s: s for s in EXTRA_SHAPES} | {s + "s": s for s in EXTRA_SHAPES}
+_ALL_COLOURS = {**COLOURS, **EXTRA_COLOURS}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,8 +106,8 @@ def _refuse(caption: str, why: str) -> ValueError:
     forms = "; ".join(f"'{f}'" for f in READABLE_FORMS)
     return ValueError(
         f"The strict judge cannot read {caption!r}: {why}. It reads captions built from a shape "
-        f"({', '.join(SHAPES)} or 'shape' for any), its colour right before it, and a colour right before "
-        f"'background' ({', '.join(COLOURS)}), in any order, e.g. {forms}."
+        f"({', '.join(SHAPES + EXTRA_SHAPES)} or 'shape' for any), its colour right before it, and a colour right "
+        f"before 'background' ({', '.join(_ALL_COLOURS)}), in any order, e.g. {forms}."
     )
 
 
@@ -92,7 +115,8 @@ def parse_caption(caption: str) -> Request:
     """The attributes a caption names, in any word order; ValueError for anything else.
 
     "a red circle on a blue background" and "a blue background with a red circle" both give
-    Request("circle", "red", "blue"); "a red shape" gives Request(None, "red", None).
+    Request("circle", "red", "blue"); "a red shape" gives Request(None, "red", None). The new concepts read
+    like the others: "a magenta circle", "a red star on a blue background".
     """
     words = re.sub(r"[,.;:!]", " ", caption.lower()).split()
     shape = colour = background = None
@@ -100,23 +124,23 @@ def parse_caption(caption: str) -> Request:
     i = 0
     while i < len(words):
         w, nxt = words[i], words[i + 1] if i + 1 < len(words) else None
-        if w in COLOURS:
+        if w in _ALL_COLOURS:
             if nxt == "background":
                 if background is not None:
                     raise _refuse(caption, "it names two backgrounds")
                 background, i = w, i + 2
                 continue
-            if nxt in _SHAPE_WORDS or nxt == "shape":
+            if nxt in _ALL_SHAPE_WORDS or nxt == "shape":
                 if saw_shape:
                     raise _refuse(caption, "it names two shapes")
-                colour, shape, saw_shape = w, _SHAPE_WORDS.get(nxt), True
+                colour, shape, saw_shape = w, _ALL_SHAPE_WORDS.get(nxt), True
                 i += 2
                 continue
             raise _refuse(caption, f"the colour {w!r} is not followed by a shape word or 'background'")
-        if w in _SHAPE_WORDS or w == "shape":
+        if w in _ALL_SHAPE_WORDS or w == "shape":
             if saw_shape:
                 raise _refuse(caption, "it names two shapes")
-            shape, saw_shape = _SHAPE_WORDS.get(w), True
+            shape, saw_shape = _ALL_SHAPE_WORDS.get(w), True
         elif w == "background":
             raise _refuse(caption, "'background' needs its colour right before it")
         elif w not in _FILLER:
@@ -150,11 +174,18 @@ _PALETTE_NAMES = list(COLOURS)
 PALETTE_LAB = srgb_to_lab(np.array([COLOURS[c] for c in _PALETTE_NAMES]))  # (6, 3)
 
 
-def name_colour(lab: np.ndarray) -> tuple[str, float]:
-    """The nearest palette colour and its Delta E (CIE 1976)."""
-    d = np.linalg.norm(PALETTE_LAB - np.asarray(lab), axis=1)
+def name_colour(lab: np.ndarray, colours: tuple[str, ...] | None = None) -> tuple[str, float]:
+    """The nearest palette colour and its Delta E (CIE 1976); `colours` names another set to choose from
+    (e.g. the palette plus "magenta"), None the palette."""
+    names, table = (_PALETTE_NAMES, PALETTE_LAB) if colours is None else (list(colours), _lab_of(tuple(colours)))
+    d = np.linalg.norm(table - np.asarray(lab), axis=1)
     i = int(d.argmin())
-    return _PALETTE_NAMES[i], float(d[i])
+    return names[i], float(d[i])
+
+
+def _lab_of(colours: tuple[str, ...]) -> np.ndarray:
+    """CIELAB of named colours, palette or `EXTRA_COLOURS`: (len(colours), 3)."""
+    return srgb_to_lab(np.array([colour_rgb(c) for c in colours]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,7 +194,9 @@ def name_colour(lab: np.ndarray) -> tuple[str, float]:
 
 #: Area of each ideal shape with half-extent r, in units of r^2 (as `shapes_data.draw_v2` draws them).
 UNIT_AREA = {"circle": np.pi, "square": (2 * 0.85) ** 2, "triangle": 2.0 * 1.8 / 2}
-_SYMMETRY = {"square": 4, "triangle": 3}
+# a star is 10 triangles (centre, point, inner corner), each $\frac12 r \cdot q r \sin 36°$, with $q$ = STAR_INNER
+UNIT_AREA["star"] = 5 * STAR_INNER * np.sin(np.pi / 5)
+_SYMMETRY = {"square": 4, "triangle": 3, "star": 5}  # the star's points dominate its k = 5 angular moment
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -177,6 +210,8 @@ def coverage(shape: str, h: int, w: int, cx: float, cy: float, r: float, angle: 
     ys, xs = np.mgrid[0:h, 0:w] + 0.5  # pixel centres
     if shape == "circle":
         sd = r - np.hypot(xs - cx, ys - cy)  # > 0 inside
+    elif shape in EXTRA_SHAPES:  # not convex: the half-plane rule below would fill the star's notches
+        sd = polygon_signed_distance(_polygon(shape, cx, cy, r, angle), xs, ys)
     else:
         pts = _polygon(shape, cx, cy, r, angle)
         centre = pts.mean(axis=0)
@@ -188,6 +223,21 @@ def coverage(shape: str, h: int, w: int, cx: float, cy: float, r: float, angle: 
                 n = -n
             sd = np.minimum(sd, (xs - a[0]) * n[0] + (ys - a[1]) * n[1])
     return np.clip(sd + 0.5, 0.0, 1.0)
+
+
+def polygon_signed_distance(pts: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Signed distance (> 0 inside) from points (xs, ys) to a simple polygon (K, 2), convex or not:
+    the distance to the nearest edge, with the sign of the even-odd rule."""
+    dist = np.full(xs.shape, np.inf)
+    inside = np.zeros(xs.shape, dtype=bool)
+    for a, b in zip(pts, np.roll(pts, -1, axis=0)):
+        e = b - a
+        u = np.clip(((xs - a[0]) * e[0] + (ys - a[1]) * e[1]) / (e @ e), 0.0, 1.0)  # nearest point a + u e
+        dist = np.minimum(dist, np.hypot(xs - a[0] - u * e[0], ys - a[1] - u * e[1]))
+        crosses = (a[1] > ys) != (b[1] > ys)  # a ray from the point to the right can cross this edge
+        x_cross = a[0] + (ys - a[1]) * e[0] / np.where(crosses, e[1], 1.0)
+        inside ^= crosses & (xs < x_cross)
+    return np.where(inside, dist, -dist)
 
 
 def soft_iou(t: np.ndarray, c: np.ndarray) -> float:
@@ -252,6 +302,7 @@ class Inspection:
     cy: float = float("nan")
     size: float = float("nan")  # sqrt of the shape's area, px
     angle: float = float("nan")
+    colours: tuple[str, ...] = tuple(COLOURS)  # the names the colours were chosen from
 
 
 @dataclass
@@ -267,8 +318,18 @@ def _as_array(image) -> np.ndarray:
     return np.asarray(image)[..., :3]
 
 
-def inspect(image) -> Inspection:
-    """Segment one image (PIL or uint8 (H, W, 3)), fit every kind of shape, name both colours."""
+def inspect(image, kinds: tuple[str, ...] = SHAPES, colours: tuple[str, ...] | None = None) -> Inspection:
+    """Segment one image (PIL or uint8 (H, W, 3)), fit every kind of shape, name both colours.
+
+    `kinds` are the shapes fitted (add "star" to consider it), `colours` the names colours are chosen from
+    (None: the palette, `COLOURS`; add "magenta" to consider it). `inspect_options(caption)` gives both.
+    """
+    unknown = [k for k in kinds if k not in SHAPES + EXTRA_SHAPES] + [c for c in colours or () if c not in _ALL_COLOURS]
+    if unknown:
+        raise ValueError(
+            f"The strict judge knows no {unknown}: kinds are {SHAPES + EXTRA_SHAPES}, colours {tuple(_ALL_COLOURS)}."
+        )
+    named = tuple(colours) if colours is not None else tuple(COLOURS)
     lab = srgb_to_lab(_as_array(image))  # (H, W, 3)
     h, w, _ = lab.shape
     border = np.zeros((h, w), dtype=bool)
@@ -276,8 +337,8 @@ def inspect(image) -> Inspection:
     bg = np.median(lab[border], axis=0)
     dist = np.linalg.norm(lab - bg, axis=-1)
     if dist.max() < MIN_CONTRAST:
-        name, de = name_colour(bg)
-        return Inspection(False, background=name, background_delta_e=de)
+        name, de = name_colour(bg, colours)
+        return Inspection(False, background=name, background_delta_e=de, colours=named)
     fg = np.median(lab[dist >= 0.5 * dist.max()], axis=0)
     for _ in range(5):  # k-means with k = 2, medians for robustness
         in_fg = np.linalg.norm(lab - fg, axis=-1) < np.linalg.norm(lab - bg, axis=-1)
@@ -289,8 +350,8 @@ def inspect(image) -> Inspection:
     axis = fg - bg
     contrast = float(np.linalg.norm(axis))
     if contrast < MIN_CONTRAST:
-        name, de = name_colour(bg)
-        return Inspection(False, background=name, background_delta_e=de)
+        name, de = name_colour(bg, colours)
+        return Inspection(False, background=name, background_delta_e=de, colours=named)
     t = np.clip(((lab - bg) @ axis) / contrast**2, 0.0, 1.0)  # (H, W) soft membership of the shape
     hard = t >= 0.5
     fraction = float(hard.mean())
@@ -298,17 +359,28 @@ def inspect(image) -> Inspection:
     core_bg = ndimage.binary_erosion(~hard, border_value=1)
     shape_lab = np.median(lab[core_fg if core_fg.sum() >= 4 else hard], axis=0) if hard.any() else fg
     bg_lab = np.median(lab[core_bg if core_bg.sum() >= 4 else ~hard], axis=0)
-    colour, colour_de = name_colour(shape_lab)
-    background, background_de = name_colour(bg_lab)
+    colour, colour_de = name_colour(shape_lab, colours)
+    background, background_de = name_colour(bg_lab, colours)
     if not MIN_SHAPE_FRACTION <= fraction <= MAX_SHAPE_FRACTION:
         return Inspection(False, fraction, colour=colour, colour_delta_e=colour_de, background=background,
-                          background_delta_e=background_de)  # fmt: skip
-    fits = {kind: fit_shape(t, kind) for kind in SHAPES}
+                          background_delta_e=background_de, colours=named)  # fmt: skip
+    fits = {kind: fit_shape(t, kind) for kind in kinds}
     best = max(fits.values(), key=lambda f: f.iou)
     return Inspection(
         True, fraction, best.kind, best.iou, {k: f.iou for k, f in fits.items()}, colour, colour_de, background,
-        background_de, best.cx, best.cy, float(np.sqrt(t.sum())), best.angle,
+        background_de, best.cx, best.cy, float(np.sqrt(t.sum())), best.angle, named,
     )  # fmt: skip
+
+
+def inspect_options(caption: str | Request) -> dict:
+    """The `inspect` arguments a caption needs: the new concepts it names join the kinds and colours considered.
+
+    For every caption without "star" or "magenta" this is the default inspection, so old results are unchanged.
+    """
+    want = parse_caption(caption) if isinstance(caption, str) else caption
+    kinds = SHAPES + tuple(k for k in EXTRA_SHAPES if k == want.shape)
+    extra = tuple(c for c in EXTRA_COLOURS if c in (want.colour, want.background))
+    return {"kinds": kinds, "colours": tuple(COLOURS) + extra if extra else None}
 
 
 def verdict(inspection: Inspection, caption: str | Request, iou_min: float = IOU_MIN,
@@ -320,6 +392,7 @@ def verdict(inspection: Inspection, caption: str | Request, iou_min: float = IOU
     """
     want = parse_caption(caption) if isinstance(caption, str) else caption
     s = inspection
+    _check_inspected_for(want, s)
     if not s.found:
         return Verdict(False, ["no single shape on a plain background"], s)
     reasons = []
@@ -339,14 +412,25 @@ def verdict(inspection: Inspection, caption: str | Request, iou_min: float = IOU
     return Verdict(not reasons, reasons, s)
 
 
+def _check_inspected_for(want: Request, s: Inspection) -> None:
+    """A caption naming a new concept needs an inspection that considered it; say how to get one."""
+    missing = [k for k in EXTRA_SHAPES if k == want.shape and s.found and k not in s.ious]
+    missing += [c for c in EXTRA_COLOURS if c in (want.colour, want.background) and c not in s.colours]
+    if missing:
+        raise ValueError(
+            f"The caption names {', '.join(missing)}, but the inspection did not consider it: inspect with "
+            "`inspect(image, **inspect_options(caption))`, or call `judge(image, caption)` which does."
+        )
+
+
 def judge(image, caption: str) -> bool:
     """True when `image` is faithful to `caption` (see `verdict`)."""
-    return verdict(inspect(image), caption).faithful
+    return verdict(inspect(image, **inspect_options(caption)), caption).faithful
 
 
 def judge_many(images, captions: list[str]) -> list[Verdict]:
     """A `Verdict` per (image, caption); `images` is a list of PIL images or a uint8 array (N, H, W, 3)."""
-    return [verdict(inspect(im), c) for im, c in zip(images, captions)]
+    return [verdict(inspect(im, **inspect_options(c)), c) for im, c in zip(images, captions)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,4 +515,51 @@ def calibrate(n: int = 600, seed: int = 2024, size: int = V2_IMAGE_SIZE) -> dict
     result |= {f"blob_{k}_fail": 1.0 - float(np.mean(v)) for k, v in by_kind.items()}
     result["train_iou_mean"] = float(np.mean([s.iou for s in inspections]))
     result["train_delta_e_median"] = float(np.median([s.colour_delta_e for s in inspections]))
+    return result
+
+
+def calibrate_new_concepts(n: int = 300, seed: int = 2025, size: int = V2_IMAGE_SIZE) -> dict[str, float]:
+    """Pass and fail rates for the new concepts (n images of each), drawn as the family of `size` draws them.
+
+    For the star and each colour c of `EXTRA_COLOURS` (magenta, orange):
+
+    - star_pass / {c}_pass: stars and c-coloured shapes judged against their own caption: must pass.
+    - shape_as_star_fail: circles, squares and triangles judged as a star of their colours: must fail.
+    - star_as_shape_fail: stars judged as a circle, square or triangle: must fail.
+    - palette_as_{c}_fail (red_as_{c}_fail for red alone): shapes in a palette colour judged as c: must fail.
+    - {c}_as_palette_fail: c-coloured shapes judged as one of the two palette colours nearest to c: must fail.
+    """
+    rng = np.random.default_rng(seed)
+    ok: dict[str, list[bool]] = {"star": [], "shape_as_star": [], "star_as_shape": []}
+    stars, plain = concept_combos("star"), all_combos()
+    for i in range(n):
+        c = stars[i % len(stars)]
+        image = draw_for_size(c, rng, size)
+        ok["star"].append(judge(image, c.caption()))
+        ok["star_as_shape"].append(judge(image, Combo(SHAPES[i % len(SHAPES)], c.colour, c.background).caption()))
+        c = plain[i % len(plain)]
+        image = draw_for_size(c, rng, size)
+        ok["shape_as_star"].append(judge(image, Combo("star", c.colour, c.background).caption()))
+    for colour in EXTRA_COLOURS:
+        distance = np.linalg.norm(PALETTE_LAB - _lab_of((colour,))[0], axis=1)
+        nearest = [_PALETTE_NAMES[j] for j in np.argsort(distance)[:2]]
+        ok |= {colour: [], f"palette_as_{colour}": [], f"red_as_{colour}": [], f"{colour}_as_palette": []}
+        combos = concept_combos(colour)
+        for i in range(n):
+            c = combos[i % len(combos)]
+            image = draw_for_size(c, rng, size)
+            ok[colour].append(judge(image, c.caption()))
+            other = [k for k in nearest if k != c.background][i % 2 if c.background not in nearest else 0]
+            ok[f"{colour}_as_palette"].append(judge(image, Combo(c.shape, other, c.background).caption()))
+            c = plain[i % len(plain)]
+            if c.background == colour:
+                continue
+            as_colour = judge(draw_for_size(c, rng, size), Combo(c.shape, colour, c.background).caption())
+            ok[f"palette_as_{colour}"].append(as_colour)
+            if c.colour == "red":
+                ok[f"red_as_{colour}"].append(as_colour)
+    passes = ("star", *EXTRA_COLOURS)
+    result: dict[str, float] = {"n": n, "size": size}
+    result |= {f"{k}_pass": float(np.mean(ok[k])) for k in passes}
+    result |= {f"{k}_fail": 1.0 - float(np.mean(v)) for k, v in ok.items() if k not in passes}
     return result

@@ -1,0 +1,256 @@
+"""Teaching the toy family a new word: textual inversion and LoRA on models/toy-sd, and the judge of new concepts.
+
+Every test trains a few steps only (seconds on one CPU thread): they prove the mechanics (what changes, what does
+not, what round-trips through diffusers' file formats), not the quality, which benchmarks/personalise.py measures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import personalise as P
+from helpers import strict_judge as sj
+from helpers.paths import MODELS_DIR
+from helpers.shapes_data import COLOURS, SHAPES, Combo, draw_for_size
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TOY = MODELS_DIR / "toy-sd"
+OLD_PROMPT = "a red circle on a blue background"
+NEW_PROMPT = "a <magenta> circle on a blue background"
+STEPS = 4  # denoising steps for the comparisons: exactness does not need good pictures
+
+
+def load_toy():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(TOY)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def pipe():
+    """A freshly loaded toy pipeline per test (0.5 s): the tests change its token table and UNet."""
+    return load_toy()
+
+
+def images_of(pipe, prompt: str, seeds=(0, 1)) -> np.ndarray:
+    return P.generate_images(pipe, prompt, seeds, num_inference_steps=STEPS)
+
+
+def magenta_data(pipe, n: int = 12, seed: int = 0):
+    return P.concept_images("magenta", n, seed, P.image_size(pipe))
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_concept_images_draw_new_concepts_with_their_word_in_the_caption():
+    data = P.concept_images("magenta", 18, 0, 32)
+    assert data.images.shape == (18, 32, 32, 3) and data.images.dtype == np.uint8
+    assert all("<magenta>" in c and "magenta " not in c.replace("<magenta>", "") for c in data.captions)
+    assert {c.shape for c in data.combos} == set(SHAPES) and {c.colour for c in data.combos} == {"magenta"}
+    again = P.concept_images("magenta", 18, 0, 32)
+    assert np.array_equal(again.images, data.images) and again.captions == data.captions  # seeded
+    stars = P.concept_images("star", 6, 1, 64)
+    assert stars.images.shape == (6, 64, 64, 3)
+    assert all(c.shape == "star" and f"{c.colour} star" in cap for c, cap in zip(stars.combos, stars.captions))
+    assert P.concept_images("magenta", 2, 0, 32, word="<m>").captions[0].count("<m>") == 1
+    with pytest.raises(ValueError, match="Unknown new concept"):
+        P.concept_images("purple", 2, 0, 32)
+    assert P.judge_caption(NEW_PROMPT) == "a magenta circle on a blue background"
+
+
+def test_image_size_comes_from_the_pipeline(pipe):
+    assert P.image_size(pipe) == pipe.unet.config.sample_size * pipe.vae_scale_factor
+    P.add_lora(pipe.unet, rank=2)
+    with pytest.raises(ValueError, match="image_size"):
+        P.train_lora(pipe, P.concept_images("star", 2, 0, 2 * P.image_size(pipe)), ["a red star"] * 2, steps=1)
+
+
+# ---------------------------------------------------------------------------------------------- textual inversion
+
+
+def test_add_token_leaves_every_other_prompt_bit_identical(pipe):
+    before = images_of(pipe, OLD_PROMPT)
+    table_before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    new_id = P.add_token(pipe, "<magenta>", "red")
+    table = pipe.text_encoder.get_input_embeddings().weight
+    assert new_id == len(table_before) and len(table) == len(table_before) + 1
+    red = pipe.tokenizer.encode("red", add_special_tokens=False)[0]
+    assert torch.equal(table[new_id], table[red])  # starts as the init word
+    data = magenta_data(pipe)
+    P.train_textual_inversion(pipe, "<magenta>", data, data.captions, steps=3, lr=1e-2, batch_size=4, progress=False)
+    after = images_of(pipe, OLD_PROMPT)
+    assert torch.allclose(torch.from_numpy(before), torch.from_numpy(after), atol=1e-6)
+    assert not torch.equal(table[new_id], table[red])  # the new row did move
+
+
+def test_textual_inversion_lowers_the_loss_and_changes_only_the_new_row(pipe):
+    data = magenta_data(pipe, n=18)
+    new_id = P.add_token(pipe, "<magenta>", "red")
+    table = pipe.text_encoder.get_input_embeddings().weight
+    original = table.detach().clone()
+    before = P.fixed_batch_loss(pipe, data, data.captions)
+    losses = P.train_textual_inversion(pipe, "<magenta>", data, data.captions, steps=25, lr=2e-2, batch_size=9,
+                                       seed=0, progress=False)  # fmt: skip
+    assert len(losses) == 25 and all(np.isfinite(losses))
+    after = P.fixed_batch_loss(pipe, data, data.captions)
+    assert after < before, (before, after)
+    changed = (table.detach() != original).any(dim=1)
+    assert changed.nonzero().flatten().tolist() == [new_id]
+    assert not table.requires_grad and table.grad is None  # left frozen, no stale gradient
+
+
+def test_textual_inversion_round_trips_through_diffusers_load_textual_inversion(pipe, tmp_path):
+    from safetensors.torch import load_file
+
+    P.add_token(pipe, "<magenta>", "red")
+    data = magenta_data(pipe)
+    P.train_textual_inversion(pipe, "<magenta>", data, data.captions, steps=3, lr=1e-2, batch_size=4, progress=False)
+    path = P.save_textual_inversion(pipe, "<magenta>", tmp_path / "magenta.safetensors")
+    saved = load_file(path)
+    assert list(saved) == ["<magenta>"] and saved["<magenta>"].shape == (1, pipe.text_encoder.config.hidden_size)
+    fresh = load_toy()
+    fresh.load_textual_inversion(path)
+    assert torch.equal(P.token_embedding(fresh, "<magenta>"), P.token_embedding(pipe, "<magenta>"))
+    assert torch.allclose(torch.from_numpy(images_of(fresh, NEW_PROMPT)), torch.from_numpy(images_of(pipe, NEW_PROMPT)),
+                          atol=1e-6)  # fmt: skip
+
+
+def test_textual_inversion_refuses_bad_input_before_training(pipe, tmp_path):
+    data = magenta_data(pipe, n=2)
+    vocab = len(pipe.tokenizer)
+    with pytest.raises(ValueError, match="add_token"):
+        P.train_textual_inversion(pipe, "<magenta>", data, data.captions, steps=1, progress=False)
+    with pytest.raises(ValueError, match="already in the tokenizer's vocabulary"):
+        P.add_token(pipe, "red", "red")
+    with pytest.raises(ValueError, match="one token"):
+        P.add_token(pipe, "<x>", "a red circle")
+    assert len(pipe.tokenizer) == pipe.text_encoder.get_input_embeddings().num_embeddings == vocab  # untouched
+    P.add_token(pipe, "<magenta>", "red")
+    with pytest.raises(ValueError, match="already"):
+        P.add_token(pipe, "<magenta>", "red")
+    with pytest.raises(ValueError, match="do not contain '<magenta>'"):
+        P.train_textual_inversion(pipe, "<magenta>", data, ["a red circle on a blue background"] * 2, steps=1)
+    with pytest.raises(ValueError, match="one caption per image"):
+        P.train_textual_inversion(pipe, "<magenta>", data, data.captions[:1], steps=1)
+    with pytest.raises(ValueError, match=".safetensors"):
+        P.save_textual_inversion(pipe, "<magenta>", tmp_path / "magenta.bin")
+
+
+def test_should_stop_and_ctrl_c_end_training_early_with_the_losses_so_far(pipe):
+    P.add_token(pipe, "<magenta>", "red")
+    data = magenta_data(pipe, n=4)
+    calls = []
+    stop_after_two = lambda: len(calls) >= 2
+    losses = P.train_textual_inversion(pipe, "<magenta>", data, data.captions, steps=50, batch_size=2,
+                                       progress=False, should_stop=stop_after_two,
+                                       callback=lambda step, loss: calls.append((step, loss)))  # fmt: skip
+    assert len(losses) == 2 and [s for s, _ in calls] == [1, 2]
+
+    table = pipe.text_encoder.get_input_embeddings().weight
+    original = table.detach().clone()
+
+    def interrupt(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt  # what the notebook's stop button / Ctrl-C raises
+
+    losses = P.train_textual_inversion(pipe, "<magenta>", data, data.captions, steps=50, batch_size=2,
+                                       progress=False, callback=interrupt)  # fmt: skip
+    assert len(losses) == 3
+    changed = (table.detach() != original).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [P.token_id(pipe, "<magenta>")]
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+
+
+def test_lora_round_trip_and_unload_restore_exact_outputs(pipe, tmp_path):
+
+    prompt = "a red star on a blue background"
+    base = images_of(pipe, prompt)
+    n_adapter = P.add_lora(pipe.unet, rank=2, alpha=4.0)  # alpha != rank: the saved metadata must carry it
+    counts = P.parameter_counts(pipe.unet)
+    assert counts["adapter"] == n_adapter > 0 and counts["unet"] == sum(p.numel() for p in load_toy().unet.parameters())
+    assert np.array_equal(images_of(pipe, prompt), base)  # B = 0 at first: W' = W exactly
+    data = P.concept_images("star", 8, 0, P.image_size(pipe))
+    losses = P.train_lora(pipe, data, data.captions, steps=4, lr=1e-2, batch_size=4, progress=False)
+    assert len(losses) == 4
+    trained = images_of(pipe, prompt)
+    assert np.abs(trained - base).max() > 1e-3  # the adapter changed the picture
+
+    path = P.save_lora(pipe, tmp_path / "star-lora")
+    assert path.exists() and P.lora_size(tmp_path / "star-lora") < 4 * counts["unet"] / 10
+    fresh = load_toy()
+    fresh.load_lora_weights(tmp_path / "star-lora")
+    assert torch.allclose(torch.from_numpy(images_of(fresh, prompt)), torch.from_numpy(trained), atol=1e-6)
+    fresh.unload_lora_weights()
+    assert torch.allclose(torch.from_numpy(images_of(fresh, prompt)), torch.from_numpy(base), atol=1e-6)
+    pipe.unload_lora_weights()
+    assert not P.lora_parameters(pipe.unet)
+    assert torch.allclose(torch.from_numpy(images_of(pipe, prompt)), torch.from_numpy(base), atol=1e-6)
+
+
+def test_lora_trains_only_the_adapter(pipe):
+    P.add_lora(pipe.unet, rank=2)
+    frozen = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if "lora_" not in n}
+    lora_b = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if "lora_B" in n}
+    data = P.concept_images("star", 4, 0, P.image_size(pipe))
+    P.train_lora(pipe, data, data.captions, steps=2, lr=1e-2, batch_size=2, progress=False)
+    params = dict(pipe.unet.named_parameters())
+    assert all(torch.equal(params[n], p) for n, p in frozen.items())
+    assert any(not torch.equal(params[n], p) for n, p in lora_b.items())
+
+
+def test_lora_refuses_bad_input_before_training(pipe, tmp_path):
+    data = P.concept_images("star", 2, 0, P.image_size(pipe))
+    with pytest.raises(ValueError, match="add_lora"):
+        P.train_lora(pipe, data, data.captions, steps=1)
+    with pytest.raises(ValueError, match="rank must be an integer >= 1"):
+        P.add_lora(pipe.unet, rank=0)
+    with pytest.raises(ValueError, match="no module called"):
+        P.add_lora(pipe.unet, rank=2, target_modules=("to_qkv",))
+    with pytest.raises(ValueError, match="no LoRA adapter to save"):
+        P.save_lora(pipe, tmp_path / "none")
+    P.add_lora(pipe.unet, rank=2)
+    with pytest.raises(ValueError, match="already has a LoRA adapter"):
+        P.add_lora(pipe.unet, rank=2)
+    with pytest.raises(ValueError, match="steps and batch_size"):
+        P.train_lora(pipe, data, data.captions, steps=0)
+
+
+# ---------------------------------------------------------------------------------------------- judging new concepts
+
+
+def test_the_judge_reads_new_concepts_only_when_the_caption_names_them():
+    assert sj.parse_caption("a magenta circle on a blue background") == sj.Request("circle", "magenta", "blue")
+    assert sj.parse_caption("a blue background with a red star") == sj.Request("star", "red", "blue")
+    assert sj.inspect_options("a red circle on a blue background") == {"kinds": SHAPES, "colours": None}
+    rng = np.random.default_rng(3)
+    star = draw_for_size(Combo("star", "red", "blue"), rng, 32)
+    plain = sj.inspect(star)
+    assert set(plain.ious) == set(SHAPES) and plain.colours == tuple(COLOURS)  # the default is unchanged
+    with pytest.raises(ValueError, match="inspect_options"):
+        sj.verdict(plain, "a red star on a blue background")
+    assert sj.judge(star, "a red star on a blue background")
+    assert not sj.judge(star, "a red circle on a blue background")
+    magenta = draw_for_size(Combo("square", "magenta", "green"), rng, 32)
+    assert sj.judge(magenta, "a magenta square on a green background")
+    assert not sj.judge(magenta, "a blue square on a green background")
+    assert P.judge_rates(np.stack([np.asarray(magenta)]), "a <magenta> square on a green background") == {
+        "faithful": 1.0, "colour": 1.0, "kind": 1.0,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_new_concepts_calibration(size):
+    r = sj.calibrate_new_concepts(n=60, seed=5, size=size)
+    assert r["magenta_pass"] >= 0.99 and r["star_pass"] >= 0.99, r
+    assert r["orange_pass"] >= 0.99, r
+    for key in ("shape_as_star_fail", "star_as_shape_fail", "palette_as_magenta_fail", "red_as_magenta_fail",
+                "magenta_as_palette_fail", "red_as_orange_fail", "orange_as_palette_fail"):  # fmt: skip
+        assert r[key] >= 0.99, (key, r)
