@@ -29,13 +29,10 @@ from pathlib import Path
 
 import common
 import numpy as np
-import torch
 
 from helpers import personalise as P
-from helpers.inside import decode_latents, encode_images
 from helpers.paths import MODELS_DIR
-from helpers.shapes_data import Combo, draw_for_size, make_dataset
-from helpers.training import to_unit_range
+from helpers.shapes_data import Combo, make_dataset
 
 OLD_COMBOS = [  # training combinations of the family, every shape, colour and background at least once
     Combo("circle", "red", "blue"), Combo("square", "green", "white"), Combo("triangle", "yellow", "black"),
@@ -71,19 +68,6 @@ def old_prompts(pipe, seeds) -> tuple[dict[str, float], np.ndarray]:
     captions = [c.caption() for c in OLD_COMBOS for _ in seeds]
     per = [P.judge_rates(im[None], cap) for im, cap in zip(images, captions)]
     return {k: float(np.mean([r[k] for r in per])) for k in per[0]}, images
-
-
-@torch.no_grad()
-def vae_ceiling(pipe, prompt: str, n: int, seed: int = 123) -> dict[str, float]:
-    """Judge rates of the VAE's reconstructions of `n` drawn images of the prompt's combination."""
-    from helpers import strict_judge as sj
-
-    want = sj.parse_caption(P.judge_caption(prompt))
-    rng = np.random.default_rng(seed)
-    combo = Combo(want.shape, want.colour, want.background)
-    drawn = np.stack([np.asarray(draw_for_size(combo, rng, P.image_size(pipe))) for _ in range(n)])
-    reconstructed = decode_latents(pipe, encode_images(pipe, to_unit_range(drawn)))  # (n, H, W, 3) in [0, 1]
-    return P.judge_rates(reconstructed, prompt)
 
 
 def run(method: str, concept: str, prompt: str, init_word: str | None, base, base_old, args, folder: Path) -> dict:
@@ -133,7 +117,7 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
     row["after"], trained_images = rates(pipe, prompt, seeds)
     row["after_loaded"], loaded_images = rates(loaded, prompt, seeds)
     row["loaded_max_diff"] = float(np.abs(loaded_images - trained_images).max())  # the file holds what was trained
-    row["ceiling"] = vae_ceiling(base, prompt, args.seeds)
+    row["ceiling"] = P.vae_ceiling(base, prompt, args.seeds)
     row["old_loaded"], old_images = old_prompts(loaded, range(args.old_seeds))
     if unloaded is None:
         loaded.unload_lora_weights()

@@ -1,4 +1,4 @@
-"""The blog's CLIP ranking code, kept as it was (bugs included) so notebook 05 can show what goes wrong.
+"""The blog's CLIP ranking code, kept as it was (bugs included) so notebook 06 can show what goes wrong.
 
 The blog (after Boris Dayma's DALL-E Mini) scored images with `jax.pmap` but
 

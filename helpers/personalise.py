@@ -475,3 +475,53 @@ def judge_rates(images: np.ndarray, caption: str) -> dict[str, float]:
     colour = [want.colour is None or s.colour == want.colour for s in inspections]
     kind = [want.shape is None or (s.found and s.kind == want.shape) for s in inspections]
     return {"faithful": float(np.mean(faithful)), "colour": float(np.mean(colour)), "kind": float(np.mean(kind))}
+
+
+def concept_scores(images: np.ndarray, caption: str) -> dict[str, float]:
+    """How close the pictures come to what `caption` names, as numbers that move before a verdict flips.
+
+    - colour_delta_e: median CIELAB Delta E of the shape's colour to the named colour (0 = exact; the judge names a
+      colour within 25);
+    - kind_iou: mean IoU of each picture with the best-fitting ideal shape of the named kind (an ideal shape >= 0.93);
+    plus `judge_rates`' three shares. `images`: float in [0, 1] or uint8, (N, H, W, 3).
+    """
+    from . import strict_judge as sj
+    from .shapes_data import colour_rgb
+
+    caption = judge_caption(caption)
+    want = sj.parse_caption(caption)
+    if images.dtype != np.uint8:
+        images = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+    inspections = [sj.inspect(im, **sj.inspect_options(want)) for im in images]
+    scores = judge_rates(images, caption)
+    if want.colour is not None:
+        target = sj.srgb_to_lab(np.array(colour_rgb(want.colour), dtype=np.uint8)[None, None])[0, 0]
+        found = [np.linalg.norm(np.array(s.shape_lab) - target) for s in inspections if s.shape_lab is not None]
+        scores["colour_delta_e"] = float(np.median(found)) if found else float("inf")
+    if want.shape is not None:
+        scores["kind_iou"] = float(np.mean([s.ious.get(want.shape, 0.0) for s in inspections]))
+    return scores
+
+
+@torch.no_grad()
+def vae_ceiling(pipe, caption: str, n: int, seed: int = 123) -> dict[str, float]:
+    """`concept_scores` of the VAE's encode -> decode of `n` drawn pictures of `caption`: the best any prompt can get.
+
+    Textual inversion and LoRA change what the UNet is asked or how it answers; the decoder stays frozen, so a
+    picture it cannot give back when handed it, no prompt makes it draw.
+    """
+    from . import strict_judge as sj
+    from .shapes_data import Combo
+
+    want = sj.parse_caption(judge_caption(caption))
+    if None in (want.shape, want.colour, want.background):
+        raise ValueError(
+            f"Name a shape, its colour and the background, e.g. 'a red star on a blue background'; got {caption!r}."
+        )
+    rng = np.random.default_rng(seed)
+    drawn = np.stack([np.asarray(draw_for_size(Combo(want.shape, want.colour, want.background), rng, image_size(pipe)))
+                      for _ in range(n)])  # fmt: skip
+    x = to_unit_range(drawn).to(pipe.device, pipe.vae.dtype)  # (n, 3, H, W) in [-1, 1]
+    decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample  # (n, 3, H, W)
+    images = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return concept_scores(images, caption)

@@ -303,6 +303,7 @@ class Inspection:
     size: float = float("nan")  # sqrt of the shape's area, px
     angle: float = float("nan")
     colours: tuple[str, ...] = tuple(COLOURS)  # the names the colours were chosen from
+    shape_lab: tuple[float, float, float] | None = None  # the shape's median CIELAB colour
 
 
 @dataclass
@@ -363,12 +364,14 @@ def inspect(image, kinds: tuple[str, ...] = SHAPES, colours: tuple[str, ...] | N
     background, background_de = name_colour(bg_lab, colours)
     if not MIN_SHAPE_FRACTION <= fraction <= MAX_SHAPE_FRACTION:
         return Inspection(False, fraction, colour=colour, colour_delta_e=colour_de, background=background,
-                          background_delta_e=background_de, colours=named)  # fmt: skip
+                          background_delta_e=background_de, colours=named,
+                          shape_lab=tuple(float(v) for v in shape_lab))  # fmt: skip
     fits = {kind: fit_shape(t, kind) for kind in kinds}
     best = max(fits.values(), key=lambda f: f.iou)
     return Inspection(
         True, fraction, best.kind, best.iou, {k: f.iou for k, f in fits.items()}, colour, colour_de, background,
         background_de, best.cx, best.cy, float(np.sqrt(t.sum())), best.angle, named,
+        tuple(float(v) for v in shape_lab),
     )  # fmt: skip
 
 

@@ -3,7 +3,7 @@
     studio = PromptStudio(pipe)   # pipe from helpers.pipeline.load_pipeline()
     studio                        # shows the app in a notebook (or in Voila, as a web page)
 
-How it is built (the three ideas notebook 06 tours):
+How it is built (the three ideas notebook 07 tours):
 - **widgets hold values**: every control is a widget whose `.value` is a trait; `settings()` reads them all.
 - **events call functions**: `button.on_click(fn)` calls `fn(button)` on a click; `widget.observe(fn, "value")`
   calls `fn(change)` when a value changes (we use it to describe the memory preset).

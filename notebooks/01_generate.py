@@ -474,7 +474,7 @@ assert generate(pipe, prompt, seed=SEED, num_inference_steps=5, show_progress=Fa
 # %% [markdown]
 # ## Try it
 #
-# Change the prompt, seed or guidance and rerun. The prompt studio (notebook 06) does this with widgets.
+# Change the prompt, seed or guidance and rerun. The prompt studio (notebook 07) does this with widgets.
 
 # %%
 my_prompt = "a green triangle on a yellow background" if is_toy_family(pipe) else "a photo of an astronaut riding a horse on mars"

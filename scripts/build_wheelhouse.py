@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from torch_source import choose_torch_source, has_nvidia_driver  # noqa: E402
 
-#: Only notebook 05 (CLIP ranking with Flax and jax.pmap) needs these: 113 of 515 MB (22%), against torch's 191 MB.
+#: Only notebook 06 (CLIP ranking with Flax and jax.pmap) needs these: 113 of 515 MB (22%), against torch's 191 MB.
 #: No "small" wheelhouse without them: the project requires jax and flax, so `pip check` would fail on every laptop.
 JAX_ONLY = {"jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorstore", "treescope", "chex", "ml-dtypes"}
 

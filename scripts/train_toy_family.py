@@ -447,7 +447,8 @@ def train_v2(args) -> dict:
     vae = tr.build_mini_vae(sizes, seed=args.seed)
     vae_losses = tr.train_vae(
         vae, steps=scaled(sched.vae_steps), batch_size=sched.vae_batch, lr=sched.vae_lr,
-        kl_weight=sched.vae_kl_weight, seed=args.seed, size=V2_IMAGE_SIZE,
+        kl_weight=sched.vae_kl_weight, seed=args.seed, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
+        logvar_init=sched.vae_logvar_init,
     )  # fmt: skip
     times["mini VAE"] = time.perf_counter() - t0
     stats["vae_mse_first"], stats["vae_mse_last"] = vae_losses[0], float(np.mean(vae_losses[-20:]))

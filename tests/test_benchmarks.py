@@ -27,6 +27,7 @@ SMOKES = {
     "scale_out": [],
     "gpu_ladder": [],
     "memory_cpu": [],
+    "personalise": [],
 }
 
 pytestmark = pytest.mark.slow

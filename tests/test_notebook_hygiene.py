@@ -124,12 +124,13 @@ def test_log_in_if_needed_calls_login_only_where_should_log_in_says(monkeypatch,
 
 
 def test_lesson_order_and_openings():
-    """Use first (01), look inside (02), then the theory (03); 04 is kept for image editing. Each notebook opens
-    with what the learner will be able to do."""
+    """Use first (01), look inside (02), then the theory (03), edit images (04), teach the model a new word (05),
+    rank with CLIP (06), the studio (07). Each notebook opens with what the learner will be able to do."""
     names = [p.stem for p in sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb"))]
-    core = ["01_generate", "02_inside_the_pipeline", "03_diffusion_theory", "05_clip_ranking", "06_prompt_studio"]
-    assert [n for n in names if not n.startswith("04_")] == core
-    assert all(n == "04_image_editing" for n in names if n.startswith("04_"))
+    assert names == [
+        "01_generate", "02_inside_the_pipeline", "03_diffusion_theory", "04_image_editing", "05_new_words",
+        "06_clip_ranking", "07_prompt_studio",
+    ]  # fmt: skip
     for path in sorted(ROOT.glob("notebooks/[0-9][0-9]_*.ipynb")):
         first = next(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
         assert "What you will be able to do" in first, path.name

@@ -254,3 +254,25 @@ def test_new_concepts_calibration(size):
     for key in ("shape_as_star_fail", "star_as_shape_fail", "palette_as_magenta_fail", "red_as_magenta_fail",
                 "magenta_as_palette_fail", "red_as_orange_fail", "orange_as_palette_fail"):  # fmt: skip
         assert r[key] >= 0.99, (key, r)
+
+
+def test_concept_scores_measure_distance_to_the_named_colour_and_kind():
+    """Drawn orange circles: Delta E to orange small, circle IoU high; judged against magenta: Delta E large."""
+    rng = np.random.default_rng(0)
+    drawn = np.stack([np.asarray(draw_for_size(Combo("circle", "orange", "blue"), rng, 64)) for _ in range(6)])
+    right = P.concept_scores(drawn, "a <orange> circle on a blue background")
+    wrong = P.concept_scores(drawn, "a <magenta> circle on a blue background")
+    assert right["colour_delta_e"] < 8 and right["kind_iou"] > 0.93 and right["colour"] == 1.0
+    assert wrong["colour_delta_e"] > 40 and wrong["colour"] == 0.0
+    stars = np.stack([np.asarray(draw_for_size(Combo("star", "red", "blue"), rng, 64)) for _ in range(6)])
+    assert P.concept_scores(stars, "a red star on a blue background")["kind_iou"] > 0.9
+    assert P.concept_scores(stars, "a red circle on a blue background")["kind_iou"] < 0.85
+
+
+def test_vae_ceiling_of_the_committed_family(pipe):
+    """What notebook 05 asserts on the toy VAE: orange comes back orange, magenta and stars do not."""
+    assert P.vae_ceiling(pipe, "a <orange> circle on a blue background", 8)["colour"] >= 0.9
+    assert P.vae_ceiling(pipe, "a <magenta> circle on a blue background", 8)["colour"] <= 0.1
+    assert P.vae_ceiling(pipe, "a red star on a blue background", 8)["kind"] <= 0.1
+    with pytest.raises(ValueError, match="Name a shape"):
+        P.vae_ceiling(pipe, "a red shape", 4)

@@ -1,4 +1,4 @@
-"""The prompt studio in a real browser: Voila serves notebook 06 as a web app on localhost, headless Chromium
+"""The prompt studio in a real browser: Voila serves notebook 07 as a web app on localhost, headless Chromium
 (Debian's `chromium` + `chromium-driver`, installed by scripts/setup_browser.sh) types a prompt, clicks Generate,
 waits for the images, checks they are shown, and saves a screenshot under outputs/screenshots/.
 """
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 CHROMEDRIVER = Path(shutil.which("chromedriver") or "/usr/bin/chromedriver")
-NOTEBOOK = REPO_ROOT / "notebooks" / "06_prompt_studio.ipynb"
+NOTEBOOK = REPO_ROOT / "notebooks" / "07_prompt_studio.ipynb"
 VOILA = Path(sys.executable).with_name("voila")  # the .venv's voila: its kernel has `helpers` installed
 #: Screenshots are the point of this test, so they go to the repo's outputs/ (not the test sandbox).
 SCREENSHOTS = Path(os.environ.get("SD_SCREENSHOTS_DIR", REPO_ROOT / "outputs" / "screenshots"))

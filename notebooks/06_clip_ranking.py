@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 05 · Ranking generated images with CLIP, on any number of devices
+# # 06 · Ranking generated images with CLIP, on any number of devices
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/05_clip_ranking.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/06_clip_ranking.ipynb)
 #
 # The blog's "CLIP ranking" section (adapted from Boris Dayma's DALL-E Mini), made right, then taken further.
 #

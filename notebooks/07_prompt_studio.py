@@ -12,9 +12,9 @@
 # ---
 
 # %% [markdown]
-# # 06 · The prompt studio: a small app made of widgets
+# # 07 · The prompt studio: a small app made of widgets
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/06_prompt_studio.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/sd-step-by-step/sd-step-by-step/blob/main/notebooks/07_prompt_studio.ipynb)
 #
 # The blog imports `ipywidgets` and never uses it. Here we use it: a prompt studio where you change the prompt,
 # the seed, the steps, the guidance and the scheduler, press **Generate**, watch the progress bar, **Stop** a run
@@ -29,7 +29,7 @@
 #
 # **Needs**: nothing special. With a GPU (Colab: *Runtime > Change runtime type > GPU*) the studio runs the real
 # Stable Diffusion v1-4; without one, the whole notebook runs on CPU with the offline model (about 12 s under nbval on a shared 2-core machine).
-# Works with ipywidgets 7 (Colab) and 8 (Jupyter, VS Code); `voila notebooks/06_prompt_studio.ipynb` serves
+# Works with ipywidgets 7 (Colab) and 8 (Jupyter, VS Code); `voila notebooks/07_prompt_studio.ipynb` serves
 # it as a web app.
 
 # %% tags=["skip-execution", "nbval-skip"]
@@ -186,7 +186,7 @@ studio.height.value = pipe.unet.config.sample_size * pipe.vae_scale_factor
 # %% [markdown]
 # ## 4. Rank and save
 #
-# **Rank with CLIP** scores each image against the prompt with CLIP (notebook 05: the cosine similarity of the
+# **Rank with CLIP** scores each image against the prompt with CLIP (notebook 06: the cosine similarity of the
 # image and text embeddings times CLIP's temperature, $\text{score} = 100 \cos(E_I(x), E_T(p))$ for OpenAI's CLIP)
 # and reorders the gallery, best first. The studio takes any function `ranker(images, prompt) -> scores`;
 # `clip_ranker(model)` makes one from `helpers.clip_ranking`. By itself the studio picks the blog's CLIP for the
