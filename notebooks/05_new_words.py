@@ -37,10 +37,10 @@
 #   an adapter with `pipe.load_lora_weights` and `pipe.unload_lora_weights`;
 # - say what neither can teach: what the frozen decoder cannot draw.
 #
-# **Needs**: no GPU. On a CPU with the offline toy family, the two trainings take about 35 s each at these
-# settings (`benchmarks/personalise.py` measures them; the whole notebook about 4 minutes under nbval on a shared
-# 2-core machine). With a real model on a GPU the training cells print the recipe for v1-4 (images, steps, memory,
-# time, with sources) instead of training; the loading cells are the same. The helpers are in
+# **Needs**: no GPU. On a CPU with the offline toy family, the two trainings take about 50 s each at these settings
+# (`benchmarks/personalise.py` measures them), the whole notebook about 2 minutes (120 s in `make run` on a shared
+# 2-core machine). With a real model on a GPU the training cells skip and point to section 5, the recipe for v1-4
+# (images, steps, memory, time, with sources); the loading calls are the same. The helpers are in
 # `helpers/personalise.py`: open it beside this notebook.
 
 # %% tags=["skip-execution", "nbval-skip"]
@@ -169,7 +169,7 @@ assert torch.allclose(alphas_cumprod, ddpm.alphas_cumprod)
 # learned. `TIME_BUDGET_S` stops it too.
 
 # %%
-TI = dict(steps=500, lr=5e-3, batch_size=16)  # toy settings: ~35 s on 2 cores (benchmarks/personalise.py)
+TI = dict(steps=500, lr=5e-3, batch_size=16)  # toy settings: ~50 s on 2 cores (measured in make run)
 TIME_BUDGET_S = 240  # stop after this long, whatever the step
 OLD = [Combo("circle", "red", "blue"), Combo("square", "yellow", "black"), Combo("triangle", "white", "green")]
 if TOY:
@@ -301,7 +301,7 @@ if TOY:
 # learning stars does not make everything starry (DreamBooth's prior preservation, Ruiz et al. 2022).
 
 # %%
-LORA = dict(steps=500, lr=3e-3, batch_size=16)  # toy settings: ~35 s on 2 cores (benchmarks/personalise.py)
+LORA = dict(steps=500, lr=3e-3, batch_size=16)  # toy settings: ~50 s on 2 cores (measured in make run)
 RANK = 4
 if TOY:
     lora_pipe = load_pipeline(MODEL, dtype=torch.float32)  # a fresh pipeline: no <orange> in it
