@@ -106,7 +106,7 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
         row["train_s"] = time.perf_counter() - start
         P.save_lora(pipe, folder / "star-lora")
         loaded = load(args.model)
-        loaded.load_lora_weights(folder / "star-lora")
+        loaded.load_lora_weights(folder / "star-lora", weight_name=P.LORA_WEIGHT_NAME)
         row["adapter_params"] = P.parameter_counts(pipe.unet)["adapter"]
         row["adapter_bytes"] = P.lora_size(folder / "star-lora")
         unloaded = None

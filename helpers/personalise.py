@@ -422,7 +422,7 @@ def save_lora(pipe, directory: Path | str) -> Path:
     """Save the UNet's adapter as diffusers' LoRA file (`pytorch_lora_weights.safetensors`), with its rank and alpha.
 
     As diffusers' `examples/text_to_image/train_text_to_image_lora.py`; read it back with
-    `pipe.load_lora_weights(directory)`, remove it with `pipe.unload_lora_weights()`.
+    `pipe.load_lora_weights(directory, weight_name=LORA_WEIGHT_NAME)` (diffusers 0.39 needs the name when offline), remove it with `pipe.unload_lora_weights()`.
     """
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers

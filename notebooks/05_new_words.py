@@ -380,7 +380,9 @@ if TOY:
     P.save_lora(lora_pipe, folder)
     fresh = load_pipeline(MODEL, dtype=torch.float32)
     fresh.set_progress_bar_config(disable=True)
-    fresh.load_lora_weights(folder)
+    fresh.load_lora_weights(
+        folder, weight_name=P.LORA_WEIGHT_NAME
+    )  # the file's name: diffusers < 0.40 needs it offline
     loaded = P.generate_images(fresh, STAR_PROMPT, SEEDS[:4], STEPS)
     fresh.unload_lora_weights()
     unloaded = {c: P.generate_images(fresh, c.caption(), SEEDS, STEPS) for c in OLD}
@@ -470,7 +472,7 @@ if TOY:  # on a GPU, train an adapter first (section 5) or load one from the Hub
     fresh = load_pipeline(MODEL, dtype=torch.float32)
     fresh.set_progress_bar_config(disable=True)
     plain = P.generate_images(fresh, STAR_PROMPT, SEEDS[:4], STEPS)
-    fresh.load_lora_weights(folder, adapter_name="star")
+    fresh.load_lora_weights(folder, weight_name=P.LORA_WEIGHT_NAME, adapter_name="star")
     fresh.set_adapters("star", 0.0)
     off = P.generate_images(fresh, STAR_PROMPT, SEEDS[:4], STEPS)
     print(f"weight 0 vs no adapter: max abs diff {np.abs(off - plain).max():.1e}")

@@ -186,7 +186,7 @@ def test_lora_round_trip_and_unload_restore_exact_outputs(pipe, tmp_path):
     path = P.save_lora(pipe, tmp_path / "star-lora")
     assert path.exists() and P.lora_size(tmp_path / "star-lora") < 4 * counts["unet"] / 10
     fresh = load_toy()
-    fresh.load_lora_weights(tmp_path / "star-lora")
+    fresh.load_lora_weights(tmp_path / "star-lora", weight_name=P.LORA_WEIGHT_NAME)
     assert torch.allclose(torch.from_numpy(images_of(fresh, prompt)), torch.from_numpy(trained), atol=1e-6)
     fresh.unload_lora_weights()
     assert torch.allclose(torch.from_numpy(images_of(fresh, prompt)), torch.from_numpy(base), atol=1e-6)
