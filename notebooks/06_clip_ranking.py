@@ -42,7 +42,7 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("helpers") is None:
-    spec = "sd-step-by-step @ git+https://github.com/sd-step-by-step/sd-step-by-step@v0.2.0"
+    spec = "sd-step-by-step @ git+https://github.com/sd-step-by-step/sd-step-by-step@v0.3.0"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
 
 # %% [markdown]
