@@ -35,8 +35,9 @@ import torch
 from torch.nn import functional as F
 
 from .diffusion import q_sample
+from .inside import decode_latents, encode_images
 from .shapes_data import TEMPLATES, ShapesDataset, concept_combos, draw_for_size
-from .training import to_unit_range
+from .training import encode_latents, to_unit_range
 
 #: The word each new concept is called by in captions: textual inversion learns a new token, LoRA an old word.
 CONCEPT_WORDS = {"magenta": "<magenta>", "orange": "<orange>", "star": "star"}
@@ -109,18 +110,6 @@ def noise_schedule(pipe) -> torch.Tensor:
     return ddpm.alphas_cumprod  # (T,)
 
 
-@torch.no_grad()
-def encode_posteriors(pipe, images: np.ndarray, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen VAE's posterior mean and std of every image (uint8 (N, H, W, 3)): two (N, 4, h, w) tensors."""
-    means, stds = [], []
-    for i in range(0, len(images), batch_size):
-        x = to_unit_range(images[i : i + batch_size]).to(pipe.device, pipe.vae.dtype)  # (n, 3, H, W) in [-1, 1]
-        dist = pipe.vae.encode(x).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
-    return torch.cat(means), torch.cat(stds)
-
-
 def tokenize(pipe, captions: Sequence[str]) -> torch.Tensor:
     """Token ids as the pipeline makes them: padded to `model_max_length` (77): (N, 77)."""
     tok = pipe.tokenizer
@@ -156,7 +145,7 @@ def fixed_batch_loss(pipe, images, captions: Sequence[str], seed: int = 0, draws
     images = _as_images(images)
     generator = torch.Generator().manual_seed(seed)
     alphas_cumprod = noise_schedule(pipe)
-    latents_mean, latents_std = encode_posteriors(pipe, images)
+    latents_mean, latents_std = encode_latents(pipe.vae, images, batch_size=64)
     states = pipe.text_encoder(tokenize(pipe, captions))[0]  # (N, 77, D)
     losses = [diffusion_loss(pipe, latents_mean, latents_std, states, alphas_cumprod, generator) for _ in range(draws)]
     return float(torch.stack(losses).mean())
@@ -291,7 +280,7 @@ def train_textual_inversion(
         )
     generator = torch.Generator().manual_seed(seed)
     alphas_cumprod = noise_schedule(pipe)
-    latents_mean, latents_std = encode_posteriors(pipe, images)
+    latents_mean, latents_std = encode_latents(pipe.vae, images, batch_size=64)
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
     table = pipe.text_encoder.get_input_embeddings().weight  # (V, D)
@@ -398,7 +387,7 @@ def train_lora(
     _check_training_inputs(pipe, images, captions, steps, lr, batch_size)
     generator = torch.Generator().manual_seed(seed)
     alphas_cumprod = noise_schedule(pipe)
-    latents_mean, latents_std = encode_posteriors(pipe, images)
+    latents_mean, latents_std = encode_latents(pipe.vae, images, batch_size=64)
     with torch.no_grad():
         states = torch.cat([pipe.text_encoder(ids)[0] for ids in tokenize(pipe, captions).split(64)])  # (N, 77, D)
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -521,7 +510,5 @@ def vae_ceiling(pipe, caption: str, n: int, seed: int = 123) -> dict[str, float]
     rng = np.random.default_rng(seed)
     drawn = np.stack([np.asarray(draw_for_size(Combo(want.shape, want.colour, want.background), rng, image_size(pipe)))
                       for _ in range(n)])  # fmt: skip
-    x = to_unit_range(drawn).to(pipe.device, pipe.vae.dtype)  # (n, 3, H, W) in [-1, 1]
-    decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample  # (n, 3, H, W)
-    images = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return concept_scores(images, caption)
+    round_trip = decode_latents(pipe, encode_images(pipe, to_unit_range(drawn)))  # (n, H, W, 3) in [0, 1]
+    return concept_scores(round_trip, caption)

@@ -386,10 +386,11 @@ def edge_l1(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_latents(vae, images: np.ndarray, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every image: two (N, 4, 8, 8) tensors, unscaled."""
+    """Posterior mean and std of every image (uint8 (N, H, W, 3)): two (N, 4, h, w) tensors, unscaled, on the
+    VAE's device."""
     means, stds = [], []
     for i in range(0, len(images), batch_size):
-        dist = vae.encode(to_unit_range(images[i : i + batch_size])).latent_dist
+        dist = vae.encode(to_unit_range(images[i : i + batch_size]).to(vae.device, vae.dtype)).latent_dist
         means.append(dist.mean)
         stds.append(dist.std)
     return torch.cat(means), torch.cat(stds)
