@@ -1,6 +1,6 @@
 """Train the toy Stable Diffusion family on CPU and save it (default: models/).
 
-    python scripts/train_toy_family.py --out .cache/toy-v2     # the second generation (64 px, 8x VAE); ~45 min
+    python scripts/train_toy_family.py --out .cache/toy-v2     # the second generation (64 px, 8x VAE); ~90 min
     python scripts/train_toy_family.py --scale 0.01 --out /tmp/toy-models   # a quick rehearsal
     python scripts/train_toy_family.py --family v1              # the first generation (32 px, 4x VAE)
 
@@ -206,6 +206,13 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
     )
     command = f"`{COMMAND} --out DIR` (seed {summary['seed']}; all seeds fixed; `--scale 0.01` for a rehearsal)"
     metrics = f"Metrics (`python scripts/quality.py --models DIR`, judge = `helpers/strict_judge.py`):\n\n{table}"
+    vae_recipe = f"VAE: {sch['vae_steps']} steps of {sch['vae_batch']} fresh images at lr {sch['vae_lr']}"
+    vae_recipe += "".join(f", then {n} at lr {lr}" for n, lr, _ in sch.get("vae_refine", ()))
+    vae_recipe += (
+        f"; MSE + L1 + edge L1 + {sch['vae_kl_weight']} KL"
+        if sch.get("vae_edges")
+        else f"; MSE + {sch['vae_kl_weight']} KL"
+    )
     sd = f"""{_card_header("diffusers", "text-to-image")}
 # toy-sd (v2): Stable Diffusion v1's recipe and geometry at toy scale
 
@@ -229,7 +236,7 @@ image = pipe("a red circle on a blue background", num_inference_steps=10, guidan
 
 {data}
 
-Training: {command}. VAE: {sch["vae_steps"]} steps of {sch["vae_batch"]} fresh images, MSE + {sch["vae_kl_weight"]} KL.
+Training: {command}. {vae_recipe}.
 UNet: {sch["unet_steps"]} steps of {sch["unet_batch"]} latents ({sch["unet_images"]:,} images encoded once, a fresh
 posterior sample each time, scaled by the VAE's scaling_factor), epsilon objective on SD v1's noise schedule,
 AdamW lr {sch["unet_lr"]} with warm-up and cosine decay, EMA {sch["ema_decay"]}; captions in a random form, replaced
@@ -450,6 +457,11 @@ def train_v2(args) -> dict:
         kl_weight=sched.vae_kl_weight, seed=args.seed, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
         logvar_init=sched.vae_logvar_init,
     )  # fmt: skip
+    for steps, lr, seed_offset in sched.vae_refine:  # lower learning rates: the corners sharpen last
+        vae_losses += tr.train_vae(
+            vae, steps=scaled(steps), batch_size=sched.vae_batch, lr=lr, kl_weight=sched.vae_kl_weight,
+            seed=args.seed + seed_offset, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
+        )  # fmt: skip
     times["mini VAE"] = time.perf_counter() - t0
     stats["vae_mse_first"], stats["vae_mse_last"] = vae_losses[0], float(np.mean(vae_losses[-20:]))
     print(f"mini VAE: reconstruction MSE {vae_losses[0]:.4f} -> {stats['vae_mse_last']:.5f}", flush=True)
