@@ -341,6 +341,22 @@ def vae_error(pipe, n: int, seed: int = 999) -> dict:
     return out
 
 
+@torch.no_grad()
+def vae_round_trip(pipe, n: int, seed: int = 4242) -> dict:
+    """The VAE's ceiling: drawn images through encode (posterior mean) -> decode, judged against their captions.
+
+    No prompt can make the pipeline draw better than its decoder gives back a drawn picture.
+    """
+    data = training_data(pipe, n, seed=seed)
+    x = tr.to_unit_range(data.images)
+    recon = torch.cat(
+        [pipe.vae.decode(pipe.vae.encode(x[i : i + 50]).latent_dist.mean).sample for i in range(0, n, 50)]
+    )
+    images = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (N, H, W, 3) uint8
+    row, _ = grade(images, [c.caption() for c in data.combos])
+    return row
+
+
 def single_image_seconds(pipe, prompt: str = "a red circle on a blue background", repeats: int = 3) -> float:
     """Wall time of one default pipeline call (1 image, the default steps, guidance 7.5)."""
     from helpers.pipeline import DEFAULT_STEPS
@@ -366,6 +382,7 @@ def measure(models_dir: Path = MODELS_DIR, smoke: bool = False, quick: bool | No
     result["inpaint"] = inpaint_rows(pipe, quick)
     result["clip"] = clip_retrieval(clip, tokenizer, pipe, per_combo=1 if quick else 10)
     result["vae"] = vae_error(pipe, n=32 if quick else 256)
+    result["vae"]["round_trip"] = vae_round_trip(pipe, n=24 if quick else 300)
     result["seconds_per_image_single_call"] = single_image_seconds(pipe, repeats=1 if quick else 3)
     result["measure_seconds"] = time.perf_counter() - t0
     result["torch_threads"] = torch.get_num_threads()
@@ -421,6 +438,9 @@ def markdown_table(r: dict) -> str:
         ("Mini-CLIP retrieval top-1, held-out / training images (of 90 captions)",
          f"{pct(r['clip']['retrieval_top1_held_out'])} / {pct(r['clip']['retrieval_top1_train_combos'])}",
          f"{r['clip']['n_held_out']} / {r['clip']['n_train_combos']} images", ""),
+        ("VAE round trip of drawn images (its ceiling): faithful / mean IoU",
+         f"{pct(r['vae']['round_trip']['faithful'])} / {r['vae']['round_trip']['mean_iou']:.3f}",
+         f"{r['vae']['round_trip']['n']} images", ""),
         ("VAE reconstruction MSE, held-out / training (pixels in [-1, 1])",
          f"{r['vae']['vae_mse_held_out']:.5f} / {r['vae']['vae_mse_train_combos']:.5f}", "", ""),
         (f"Seconds per image (1 image, {r['default']}, guidance 7.5)", f"{r['seconds_per_image_single_call']:.3f}",

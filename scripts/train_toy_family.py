@@ -1,8 +1,8 @@
 """Train the toy Stable Diffusion family on CPU and save it (default: models/).
 
-    python scripts/train_toy_family.py --out .cache/toy-v2     # the second generation (64 px, 8x VAE); ~90 min
+    python scripts/train_toy_family.py --family v2 --out .cache/toy-v2   # the second generation (64 px, 8x VAE); ~90 min
     python scripts/train_toy_family.py --scale 0.01 --out /tmp/toy-models   # a quick rehearsal
-    python scripts/train_toy_family.py --family v1              # the first generation (32 px, 4x VAE)
+    python scripts/train_toy_family.py                          # the first generation (32 px, 4x VAE), the default
 
 What it does, in the order Stable Diffusion v1 was built:
   1. the shape judge (a tiny CNN, independent of CLIP)          -> shape-judge/
