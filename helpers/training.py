@@ -333,7 +333,7 @@ def build_mini_vae(sizes: ToySizes | None = None, seed: int = 0):
 def train_vae(
     vae, steps: int = 1200, batch_size: int = 32, lr: float = 2e-3, kl_weight: float = 1e-4, seed: int = 0,
     combos: list[Combo] | None = None, progress: bool = True, size: int | None = None, edges: bool = False,
-    logvar_init: float | None = None,
+    logvar_init: float | None = None, latent_noise: float = 0.0,
 ) -> list[float]:  # fmt: skip
     """Train the VAE on fresh images: reconstruction MSE plus a small KL pull towards N(0, I).
 
@@ -344,6 +344,9 @@ def train_vae(
     pixels and of their horizontal and vertical differences, $|\\hat x - x| + |\\nabla \\hat x - \\nabla x|$.
     `logvar_init` starts the posterior's log-variance there (e.g. -8: sigma 0.02) instead of 0: with the tiny
     KL weight the encoder would otherwise spend its first thousands of steps outshouting unit noise.
+    `latent_noise` adds Gaussian noise of that std (in the latents' own, unscaled units) to every sampled latent
+    before decoding, so the decoder learns to give the same picture back from a neighbourhood of each latent:
+    the slightly-off latents a UNet produces then still decode to clean shapes.
     Returns the reconstruction MSE per step (pixels in [-1, 1]).
     """
     from tqdm.auto import tqdm
@@ -365,7 +368,10 @@ def train_vae(
         else:
             x = to_unit_range(np.stack([np.asarray(draw_v2(combos[i], rng, size)[0]) for i in picks]))  # (B, 3, 64, 64)
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample  # (B, 3, 32, 32)
+        z = posterior.sample()
+        if latent_noise:
+            z = z + latent_noise * torch.randn_like(z)
+        recon = vae.decode(z).sample  # (B, 3, H, W)
         mse = F.mse_loss(recon, x)
         # KL(q(z|x) || N(0, I)) per latent element: 0.5 (mu^2 + sigma^2 - 1 - log sigma^2)
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
@@ -454,18 +460,29 @@ def noise_scheduler():
     )
 
 
+def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-$\\gamma$ loss weights for an epsilon objective: $w_t = \\min(\\mathrm{SNR}_t, \\gamma) / \\mathrm{SNR}_t$,
+    with $\\mathrm{SNR}_t = \\bar\\alpha_t / (1 - \\bar\\alpha_t)$ (Hang et al. 2023, https://arxiv.org/abs/2303.09556)."""
+    alphas_cumprod = scheduler.alphas_cumprod[timesteps]
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return snr.clamp(max=gamma) / snr
+
+
 def train_unet(
     unet, latents_mean: torch.Tensor, latents_std: torch.Tensor, scaling_factor: float, combo_index: torch.Tensor,
     cond_states: torch.Tensor, uncond_state: torch.Tensor, steps: int = 2800, batch_size: int = 128,
     lr: float = 1e-3, ema_decay: float = 0.995, p_uncond: float = P_UNCOND, seed: int = 0, progress: bool = True,
-    template_weights: torch.Tensor | None = None,
+    template_weights: torch.Tensor | None = None, snr_gamma: float | None = None,
 ) -> tuple[torch.nn.Module, list[float]]:  # fmt: skip
     """Epsilon-prediction training on precomputed latents; returns the EMA of the weights and the losses.
 
     latents_mean/std: (N, 4, 8, 8) VAE posteriors; combo_index: (N,) row of `cond_states`;
     cond_states: (C, T, 77, D) frozen text states of every combination x template;
     uncond_state: (77, D) the states of "" (what the pipeline uses as the negative prompt);
-    template_weights: (T,) how often each template/caption form is drawn (default: uniformly).
+    template_weights: (T,) how often each template/caption form is drawn (default: uniformly);
+    snr_gamma: Min-SNR weighting (Hang et al. 2023, https://arxiv.org/abs/2303.09556): each sample's loss is
+    weighted by $\\min(\\mathrm{SNR}_t, \\gamma) / \\mathrm{SNR}_t$, which stops the nearly clean steps from
+    dominating the gradient (diffusers' train_text_to_image.py `--snr_gamma`, 5 recommended). None: plain MSE.
     """
     import copy
 
@@ -496,7 +513,11 @@ def train_unet(
         states = cond_states[combo_index[idx], template].clone()  # (B, 77, D)
         drop = torch.rand(batch_size, generator=gen) < p_uncond  # caption dropout -> unconditional model
         states[drop] = uncond_state
-        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample, noise)
+        err = F.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample, noise, reduction="none")
+        if snr_gamma is None:
+            loss = err.mean()
+        else:
+            loss = (err.mean(dim=(1, 2, 3)) * min_snr_weights(scheduler, t, snr_gamma)).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

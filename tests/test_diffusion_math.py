@@ -240,3 +240,17 @@ def test_unet_flops_latent_vs_pixel_space():
 def test_sample_image():
     image = load_sample_image(64)
     assert image.shape == (3, 64, 64) and image.min() >= -1 and image.max() <= 1 and image.std() > 0.1
+
+
+def test_min_snr_weights_match_diffusers_recipe():
+    """training.min_snr_weights is diffusers' train_text_to_image.py --snr_gamma weighting for epsilon."""
+    from helpers.training import min_snr_weights, noise_scheduler
+
+    scheduler = noise_scheduler()
+    timesteps = torch.arange(0, 1000, 37)
+    snr = compute_snr(scheduler, timesteps)
+    expected = torch.stack([snr, 5.0 * torch.ones_like(timesteps)], dim=1).min(dim=1)[0] / snr
+    _close(min_snr_weights(scheduler, timesteps, 5.0), expected, rtol=1e-5, atol=1e-7)
+    weights = min_snr_weights(scheduler, timesteps, 5.0)
+    assert weights.max() <= 1.0 + 1e-6 and weights[0] < 0.01  # nearly clean steps are damped
+    assert torch.allclose(weights[snr <= 5.0], torch.ones(int((snr <= 5.0).sum())))  # noisy steps keep weight 1

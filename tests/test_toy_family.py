@@ -113,6 +113,13 @@ def test_short_training_schedule_runs_and_losses_fall(tokenizer):
         unet, means, stds, scaling, index, cond, uncond, steps=60, batch_size=32, lr=2e-3, progress=False
     )
     assert np.mean(unet_losses[-10:]) < 0.9 * np.mean(unet_losses[:10]), unet_losses
+    # Min-SNR weighting: same seed, same batches; each step's loss is the plain one reweighted by w_t <= 1
+    args = (means, stds, scaling, index, cond, uncond)
+    _, plain = tr.train_unet(tr.build_mini_unet(TINY.text_width, TINY), *args, steps=3, batch_size=32, progress=False)
+    _, weighted = tr.train_unet(
+        tr.build_mini_unet(TINY.text_width, TINY), *args, steps=3, batch_size=32, progress=False, snr_gamma=5.0
+    )
+    assert weighted[0] < plain[0]  # identical first batch: the nearly clean timesteps count less
     pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle on a blue background", num_inference_steps=3, output_type="np").images
@@ -141,6 +148,23 @@ def test_edge_loss_and_logvar_start_of_the_v2_vae_recipe():
     assert [lr for _, lr, _ in tr.V2_SCHEDULE.vae_refine] == [2e-4, 1e-4]
     assert not tr.Schedule().vae_edges and tr.Schedule().vae_logvar_init is None  # the committed v1 recipe as it was
     assert tr.Schedule().vae_refine == ()
+
+
+def test_vae_latent_noise_reaches_the_decoder():
+    """`latent_noise` perturbs the latent the decoder reads (so it learns to decode a neighbourhood of each latent);
+    without it the decoder reads the posterior sample, within its own tiny std of the mean."""
+    seen = {}
+
+    def spread_from_mean(noise: float) -> float:
+        vae = tr.build_mini_vae(tr.V2_SIZES, seed=0)
+        vae.quant_conv.register_forward_hook(lambda m, i, out: seen.__setitem__("mean", out[:, :4].detach()))
+        vae.post_quant_conv.register_forward_pre_hook(lambda m, args: seen.__setitem__("z", args[0].detach()))
+        tr.train_vae(vae, steps=1, batch_size=4, lr=1e-6, size=64, logvar_init=-8.0, latent_noise=noise,
+                     progress=False)  # fmt: skip
+        return float((seen["z"] - seen["mean"]).std())
+
+    assert spread_from_mean(0.0) < 0.05  # sigma = exp(-8 / 2) = 0.018
+    assert 0.4 < spread_from_mean(0.5) < 0.6
 
 
 def test_committed_models_are_small():
