@@ -88,13 +88,11 @@ class Schedule:
     vae_logvar_init: float | None = None  # start the posterior's log-variance here (`train_vae`)
     #: more VAE phases after the first, each (steps, lr, seed offset) with its own warm-up and cosine decay
     vae_refine: tuple[tuple[int, float, int], ...] = ()
-    vae_refine_latent_noise: float = 0.0  # `train_vae(latent_noise=)` in the refine phases: a forgiving decoder
     unet_images: int = 8100  # training images encoded once to latents (100 per training combination)
     unet_steps: int = 2000
     unet_batch: int = 64
     unet_lr: float = 1e-3
     ema_decay: float = 0.995
-    unet_snr_gamma: float | None = None  # `train_unet(snr_gamma=)`: Min-SNR loss weighting; None = plain MSE
     extra: dict = field(default_factory=dict)
 
 
@@ -465,9 +463,10 @@ def noise_scheduler():
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-$\\gamma$ loss weights for an epsilon objective: $w_t = \\min(\\mathrm{SNR}_t, \\gamma) / \\mathrm{SNR}_t$,
     with $\\mathrm{SNR}_t = \\bar\\alpha_t / (1 - \\bar\\alpha_t)$ (Hang et al. 2023, https://arxiv.org/abs/2303.09556)."""
-    alphas_cumprod = scheduler.alphas_cumprod[timesteps]
-    snr = alphas_cumprod / (1 - alphas_cumprod)
-    return snr.clamp(max=gamma) / snr
+    from .diffusion import snr
+
+    snr_t = snr(scheduler.alphas_cumprod[timesteps])
+    return snr_t.clamp(max=gamma) / snr_t
 
 
 def train_unet(

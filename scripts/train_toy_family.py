@@ -208,14 +208,11 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
     metrics = f"Metrics (`python scripts/quality.py --models DIR`, judge = `helpers/strict_judge.py`):\n\n{table}"
     vae_recipe = f"VAE: {sch['vae_steps']} steps of {sch['vae_batch']} fresh images at lr {sch['vae_lr']}"
     vae_recipe += "".join(f", then {n} at lr {lr}" for n, lr, _ in sch.get("vae_refine", ()))
-    if sch.get("vae_refine_latent_noise"):
-        vae_recipe += f" (those phases decode latents with added noise of std {sch['vae_refine_latent_noise']})"
     vae_recipe += (
         f"; MSE + L1 + edge L1 + {sch['vae_kl_weight']} KL"
         if sch.get("vae_edges")
         else f"; MSE + {sch['vae_kl_weight']} KL"
     )
-    snr_text = f", Min-SNR-{sch['unet_snr_gamma']:g} loss weights" if sch.get("unet_snr_gamma") else ""
     sd = f"""{_card_header("diffusers", "text-to-image")}
 # toy-sd (v2): Stable Diffusion v1's recipe and geometry at toy scale
 
@@ -242,7 +239,7 @@ image = pipe("a red circle on a blue background", num_inference_steps=10, guidan
 Training: {command}. {vae_recipe}.
 UNet: {sch["unet_steps"]} steps of {sch["unet_batch"]} latents ({sch["unet_images"]:,} images encoded once, a fresh
 posterior sample each time, scaled by the VAE's scaling_factor), epsilon objective on SD v1's noise schedule,
-AdamW lr {sch["unet_lr"]} with warm-up and cosine decay, EMA {sch["ema_decay"]}{snr_text}; captions in a random form, replaced
+AdamW lr {sch["unet_lr"]} with warm-up and cosine decay, EMA {sch["ema_decay"]}; captions in a random form, replaced
 by "" 15% of the time so classifier-free guidance works. {timing}
 
 {metrics}
@@ -464,7 +461,6 @@ def train_v2(args) -> dict:
         vae_losses += tr.train_vae(
             vae, steps=scaled(steps), batch_size=sched.vae_batch, lr=lr, kl_weight=sched.vae_kl_weight,
             seed=args.seed + seed_offset, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
-            latent_noise=sched.vae_refine_latent_noise,
         )  # fmt: skip
     times["mini VAE"] = time.perf_counter() - t0
     stats["vae_mse_first"], stats["vae_mse_last"] = vae_losses[0], float(np.mean(vae_losses[-20:]))
@@ -491,7 +487,7 @@ def train_v2(args) -> dict:
     ema, unet_losses = tr.train_unet(
         unet, means, stds, scaling_factor, combo_index, cond, uncond, steps=scaled(sched.unet_steps),
         batch_size=sched.unet_batch, lr=sched.unet_lr, ema_decay=sched.ema_decay, seed=args.seed,
-        template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32), snr_gamma=sched.unet_snr_gamma,
+        template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32),
     )  # fmt: skip
     times["mini UNet"] = time.perf_counter() - t0
     stats["unet_loss_first"] = float(np.mean(unet_losses[:20]))
