@@ -204,9 +204,13 @@ def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float = 0.0
     return pts @ rot.T + np.array([cx, cy])
 
 
-def draw_v2(combo: Combo, rng: np.random.Generator, size: int = V2_IMAGE_SIZE) -> tuple[Image.Image, dict]:
+def draw_v2(
+    combo: Combo, rng: np.random.Generator, size: int = V2_IMAGE_SIZE, rotate: bool = True
+) -> tuple[Image.Image, dict]:
     """Draw one second-generation image: random size, position, rotation and slight colour jitter.
 
+    `rotate=False` draws squares and triangles upright (angle 0) from the same random draws, so the same seed
+    gives the same sizes, positions and colours either way.
     Returns the image and its geometry: centre (cx, cy) in px, half-extent r in px, angle in radians.
     """
     big = size * SUPERSAMPLE
@@ -217,6 +221,7 @@ def draw_v2(combo: Combo, rng: np.random.Generator, size: int = V2_IMAGE_SIZE) -
     margin = EXTENT[combo.shape] * r + 0.04 * size  # the shape never touches the border
     cx, cy = rng.uniform(margin, size - margin, size=2)
     angle = float(rng.uniform(0, 2 * np.pi)) if combo.shape != "circle" else 0.0
+    angle = angle if rotate else 0.0
     if combo.shape == "circle":
         k = SUPERSAMPLE
         pen.ellipse([(cx - r) * k, (cy - r) * k, (cx + r) * k, (cy + r) * k], fill=fill)
@@ -288,9 +293,10 @@ def make_dataset(
 
 
 def make_dataset_v2(n: int, seed: int = 0, combos: list[Combo] | None = None, size: int = V2_IMAGE_SIZE,
-                    form: int | None = None) -> ShapesDataset:  # fmt: skip
+                    form: int | None = None, rotate: bool = True) -> ShapesDataset:  # fmt: skip
     """The second generation's data: `draw_v2` images, captions in a random `V2_CAPTION_FORMS` form
-    (weighted by `v2_form_weights`; `form=0` gives every image the canonical full caption).
+    (weighted by `v2_form_weights`; `form=0` gives every image the canonical full caption; `rotate=False`:
+    upright squares and triangles).
 
     Deterministic: the same arguments give the same pixels and captions.
     """
@@ -299,7 +305,7 @@ def make_dataset_v2(n: int, seed: int = 0, combos: list[Combo] | None = None, si
     picks = [combos[i % len(combos)] for i in range(n)]
     order = rng.permutation(n)
     picks = [picks[i] for i in order]
-    drawn = [draw_v2(c, rng, size) for c in picks]
+    drawn = [draw_v2(c, rng, size, rotate) for c in picks]
     images = np.stack([np.asarray(im) for im, _ in drawn])  # (n, size, size, 3)
     forms = rng.choice(len(V2_CAPTION_FORMS), size=n, p=v2_form_weights()) if form is None else np.full(n, form)
     captions = [v2_caption(c, int(f)) for c, f in zip(picks, forms)]

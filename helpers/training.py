@@ -62,6 +62,8 @@ class ToySizes:
     unet_channels: tuple[int, ...] = (32, 64)
     unet_layers_per_block: int = 1
     unet_groups: int = 16
+    #: attention heads per UNet block (diffusers' `attention_head_dim`, which counts heads, as SD v1's 8 does)
+    unet_heads: int | tuple[int, ...] = 8
     image_size: int = IMAGE_SIZE
 
 
@@ -440,7 +442,7 @@ def build_mini_unet(cross_attention_dim: int, sizes: ToySizes | None = None, see
         down_block_types=("CrossAttnDownBlock2D",) * n,
         up_block_types=("CrossAttnUpBlock2D",) * n,
         cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
+        attention_head_dim=s.unet_heads,
         norm_num_groups=s.unet_groups,
     )
 
@@ -473,7 +475,7 @@ def train_unet(
     unet, latents_mean: torch.Tensor, latents_std: torch.Tensor, scaling_factor: float, combo_index: torch.Tensor,
     cond_states: torch.Tensor, uncond_state: torch.Tensor, steps: int = 2800, batch_size: int = 128,
     lr: float = 1e-3, ema_decay: float = 0.995, p_uncond: float = P_UNCOND, seed: int = 0, progress: bool = True,
-    template_weights: torch.Tensor | None = None, snr_gamma: float | None = None,
+    template_weights: torch.Tensor | None = None, snr_gamma: float | None = None, callback=None,
 ) -> tuple[torch.nn.Module, list[float]]:  # fmt: skip
     """Epsilon-prediction training on precomputed latents; returns the EMA of the weights and the losses.
 
@@ -484,6 +486,8 @@ def train_unet(
     snr_gamma: Min-SNR weighting (Hang et al. 2023, https://arxiv.org/abs/2303.09556): each sample's loss is
     weighted by $\\min(\\mathrm{SNR}_t, \\gamma) / \\mathrm{SNR}_t$, which stops the nearly clean steps from
     dominating the gradient (diffusers' train_text_to_image.py `--snr_gamma`, 5 recommended). None: plain MSE.
+    callback: called as `callback(steps_done, ema)` after every step (e.g. to judge the EMA weights along the way);
+    it must not change `ema`.
     """
     import copy
 
@@ -529,6 +533,8 @@ def train_unet(
             for p_ema, p in zip(ema.parameters(), unet.parameters()):
                 p_ema.lerp_(p, 1 - decay)
         losses.append(loss.item())
+        if callback is not None:
+            callback(step + 1, ema)
     unet.eval()
     return ema, losses
 

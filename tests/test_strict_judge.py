@@ -66,6 +66,21 @@ def test_geometry_is_measured():
     assert s.size == pytest.approx(area**0.5, rel=0.03)
 
 
+def test_upright_drawing_keeps_every_other_draw():
+    """`rotate=False` draws squares and triangles at angle 0 from the same random numbers: same place and size."""
+    for shape in ("square", "triangle"):
+        combo = Combo(shape, "white", "black")
+        (tilted, geo), (upright, geo0) = (draw_v2(combo, np.random.default_rng(4), rotate=r) for r in (True, False))
+        assert geo0["angle"] == 0 and geo["angle"] != 0
+        assert (geo0["cx"], geo0["cy"], geo0["r"]) == (geo["cx"], geo["cy"], geo["r"])
+        assert not np.array_equal(np.asarray(tilted), np.asarray(upright))
+        s = sj.inspect(upright)
+        assert s.kind == shape and s.iou >= 0.97
+    data = make_dataset_v2(12, seed=2, rotate=False)
+    assert all(g["angle"] == 0 for g in data.geometry)
+    assert data.captions == make_dataset_v2(12, seed=2).captions
+
+
 def test_wrong_pictures_fail_for_the_right_reason():
     rng = np.random.default_rng(7)
     img, _ = draw_v2(Combo("circle", "red", "blue"), rng)

@@ -115,7 +115,12 @@ def test_short_training_schedule_runs_and_losses_fall(tokenizer):
     assert np.mean(unet_losses[-10:]) < 0.9 * np.mean(unet_losses[:10]), unet_losses
     # Min-SNR weighting: same seed, same batches; each step's loss is the plain one reweighted by w_t <= 1
     args = (means, stds, scaling, index, cond, uncond)
-    _, plain = tr.train_unet(tr.build_mini_unet(TINY.text_width, TINY), *args, steps=3, batch_size=32, progress=False)
+    seen = []  # the callback sees every step count and the EMA weights that train_unet returns
+    plain_ema, plain = tr.train_unet(
+        tr.build_mini_unet(TINY.text_width, TINY), *args, steps=3, batch_size=32, progress=False,
+        callback=lambda step, weights: seen.append((step, weights)),
+    )  # fmt: skip
+    assert [step for step, _ in seen] == [1, 2, 3] and all(w is plain_ema for _, w in seen)
     _, weighted = tr.train_unet(
         tr.build_mini_unet(TINY.text_width, TINY), *args, steps=3, batch_size=32, progress=False, snr_gamma=5.0
     )
@@ -124,6 +129,46 @@ def test_short_training_schedule_runs_and_losses_fall(tokenizer):
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle on a blue background", num_inference_steps=3, output_type="np").images
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+
+
+def test_unet_heads_reach_every_attention_layer():
+    """`ToySizes.unet_heads` is diffusers' `attention_head_dim` (a head count): one number, or one per block."""
+    from dataclasses import replace
+
+    unet = tr.build_mini_unet(TINY.text_width, replace(TINY, unet_heads=(1, 2)))
+    heads = [blk.attentions[0].transformer_blocks[0].attn1.heads for blk in unet.down_blocks]
+    assert heads == [1, 2]
+    assert {m.heads for m in unet.modules() if type(m).__name__ == "Attention"} == {1, 2}
+    default = tr.build_mini_unet(TINY.text_width, TINY)  # 8 heads, as SD v1's attention_head_dim=8
+    assert {m.heads for m in default.modules() if type(m).__name__ == "Attention"} == {8}
+
+
+@pytest.mark.slow
+def test_unet_experiment_trains_judges_at_each_evaluation_and_refuses_bad_folders(tokenizer, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("unet_experiment", REPO_ROOT / "scripts" / "unet_experiment.py")
+    exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exp)
+    clip_dir, vae_dir, out = tmp_path / "clip", tmp_path / "vae", tmp_path / "results"
+    tr.save_clip(tr.build_mini_clip(TINY), clip_dir)
+    tr.build_mini_vae(TINY).save_pretrained(vae_dir)
+    with pytest.raises(SystemExit):
+        exp.main(["--clip", str(clip_dir), "--vae", str(tmp_path / "nowhere")])
+    assert "no config.json there" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        exp.main(["--clip", str(clip_dir), "--vae", str(vae_dir), "--steps", "2", "--evals", "5"])
+    assert "between 1 and --steps 2" in capsys.readouterr().err
+    rows = exp.main(
+        ["--clip", str(clip_dir), "--vae", str(vae_dir), "--steps", "2", "--batch", "4", "--images", "16",
+         "--channels", "16,32", "--heads", "1,2", "--evals", "1,2", "--quick", "--upright", "--out", str(out)]
+    )  # fmt: skip
+    assert [r["steps"] for r in rows] == [1, 2]
+    assert all(r["n"] == 90 and 0 <= r["faithful"] <= 1 and set(r["faithful_by_kind"]) == {"circle", "square",
+               "triangle"} for r in rows)  # fmt: skip
+    printed = capsys.readouterr().out
+    assert printed.count("\n| 1 |") == 1 and printed.count("\n| 2 |") == 1
+    (written,) = out.glob("unet_experiment_*.json")
+    text = written.read_text()
+    assert str(tmp_path) not in text and json.loads(text)["settings"]["upright"] is True
 
 
 # -- the committed models -----------------------------------------------------------------------

@@ -1,0 +1,154 @@
+"""Train one mini UNet on a saved mini CLIP and VAE, and judge it along the way: the runs behind the README's
+UNet table (issue 12: what the second family's UNet lacks).
+
+    python scripts/unet_experiment.py --clip DIR/toy-clip --vae DIR/toy-sd/vae --steps 3000 --batch 32
+    python scripts/unet_experiment.py ... --snr-gamma 5 --evals 3000,6000,9000 --steps 9000
+    python scripts/unet_experiment.py ... --upright          # squares and triangles drawn unrotated
+
+The CLIP and the VAE come from `python scripts/train_toy_family.py --family v2 --out DIR` (or any saved
+`CLIPModel` and `AutoencoderKL`). The UNet is built and trained exactly as that script does (the second
+generation's sizes, caption forms and weights; `helpers.training.train_unet`), with the loop's settings from the
+command line. At each step count of `--evals` the EMA weights draw the quality script's prompt set (4 seeds for
+each training combination, 8 for each held-out one: 396 images) at guidance 7.5 with the default sampler, and the
+strict judge grades them. Prints one table row per evaluation and writes the numbers to
+outputs/benchmarks/unet_experiment_<time>.json (a new file every run; `--out` elsewhere). Training time excludes
+the evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # sleep, don't spin, while waiting (shared CPUs)
+
+import numpy as np
+import torch
+
+import helpers  # noqa: F401  (quiet library logs before diffusers/transformers load)
+from helpers import strict_judge as sj
+from helpers import training as tr
+from helpers.paths import OUTPUTS_DIR, REPO_ROOT
+from helpers.shapes_data import V2_CAPTION_FORMS, make_dataset_v2, train_combos, v2_caption, v2_form_weights
+from helpers.tokenizer import load_clip_tokenizer
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import quality  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clip", type=Path, required=True, help="a saved mini CLIP (CLIPModel folder)")
+    ap.add_argument("--vae", type=Path, required=True, help="a saved AutoencoderKL folder")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ema", type=float, default=0.998, help="EMA decay of the weights that are judged")
+    ap.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR loss weights (none: plain MSE)")
+    ap.add_argument("--images", type=int, default=12150, help="training images, encoded once to latents")
+    ap.add_argument("--channels", default="32,64,64", help="the UNet's block_out_channels")
+    ap.add_argument("--heads", default="8", help="attention heads per block: one number, or one per block")
+    ap.add_argument("--upright", action="store_true", help="draw squares and triangles unrotated")
+    ap.add_argument("--evals", default=None, help="step counts at which to judge (default: the last step)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--save", type=Path, default=None, help="save the pipeline at each evaluation under this folder")
+    ap.add_argument("--out", type=Path, default=OUTPUTS_DIR / "benchmarks", help="folder for the JSON result")
+    ap.add_argument("--quick", action="store_true", help="judge 1 seed per combination (90 images), not 396")
+    args = ap.parse_args(argv)
+    for name in ("clip", "vae"):
+        folder = getattr(args, name)
+        if not (folder / "config.json").is_file():
+            ap.error(f"--{name} {folder}: no config.json there; give a folder written by save_pretrained")
+    args.eval_steps = sorted({int(s) for s in args.evals.split(",")}) if args.evals else [args.steps]
+    if not all(0 < s <= args.steps for s in args.eval_steps):
+        ap.error(f"--evals {args.evals}: every step count must be between 1 and --steps {args.steps}")
+    return args
+
+
+def judge_row(pipe, prompts, seeds, held) -> dict:
+    """The strict judge's figures for one evaluation, with the faithful rate per shape kind."""
+    images = quality.generate(pipe, prompts, seeds, quality.GUIDANCE)
+    row, inspections = quality.grade(images, prompts, held)
+    kinds: dict[str, list[bool]] = {}
+    for found, prompt in zip(inspections, prompts):
+        kinds.setdefault(sj.parse_caption(prompt).shape, []).append(sj.verdict(found, prompt).faithful)
+    row["faithful_by_kind"] = {k: float(np.mean(v)) for k, v in kinds.items()}
+    return row
+
+
+def main(argv=None) -> list[dict]:
+    from diffusers import AutoencoderKL
+    from transformers import CLIPModel
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tokenizer = load_clip_tokenizer()
+    clip = CLIPModel.from_pretrained(args.clip).eval()
+    vae = AutoencoderKL.from_pretrained(args.vae).eval()
+    combos = train_combos()
+    data = make_dataset_v2(args.images, seed=args.seed + 1, combos=combos, rotate=not args.upright)
+    means, stds = tr.encode_latents(vae, data.images)
+    scaling_factor = tr.latent_scaling_factor(means, stds)
+    vae.register_to_config(scaling_factor=scaling_factor)
+    combo_index = torch.tensor([combos.index(c) for c in data.combos])
+    text_encoder = tr.text_encoder_from_clip(clip)
+    n_forms = len(V2_CAPTION_FORMS)
+    cond = tr.text_states(text_encoder, tokenizer, [v2_caption(c, f) for c in combos for f in range(n_forms)])
+    cond = cond.view(len(combos), n_forms, *cond.shape[1:])  # (C, F, 77, D)
+    uncond = tr.text_states(text_encoder, tokenizer, [""])[0]
+    heads = tuple(int(h) for h in args.heads.split(","))
+    sizes = replace(
+        tr.V2_SIZES,
+        unet_channels=tuple(int(c) for c in args.channels.split(",")),
+        unet_heads=heads[0] if len(heads) == 1 else heads,
+    )
+    unet = tr.build_mini_unet(text_encoder.config.hidden_size, sizes, seed=args.seed)
+    prompts, seeds, held, _ = quality.prompt_set(1, 1) if args.quick else quality.prompt_set(4, 8)
+
+    rows: list[dict] = []
+    clock = {"start": time.perf_counter(), "judging": 0.0}
+    print("| steps | train s | faithful | held-out | mean IoU | circle / square / triangle |", flush=True)
+    print("|---|---|---|---|---|---|", flush=True)
+
+    def evaluate(step: int, ema) -> None:
+        if step not in args.eval_steps:
+            return
+        t0 = time.perf_counter()
+        train_s = t0 - clock["start"] - clock["judging"]
+        pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
+        pipe.set_progress_bar_config(disable=True)
+        row = {"steps": step, "train_s": round(train_s, 1), **judge_row(pipe, prompts, seeds, held)}
+        rows.append(row)
+        if args.save:
+            pipe.save_pretrained(args.save / f"toy-sd-{step}")
+        kinds = " / ".join(f"{row['faithful_by_kind'][k]:.1%}" for k in ("circle", "square", "triangle"))
+        print(
+            f"| {step} | {train_s:.0f} | {row['faithful']:.1%} | {row['faithful_held_out']:.1%} "
+            f"| {row['mean_iou']:.3f} | {kinds} |",
+            flush=True,
+        )
+        clock["judging"] += time.perf_counter() - t0
+
+    tr.train_unet(
+        unet, means, stds, scaling_factor, combo_index, cond, uncond, steps=args.steps, batch_size=args.batch,
+        lr=args.lr, ema_decay=args.ema, seed=args.seed, progress=False, snr_gamma=args.snr_gamma,
+        template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32), callback=evaluate,
+    )  # fmt: skip
+    settings = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}  # no paths: nothing private
+    result = {"settings": settings, "scaling_factor": scaling_factor, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"unet_experiment_{datetime.now(UTC):%Y%m%dT%H%M%S%f}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out.name} in {args.out.name}/", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
