@@ -28,6 +28,7 @@ SMOKES = {
     "gpu_ladder": [],
     "memory_cpu": [],
     "personalise": [],
+    "toy_training": [],
 }
 
 pytestmark = pytest.mark.slow
@@ -94,6 +95,15 @@ def test_blog_loop_and_batched_call_make_the_same_images(smoke_runs):
     data = _results_file(smoke_runs["generation_vs_blog"])
     assert data["max_pixel_diff"] <= 2, "same seeds must give the same images either way"
     assert [r["images_per_s"] > 0 for r in data["rows"]] == [True, True]
+
+
+def test_toy_training_times_each_setting_against_the_recipe(smoke_runs):
+    rows = _results_file(smoke_runs["toy_training"])["rows"]
+    assert [r["batch"] for r in rows] == [32, 96, 32] and rows[2]["setting"] == "4 heads"
+    assert all(
+        r["steps_per_s"] > 0 and r["latents_per_s"] == pytest.approx(r["batch"] * r["steps_per_s"]) for r in rows
+    )
+    assert rows[0]["vs_recipe"] == 1.0
 
 
 def test_unet_rows_agree_with_fp32(smoke_runs):
