@@ -131,6 +131,24 @@ def test_short_training_schedule_runs_and_losses_fall(tokenizer):
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
 
 
+@pytest.mark.slow
+def test_decoder_finetune_moves_only_the_decoder(tokenizer):
+    """`finetune_decoder` trains the decoder on the UNet's img2img latents; the encoder (so the latents and the
+    scaling factor) and the UNet stay as they were."""
+    clip, vae = tr.build_mini_clip(TINY), tr.build_mini_vae(TINY)
+    text_encoder = tr.text_encoder_from_clip(clip)
+    pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, tr.build_mini_unet(TINY.text_width, TINY))
+    pipe.set_progress_bar_config(disable=True)
+    frozen = {n: p.clone() for n, p in [*vae.encoder.named_parameters(), *pipe.unet.named_parameters()]}
+    decoder = {n: p.clone() for n, p in vae.decoder.named_parameters()}
+    losses = tr.finetune_decoder(pipe, steps=3, batch_size=2, p_clean=0.5, size=32, progress=False)
+    assert len(losses) == 3 and np.isfinite(losses).all()
+    now = dict([*vae.encoder.named_parameters(), *pipe.unet.named_parameters()])
+    assert all(torch.equal(now[n], p) for n, p in frozen.items())
+    assert any(not torch.equal(p, decoder[n]) for n, p in vae.decoder.named_parameters())
+    assert not vae.training and not vae.decoder.training
+
+
 def test_unet_heads_reach_every_attention_layer():
     """`ToySizes.unet_heads` is diffusers' `attention_head_dim` (a head count): one number, or one per block."""
     from dataclasses import replace
@@ -159,13 +177,15 @@ def test_unet_experiment_trains_judges_at_each_evaluation_and_refuses_bad_folder
     assert "between 1 and --steps 2" in capsys.readouterr().err
     rows = exp.main(
         ["--clip", str(clip_dir), "--vae", str(vae_dir), "--steps", "2", "--batch", "4", "--images", "16",
-         "--channels", "16,32", "--heads", "1,2", "--evals", "1,2", "--quick", "--upright", "--out", str(out)]
+         "--channels", "16,32", "--heads", "1,2", "--evals", "1,2", "--quick", "--upright", "--out", str(out),
+         "--decoder-steps", "2"]
     )  # fmt: skip
-    assert [r["steps"] for r in rows] == [1, 2]
+    assert [r["steps"] for r in rows] == [1, 2, 2] and rows[-1]["decoder_steps"] == 2
+    assert 0 <= rows[-1]["vae_round_trip"] <= 1
     assert all(r["n"] == 90 and 0 <= r["faithful"] <= 1 and set(r["faithful_by_kind"]) == {"circle", "square",
                "triangle"} for r in rows)  # fmt: skip
     printed = capsys.readouterr().out
-    assert printed.count("\n| 1 |") == 1 and printed.count("\n| 2 |") == 1
+    assert printed.count("\n| 1 |") == 1 and printed.count("\n| 2 |") == 1 and "\n| 2 + decoder 2 |" in printed
     (written,) = out.glob("unet_experiment_*.json")
     text = written.read_text()
     assert str(tmp_path) not in text and json.loads(text)["settings"]["upright"] is True
