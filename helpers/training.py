@@ -553,7 +553,8 @@ def finetune_decoder(
     `p_clean` the latents are x's own (the encoder's posterior mean) instead. The decoder and `post_quant_conv`
     learn to give x back from them: $\\|D(\\hat z) - x\\|^2 + |D(\\hat z) - x| + |\\nabla D(\\hat z) - \\nabla x|$.
     The encoder and the UNet stay frozen, so the latents and `scaling_factor` keep their meaning (Stability's
-    improved SD VAEs, sd-vae-ft-mse, likewise fine-tuned only the decoder). Returns the loss per step.
+    improved SD VAEs likewise fine-tuned only the decoder: https://huggingface.co/stabilityai/sd-vae-ft-ema-original).
+    Returns the loss per step.
     """
     from diffusers import StableDiffusionImg2ImgPipeline
     from tqdm.auto import tqdm
