@@ -89,6 +89,15 @@ def judge_row(pipe, prompts, seeds, held) -> dict:
     return row
 
 
+def print_row(label: str, train_s: float, row: dict) -> None:
+    kinds = " / ".join(f"{row['faithful_by_kind'][k]:.1%}" for k in ("circle", "square", "triangle"))
+    print(
+        f"| {label} | {train_s:.0f} | {row['faithful']:.1%} | {row['faithful_held_out']:.1%} "
+        f"| {row['mean_iou']:.3f} | {kinds} |",
+        flush=True,
+    )
+
+
 def main(argv=None) -> list[dict]:
     from diffusers import AutoencoderKL
     from transformers import CLIPModel
@@ -134,12 +143,7 @@ def main(argv=None) -> list[dict]:
         rows.append(row)
         if args.save:
             pipe.save_pretrained(args.save / f"toy-sd-{step}")
-        kinds = " / ".join(f"{row['faithful_by_kind'][k]:.1%}" for k in ("circle", "square", "triangle"))
-        print(
-            f"| {step} | {train_s:.0f} | {row['faithful']:.1%} | {row['faithful_held_out']:.1%} "
-            f"| {row['mean_iou']:.3f} | {kinds} |",
-            flush=True,
-        )
+        print_row(str(step), train_s, row)
         clock["judging"] += time.perf_counter() - t0
 
     ema, _ = tr.train_unet(
@@ -159,17 +163,13 @@ def main(argv=None) -> list[dict]:
         train_s = time.perf_counter() - t0
         row = {"steps": args.steps, "decoder_steps": args.decoder_steps, "decoder_train_s": round(train_s, 1)}
         row |= judge_row(pipe, prompts, seeds, held)
-        row["vae_round_trip"] = quality.vae_round_trip(pipe, 90 if args.quick else 300)["faithful"]
+        n_drawn = 90 if args.quick else 300
+        row["vae_round_trip"] = quality.vae_round_trip(pipe, n_drawn)["faithful"]  # the decoder's ceiling
         rows.append(row)
         if args.save:
             pipe.save_pretrained(args.save / f"toy-sd-{args.steps}-decoder-{args.decoder_steps}")
-        kinds = " / ".join(f"{row['faithful_by_kind'][k]:.1%}" for k in ("circle", "square", "triangle"))
-        print(
-            f"| {args.steps} + decoder {args.decoder_steps} | {train_s:.0f} | {row['faithful']:.1%} "
-            f"| {row['faithful_held_out']:.1%} | {row['mean_iou']:.3f} | {kinds} |",
-            flush=True,
-        )
-        print(f"VAE round trip of 300 drawn images after the decoder fine-tune: {row['vae_round_trip']:.1%}")
+        print_row(f"{args.steps} + decoder {args.decoder_steps}", train_s, row)
+        print(f"VAE round trip of {n_drawn} drawn images after the decoder fine-tune: {row['vae_round_trip']:.1%}")
     settings = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}  # no paths: nothing private
     result = {"settings": settings, "scaling_factor": scaling_factor, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
