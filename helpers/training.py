@@ -33,6 +33,7 @@ from .shapes_data import (
     Combo,
     draw,
     draw_v2,
+    make_dataset_v2,
     train_combos,
     v2_caption,
     v2_form_weights,
@@ -537,6 +538,41 @@ def train_unet(
             callback(step + 1, ema)
     unet.eval()
     return ema, losses
+
+
+@dataclass
+class UNetInputs:
+    """What the second family's UNet trains on: latents of drawn images and the frozen text states."""
+
+    text_encoder: torch.nn.Module
+    latents_mean: torch.Tensor  # (N, 4, 8, 8), unscaled
+    latents_std: torch.Tensor  # (N, 4, 8, 8)
+    scaling_factor: float
+    combo_index: torch.Tensor  # (N,) row of cond_states
+    cond_states: torch.Tensor  # (C, F, 77, D): every training combination in every caption form
+    uncond_state: torch.Tensor  # (77, D): the states of ""
+
+
+def v2_unet_inputs(clip, vae, tokenizer, n_images: int, seed: int, rotate: bool = True) -> UNetInputs:
+    """Draw `n_images` second-generation training images, encode them once, set the VAE's `scaling_factor`
+    (1 / std of the latents, as SD v1's 0.18215 was found) and compute the text states of every caption."""
+    combos = train_combos()
+    data = make_dataset_v2(n_images, seed=seed, combos=combos, rotate=rotate)
+    means, stds = encode_latents(vae, data.images)
+    scaling_factor = latent_scaling_factor(means, stds)
+    vae.register_to_config(scaling_factor=scaling_factor)
+    text_encoder = text_encoder_from_clip(clip)
+    n_forms = len(V2_CAPTION_FORMS)
+    cond = text_states(text_encoder, tokenizer, [v2_caption(c, f) for c in combos for f in range(n_forms)])
+    return UNetInputs(
+        text_encoder=text_encoder,
+        latents_mean=means,
+        latents_std=stds,
+        scaling_factor=scaling_factor,
+        combo_index=torch.tensor([combos.index(c) for c in data.combos]),
+        cond_states=cond.view(len(combos), n_forms, *cond.shape[1:]),
+        uncond_state=text_states(text_encoder, tokenizer, [""])[0],
+    )
 
 
 def finetune_decoder(

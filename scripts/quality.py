@@ -74,10 +74,11 @@ def image_size(pipe) -> int:
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
-def training_data(pipe, n: int, seed: int, combos=None):
-    """Fresh images like the family's training data (second generation at 64 px, else the first)."""
+def training_data(pipe, n: int, seed: int, combos=None, rotate: bool = True):
+    """Fresh images like the family's training data (second generation at 64 px, else the first; `rotate=False`:
+    the second generation's squares and triangles upright)."""
     if image_size(pipe) == 64:
-        return make_dataset_v2(n, seed=seed, combos=combos, form=0)
+        return make_dataset_v2(n, seed=seed, combos=combos, form=0, rotate=rotate)
     return make_dataset(n, seed=seed, combos=combos, random_template=False)
 
 
@@ -342,12 +343,12 @@ def vae_error(pipe, n: int, seed: int = 999) -> dict:
 
 
 @torch.no_grad()
-def vae_round_trip(pipe, n: int, seed: int = 4242) -> dict:
+def vae_round_trip(pipe, n: int, seed: int = 4242, rotate: bool = True) -> dict:
     """The VAE's ceiling: drawn images through encode (posterior mean) -> decode, judged against their captions.
 
     No prompt can make the pipeline draw better than its decoder gives back a drawn picture.
     """
-    data = training_data(pipe, n, seed=seed)
+    data = training_data(pipe, n, seed=seed, rotate=rotate)
     x = tr.to_unit_range(data.images)
     recon = torch.cat(
         [pipe.vae.decode(pipe.vae.encode(x[i : i + 50]).latent_dist.mean).sample for i in range(0, n, 50)]

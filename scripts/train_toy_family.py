@@ -421,7 +421,7 @@ def main(argv=None) -> dict:
 
 def train_v2(args) -> dict:
     """The second generation: SD v1's geometry (64 px -> 8x8x4 latents through an 8x VAE), partial captions."""
-    from helpers.shapes_data import V2_CAPTION_FORMS, V2_IMAGE_SIZE, make_dataset_v2, v2_caption, v2_form_weights
+    from helpers.shapes_data import V2_IMAGE_SIZE, v2_form_weights
 
     torch.set_num_threads(args.threads)
     sizes, sched = tr.V2_SIZES, tr.V2_SCHEDULE
@@ -467,27 +467,17 @@ def train_v2(args) -> dict:
     print(f"mini VAE: reconstruction MSE {vae_losses[0]:.4f} -> {stats['vae_mse_last']:.5f}", flush=True)
 
     t0 = time.perf_counter()
-    combos = train_combos()
-    data = make_dataset_v2(scaled(sched.unet_images), seed=args.seed + 1, combos=combos)
-    means, stds = tr.encode_latents(vae, data.images)  # (N, 4, 8, 8) each
-    scaling_factor = tr.latent_scaling_factor(means, stds)  # 1 / std of the latents, as SD v1's 0.18215 was found
-    vae.register_to_config(scaling_factor=scaling_factor)
-    combo_index = torch.tensor([combos.index(c) for c in data.combos])
-    text_encoder = tr.text_encoder_from_clip(clip)
-    n_forms = len(V2_CAPTION_FORMS)
-    captions = [v2_caption(c, f) for c in combos for f in range(n_forms)]
-    cond = tr.text_states(text_encoder, tokenizer, captions)  # (C*F, 77, D)
-    cond = cond.view(len(combos), n_forms, *cond.shape[1:])  # (C, F, 77, D)
-    uncond = tr.text_states(text_encoder, tokenizer, [""])[0]  # (77, D)
+    inputs = tr.v2_unet_inputs(clip, vae, tokenizer, scaled(sched.unet_images), seed=args.seed + 1)
+    means, scaling_factor, text_encoder = inputs.latents_mean, inputs.scaling_factor, inputs.text_encoder
     times["latents"] = time.perf_counter() - t0
     print(f"latents: {tuple(means.shape)}, scaling_factor {scaling_factor:.4f}", flush=True)
 
     t0 = time.perf_counter()
     unet = tr.build_mini_unet(text_encoder.config.hidden_size, sizes, seed=args.seed)
     ema, unet_losses = tr.train_unet(
-        unet, means, stds, scaling_factor, combo_index, cond, uncond, steps=scaled(sched.unet_steps),
-        batch_size=sched.unet_batch, lr=sched.unet_lr, ema_decay=sched.ema_decay, seed=args.seed,
-        template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32),
+        unet, means, inputs.latents_std, scaling_factor, inputs.combo_index, inputs.cond_states, inputs.uncond_state,
+        steps=scaled(sched.unet_steps), batch_size=sched.unet_batch, lr=sched.unet_lr, ema_decay=sched.ema_decay,
+        seed=args.seed, template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32),
     )  # fmt: skip
     times["mini UNet"] = time.perf_counter() - t0
     stats["unet_loss_first"] = float(np.mean(unet_losses[:20]))

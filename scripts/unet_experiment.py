@@ -35,7 +35,7 @@ import helpers  # noqa: F401  (quiet library logs before diffusers/transformers 
 from helpers import strict_judge as sj
 from helpers import training as tr
 from helpers.paths import OUTPUTS_DIR, REPO_ROOT
-from helpers.shapes_data import V2_CAPTION_FORMS, make_dataset_v2, train_combos, v2_caption, v2_form_weights
+from helpers.shapes_data import v2_form_weights
 from helpers.tokenizer import load_clip_tokenizer
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -107,17 +107,8 @@ def main(argv=None) -> list[dict]:
     tokenizer = load_clip_tokenizer()
     clip = CLIPModel.from_pretrained(args.clip).eval()
     vae = AutoencoderKL.from_pretrained(args.vae).eval()
-    combos = train_combos()
-    data = make_dataset_v2(args.images, seed=args.seed + 1, combos=combos, rotate=not args.upright)
-    means, stds = tr.encode_latents(vae, data.images)
-    scaling_factor = tr.latent_scaling_factor(means, stds)
-    vae.register_to_config(scaling_factor=scaling_factor)
-    combo_index = torch.tensor([combos.index(c) for c in data.combos])
-    text_encoder = tr.text_encoder_from_clip(clip)
-    n_forms = len(V2_CAPTION_FORMS)
-    cond = tr.text_states(text_encoder, tokenizer, [v2_caption(c, f) for c in combos for f in range(n_forms)])
-    cond = cond.view(len(combos), n_forms, *cond.shape[1:])  # (C, F, 77, D)
-    uncond = tr.text_states(text_encoder, tokenizer, [""])[0]
+    inputs = tr.v2_unet_inputs(clip, vae, tokenizer, args.images, seed=args.seed + 1, rotate=not args.upright)
+    text_encoder, scaling_factor = inputs.text_encoder, inputs.scaling_factor
     heads = tuple(int(h) for h in args.heads.split(","))
     sizes = replace(
         tr.V2_SIZES,
@@ -147,14 +138,16 @@ def main(argv=None) -> list[dict]:
         clock["judging"] += time.perf_counter() - t0
 
     ema, _ = tr.train_unet(
-        unet, means, stds, scaling_factor, combo_index, cond, uncond, steps=args.steps, batch_size=args.batch,
-        lr=args.lr, ema_decay=args.ema, seed=args.seed, progress=False, snr_gamma=args.snr_gamma,
+        unet, inputs.latents_mean, inputs.latents_std, scaling_factor, inputs.combo_index, inputs.cond_states,
+        inputs.uncond_state, steps=args.steps, batch_size=args.batch, lr=args.lr, ema_decay=args.ema, seed=args.seed, progress=False, snr_gamma=args.snr_gamma,
         template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32), callback=evaluate,
     )  # fmt: skip
     if args.decoder_steps:
-        t0 = time.perf_counter()
         pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
         pipe.set_progress_bar_config(disable=True)
+        n_drawn = 90 if args.quick else 300
+        before = quality.vae_round_trip(pipe, n_drawn, rotate=not args.upright)["faithful"]  # the decoder's ceiling
+        t0 = time.perf_counter()
         lo, hi = (float(s) for s in args.decoder_strength.split(","))
         tr.finetune_decoder(
             pipe, steps=args.decoder_steps, p_clean=args.decoder_clean, strength=(lo, hi), rotate=not args.upright,
@@ -163,13 +156,17 @@ def main(argv=None) -> list[dict]:
         train_s = time.perf_counter() - t0
         row = {"steps": args.steps, "decoder_steps": args.decoder_steps, "decoder_train_s": round(train_s, 1)}
         row |= judge_row(pipe, prompts, seeds, held)
-        n_drawn = 90 if args.quick else 300
-        row["vae_round_trip"] = quality.vae_round_trip(pipe, n_drawn)["faithful"]  # the decoder's ceiling
+        row["vae_round_trip_before"] = before
+        row["vae_round_trip"] = quality.vae_round_trip(pipe, n_drawn, rotate=not args.upright)["faithful"]
         rows.append(row)
         if args.save:
             pipe.save_pretrained(args.save / f"toy-sd-{args.steps}-decoder-{args.decoder_steps}")
         print_row(f"{args.steps} + decoder {args.decoder_steps}", train_s, row)
-        print(f"VAE round trip of {n_drawn} drawn images after the decoder fine-tune: {row['vae_round_trip']:.1%}")
+        print(
+            f"VAE round trip of {n_drawn} drawn images (as this run draws them), before / after the decoder "
+            f"fine-tune: {before:.1%} / {row['vae_round_trip']:.1%}",
+            flush=True,
+        )
     settings = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}  # no paths: nothing private
     result = {"settings": settings, "scaling_factor": scaling_factor, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -181,7 +181,7 @@ def test_unet_experiment_trains_judges_at_each_evaluation_and_refuses_bad_folder
          "--decoder-steps", "2"]
     )  # fmt: skip
     assert [r["steps"] for r in rows] == [1, 2, 2] and rows[-1]["decoder_steps"] == 2
-    assert 0 <= rows[-1]["vae_round_trip"] <= 1
+    assert 0 <= rows[-1]["vae_round_trip"] <= 1 and 0 <= rows[-1]["vae_round_trip_before"] <= 1
     assert all(r["n"] == 90 and 0 <= r["faithful"] <= 1 and set(r["faithful_by_kind"]) == {"circle", "square",
                "triangle"} for r in rows)  # fmt: skip
     printed = capsys.readouterr().out
