@@ -34,6 +34,13 @@ import torch  # noqa: E402
 import helpers  # noqa: E402,F401  (quiet library logging before diffusers is imported)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """tests/test_site.py builds its pages from the notebooks nbval executes in this same session, so it runs last."""
+    site = [item for item in items if item.path.name == "test_site.py"]
+    if site:
+        items[:] = [item for item in items if item.path.name != "test_site.py"] + site
+
+
 @pytest.fixture
 def single_thread():
     """Run a test on one torch thread. For the tiny model's small tensors this is faster on any machine, and

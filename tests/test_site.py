@@ -3,18 +3,21 @@
 by the vendored MathJax, every internal link points at a file of the site, solutions are folded; a screenshot of
 the front page goes to outputs/screenshots/site-front.png.
 
-The site is built from executed notebooks whose cells equal the current ones (reused from an earlier `make run` /
-`make site` when there is one, else every notebook is executed: a few minutes on a CPU).
+The site is built from the notebooks as nbval executed them earlier in the same session (tests/conftest.py runs
+this file last), so `make test` executes each notebook once. Run alone, it reuses an earlier `make run` / `make site`
+whose cells equal the current ones, else executes every notebook (a few minutes on a CPU).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import nbformat
 import pytest
 
 from helpers.paths import REPO_ROOT
@@ -43,20 +46,56 @@ return {
 """
 
 
+def executed_by_nbval(session: pytest.Session, lessons: list[Path], folder: Path) -> Path | None:
+    """Write every lesson as nbval executed it in this session (its cells with the outputs nbval collected) to
+    `folder`; None unless every lesson ran here with every code cell run (or tagged to skip) and no error."""
+    cells: dict[str, list] = {}
+    for item in session.items:
+        if type(item).__name__ == "IPyNbCell":  # nbval's item: one per code cell, in order
+            cells.setdefault(item.path.name, []).append(item)
+    for src in lessons:
+        items = cells.get(src.name, [])
+        nb = copy.deepcopy(items[0].parent.nb) if items else None
+        code = [cell for cell in nb.cells if cell.cell_type == "code"] if nb else []
+        if not items or len(code) != len(items):
+            return None
+        count = 0
+        for cell, item in zip(code, items):
+            if item.options["skip"]:
+                cell.outputs, cell.execution_count = [], None
+                continue
+            outputs = item.test_outputs
+            if outputs is None or any(out.output_type == "error" for out in outputs):
+                return None
+            count += 1
+            cell.outputs = [nbformat.from_dict(dict(out)) for out in outputs]
+            cell.execution_count = count
+            for out in cell.outputs:
+                if out.output_type == "execute_result":
+                    out.execution_count = count
+        folder.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, folder / src.name)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
+def site(request, tmp_path_factory) -> Path:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip(f"chromium not found ({CHROMIUM}, {CHROMEDRIVER}): run `bash scripts/setup_browser.sh` (as root)")
     import build_site
 
-    # executed notebooks to reuse: SD_SITE_EXECUTED, else the newest `make run`/`make site` run with the current
-    # cells (the tests' own outputs/ is a sandbox, so look in the repository's), else build_site executes them
+    # executed notebooks: SD_SITE_EXECUTED, else nbval's run in this session, else the newest `make run`/`make site`
+    # run with the current cells (the tests' own outputs/ is a sandbox, so look in the repository's), else
+    # build_site executes them
+    lessons = build_site.lessons()
     executed = os.environ.get("SD_SITE_EXECUTED")
     executed = (
         Path(executed)
         if executed
-        else build_site.newest_matching_run(build_site.lessons(), REPO_ROOT / "outputs" / "notebooks")
+        else executed_by_nbval(request.session, lessons, tmp_path_factory.mktemp("nbval-executed"))
+        or build_site.newest_matching_run(lessons, REPO_ROOT / "outputs" / "notebooks")
     )
+    print(f"[site] executed notebooks: {executed or 'none yet, executing them'}")
     out = tmp_path_factory.mktemp("site") / "site"
     report = build_site.build(out, executed)
     assert report["pages"] and (out / "index.html").exists()
@@ -131,6 +170,7 @@ def test_every_page_renders_offline(site, browser):
             else:
                 assert url.scheme in ("http", "https", "mailto"), (page.name, href)
         if page in lessons:
+            assert state["images"] > 0, (page.name, "no figure: were the notebooks executed?")
             assert state["math"] > 0 and state["mathErrors"] == 0, (page.name, state)
             assert state["rawDollars"] == 0, (page.name, "TeX left untypeset")
             assert state["solutions"] >= 3 and state["openSolutions"] == 0, (page.name, state["solutions"])
