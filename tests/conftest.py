@@ -34,6 +34,16 @@ import torch  # noqa: E402
 import helpers  # noqa: E402,F401  (quiet library logging before diffusers is imported)
 
 
+def pytest_collection_finish(session):
+    """Start each selected module's network-bound set-up now (`start_early()`, tests/background.py)."""
+    started = set()
+    for item in session.items:
+        module = getattr(item, "module", None)
+        if module is not None and module not in started and hasattr(module, "start_early"):
+            started.add(module)
+            module.start_early()
+
+
 def pytest_collection_modifyitems(session, config, items):
     """tests/test_site.py builds its pages from the notebooks nbval executes in this same session, so it runs last."""
     site = [item for item in items if item.path.name == "test_site.py"]

@@ -16,6 +16,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import background
 import pytest
 
 from helpers.paths import CACHE_DIR, REPO_ROOT
@@ -35,15 +36,18 @@ def lowest_pins() -> dict[str, str]:
     return pins
 
 
-@pytest.fixture(scope="module")
-def overlay_python(request) -> Path:
-    pins = lowest_pins()
-    key = hashlib.sha256(json.dumps(pins, sort_keys=True).encode()).hexdigest()[:16]
-    py = OVERLAY / "bin" / "python"
+def overlay_is_current() -> bool:
     stamp = OVERLAY / ".pins"
-    if py.exists() and stamp.exists() and stamp.read_text() == key:
-        return py
-    request.getfixturevalue("package_registry")  # skips where pypi.org is unreachable
+    return (OVERLAY / "bin" / "python").exists() and stamp.exists() and stamp.read_text() == pins_key()
+
+
+def pins_key() -> str:
+    return hashlib.sha256(json.dumps(lowest_pins(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_overlay() -> Path:
+    """(Re)create the overlay venv with exactly the lower bounds (a few hundred MB from the registry)."""
+    pins, py = lowest_pins(), OVERLAY / "bin" / "python"
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(OVERLAY)], check=True)
     site = Path(
         subprocess.check_output(
@@ -57,8 +61,58 @@ def overlay_python(request) -> Path:
     reqs = [f"{name}=={version}" for name, version in pins.items()] + [f"torch=={torch.__version__.split('+')[0]}"]
     run = subprocess.run([str(py), "-m", "pip", "install", "-q", *reqs], capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    stamp.write_text(key)
+    (OVERLAY / ".pins").write_text(pins_key())
     return py
+
+
+def overlay() -> Path:
+    """The overlay's python: the background build's (tests/background.py), else built here, else the cached one."""
+    if overlay_is_current() and not background.started("lowest-overlay"):
+        return OVERLAY / "bin" / "python"
+    return background.result("lowest-overlay", build_overlay)
+
+
+#: the tests run again on the lowest versions
+LOWEST_TESTS = [
+    "tests/test_clip_model.py",
+    "tests/test_clip_ranking.py",
+    "tests/test_tokenizer.py",
+    "tests/test_pipeline.py::test_load_from_a_local_folder",
+    "tests/test_pipeline.py::test_same_seed_same_images_other_seed_other_images",
+    "tests/test_pipeline.py::test_every_scheduler_runs_and_is_restored",
+    "tests/test_pipeline.py::test_one_batched_call_for_n_images",
+    "tests/test_personalise.py::test_textual_inversion_round_trips_through_diffusers_load_textual_inversion",
+    "tests/test_personalise.py::test_lora_round_trip_and_unload_restore_exact_outputs",  # peft 0.18, diffusers 0.39
+]
+
+
+def run_on_lowest() -> subprocess.CompletedProcess:
+    """LOWEST_TESTS under the overlay's python (its own pytest session: its own sandboxed outputs/ and HF_HOME)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [str(overlay()), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-x", *LOWEST_TESTS],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1500,
+    )
+
+
+def start_early() -> None:
+    """Build the overlay (network) and run the tests on it in the background, beside the CPU-bound tests."""
+    if overlay_is_current() or background.registry_reachable():
+        background.start(
+            "lowest-overlay", build_overlay if not overlay_is_current() else lambda: OVERLAY / "bin" / "python"
+        )
+        background.start("lowest-run", run_on_lowest)
+
+
+@pytest.fixture(scope="module")
+def overlay_python(request) -> Path:
+    if not overlay_is_current() and not background.started("lowest-overlay"):
+        request.getfixturevalue("package_registry")  # skips where pypi.org is unreachable
+    return overlay()
 
 
 def _versions(py: Path) -> dict[str, str]:
@@ -74,26 +128,7 @@ def test_overlay_holds_exactly_the_lower_bounds(overlay_python):
 
 
 def test_clip_and_pipeline_tests_pass_on_the_lowest_versions(overlay_python):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    tests = [
-        "tests/test_clip_model.py",
-        "tests/test_clip_ranking.py",
-        "tests/test_tokenizer.py",
-        "tests/test_pipeline.py::test_load_from_a_local_folder",
-        "tests/test_pipeline.py::test_same_seed_same_images_other_seed_other_images",
-        "tests/test_pipeline.py::test_every_scheduler_runs_and_is_restored",
-        "tests/test_pipeline.py::test_one_batched_call_for_n_images",
-        "tests/test_personalise.py::test_textual_inversion_round_trips_through_diffusers_load_textual_inversion",
-        "tests/test_personalise.py::test_lora_round_trip_and_unload_restore_exact_outputs",  # peft 0.18, diffusers 0.39
-    ]
-    run = subprocess.run(
-        [str(overlay_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-x", *tests],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1500,
-    )
+    run = background.result("lowest-run", run_on_lowest)
     tail = run.stdout[-4000:] + run.stderr[-2000:]
     assert run.returncode == 0, tail
     assert " passed" in run.stdout and " failed" not in run.stdout, tail

@@ -8,14 +8,17 @@ installing from it ~2-3 minutes.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import background
 import pytest
 
 from helpers.paths import REPO_ROOT
@@ -30,12 +33,32 @@ CACHED = Path(os.environ.get("SD_TEST_WHEELHOUSE", REPO_ROOT / ".cache" / "wheel
 NO_NETWORK = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_CONFIG_FILE": os.devnull, "PIP_RETRIES": "0"}
 
 
-@pytest.fixture(scope="module")
-def wheelhouse() -> Path:
+def wheelhouse_is_current() -> bool:
     manifest = CACHED / "manifest.json"
-    if not (manifest.exists() and json.loads(manifest.read_text()).get("lock_digest") == lock_digest()):
+    return manifest.exists() and json.loads(manifest.read_text()).get("lock_digest") == lock_digest()
+
+
+def build_wheelhouse() -> Path:
+    with background.SOURCE_TREE:  # it builds the project's wheel, as tests/test_wheel.py does
         build(CACHED)
     return CACHED
+
+
+def wheelhouse() -> Path:
+    if wheelhouse_is_current() and not background.started("wheelhouse"):
+        return CACHED
+    return background.result("wheelhouse", build_wheelhouse)
+
+
+def start_early() -> None:
+    """Build the wheelhouse and install a fresh copy from it in the background, beside the CPU-bound tests."""
+    background.start("wheelhouse", build_wheelhouse if not wheelhouse_is_current() else lambda: CACHED)
+    background.start("wheelhouse-install", install_from_wheelhouse)
+
+
+@pytest.fixture(scope="module", name="wheelhouse")
+def wheelhouse_fixture() -> Path:
+    return wheelhouse()
 
 
 def test_wheelhouse_holds_every_locked_wheel_and_a_true_manifest(wheelhouse):
@@ -68,11 +91,19 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def test_setup_installs_from_the_wheelhouse_without_network(wheelhouse, tmp_path):
-    clone = fresh_copy(tmp_path / "clone")
+def install_from_wheelhouse() -> tuple[Path, dict, subprocess.CompletedProcess]:
+    """A fresh copy of the project set up from the wheelhouse alone: (the copy, its environment, setup's run)."""
+    folder = Path(tempfile.mkdtemp(prefix="sd-wheelhouse-install-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    clone = fresh_copy(folder / "clone")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k != "VIRTUAL_ENV"}
-    env.update(NO_NETWORK, SD_WHEELHOUSE=str(wheelhouse), PYTHON=sys._base_executable)
+    env.update(NO_NETWORK, SD_WHEELHOUSE=str(wheelhouse()), PYTHON=sys._base_executable)
     run = subprocess.run(["bash", "scripts/setup.sh"], cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+    return clone, env, run
+
+
+def test_setup_installs_from_the_wheelhouse_without_network(wheelhouse):
+    clone, env, run = background.result("wheelhouse-install", install_from_wheelhouse)
     print(run.stdout[-3000:], run.stderr[-3000:])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "installing from the wheelhouse" in run.stdout and "built for another requirements.lock" not in run.stderr
