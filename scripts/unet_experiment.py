@@ -9,10 +9,10 @@ The CLIP and the VAE come from `python scripts/train_toy_family.py --family v2 -
 `CLIPModel` and `AutoencoderKL`). The UNet is built and trained exactly as that script does (the second
 generation's sizes, caption forms and weights; `helpers.training.train_unet`), with the loop's settings from the
 command line. At each step count of `--evals` the EMA weights draw the quality script's prompt set (4 seeds for
-each training combination, 8 for each held-out one: 396 images) at guidance 7.5 with the default sampler, and the
-strict judge grades them. Prints one table row per evaluation and writes the numbers to
-outputs/benchmarks/unet_experiment_<time>.json (a new file every run; `--out` elsewhere). Training time excludes
-the evaluations.
+each training combination, 8 for each held-out one: 396 images) at guidance 7.5 with the default sampler (DDIM;
+`--sample-steps`, default 10), and the strict judge grades them. Prints one table row per evaluation and writes
+the numbers to outputs/benchmarks/unet_experiment_<time>.json (a new file every run; `--out` elsewhere). Training
+time excludes the evaluations.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import helpers  # noqa: F401  (quiet library logs before diffusers/transformers 
 from helpers import strict_judge as sj
 from helpers import training as tr
 from helpers.paths import OUTPUTS_DIR, REPO_ROOT
+from helpers.pipeline import DEFAULT_STEPS
 from helpers.shapes_data import v2_form_weights
 from helpers.tokenizer import load_clip_tokenizer
 
@@ -62,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )  # fmt: skip
     ap.add_argument("--decoder-clean", type=float, default=0.3, help="share of clean latents in that fine-tune")
     ap.add_argument("--decoder-strength", default="0.3,0.8", help="img2img strength range of that fine-tune")
+    ap.add_argument(
+        "--sample-steps", type=int, default=None, help="DDIM steps of the judged samples (default: the family's, 10)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", type=Path, default=None, help="save the pipeline at each evaluation under this folder")
@@ -78,14 +82,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def judge_row(pipe, prompts, seeds, held) -> dict:
-    """The strict judge's figures for one evaluation, with the faithful rate per shape kind."""
-    images = quality.generate(pipe, prompts, seeds, quality.GUIDANCE)
+def judge_row(pipe, prompts, seeds, held, steps: int | None = None) -> dict:
+    """The strict judge's figures for one evaluation (`steps` DDIM steps), with the faithful rate per shape kind."""
+    images = quality.generate(pipe, prompts, seeds, quality.GUIDANCE, steps=steps)
     row, inspections = quality.grade(images, prompts, held)
     kinds: dict[str, list[bool]] = {}
     for found, prompt in zip(inspections, prompts):
         kinds.setdefault(sj.parse_caption(prompt).shape, []).append(sj.verdict(found, prompt).faithful)
     row["faithful_by_kind"] = {k: float(np.mean(v)) for k, v in kinds.items()}
+    row["sample_steps"] = steps or DEFAULT_STEPS
     return row
 
 
@@ -130,7 +135,7 @@ def main(argv=None) -> list[dict]:
         train_s = t0 - clock["start"] - clock["judging"]
         pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
         pipe.set_progress_bar_config(disable=True)
-        row = {"steps": step, "train_s": round(train_s, 1), **judge_row(pipe, prompts, seeds, held)}
+        row = {"steps": step, "train_s": round(train_s, 1), **judge_row(pipe, prompts, seeds, held, args.sample_steps)}
         rows.append(row)
         if args.save:
             pipe.save_pretrained(args.save / f"toy-sd-{step}")
@@ -155,7 +160,7 @@ def main(argv=None) -> list[dict]:
         )  # fmt: skip
         train_s = time.perf_counter() - t0
         row = {"steps": args.steps, "decoder_steps": args.decoder_steps, "decoder_train_s": round(train_s, 1)}
-        row |= judge_row(pipe, prompts, seeds, held)
+        row |= judge_row(pipe, prompts, seeds, held, args.sample_steps)
         row["vae_round_trip_before"] = before
         row["vae_round_trip"] = quality.vae_round_trip(pipe, n_drawn, rotate=not args.upright)["faithful"]
         rows.append(row)

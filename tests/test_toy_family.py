@@ -178,9 +178,10 @@ def test_unet_experiment_trains_judges_at_each_evaluation_and_refuses_bad_folder
     rows = exp.main(
         ["--clip", str(clip_dir), "--vae", str(vae_dir), "--steps", "2", "--batch", "4", "--images", "16",
          "--channels", "16,32", "--heads", "1,2", "--evals", "1,2", "--quick", "--upright", "--out", str(out),
-         "--decoder-steps", "2"]
+         "--decoder-steps", "2", "--sample-steps", "3"]
     )  # fmt: skip
     assert [r["steps"] for r in rows] == [1, 2, 2] and rows[-1]["decoder_steps"] == 2
+    assert {r["sample_steps"] for r in rows} == {3}
     assert 0 <= rows[-1]["vae_round_trip"] <= 1 and 0 <= rows[-1]["vae_round_trip_before"] <= 1
     assert all(r["n"] == 90 and 0 <= r["faithful"] <= 1 and set(r["faithful_by_kind"]) == {"circle", "square",
                "triangle"} for r in rows)  # fmt: skip
