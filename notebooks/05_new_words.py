@@ -37,9 +37,9 @@
 #   an adapter with `pipe.load_lora_weights` and `pipe.unload_lora_weights`;
 # - say what neither can teach: what the frozen decoder cannot draw.
 #
-# **Needs**: no GPU. On a CPU with the offline toy family, the two trainings take about 50 s each at these settings
-# (`benchmarks/personalise.py` measures them), the whole notebook about 2 minutes (120 s in `make run` on a shared
-# 2-core machine). With a real model on a GPU the training cells skip and point to section 5, the recipe for v1-4
+# **Needs**: no GPU. On a CPU with the offline toy family, a training step takes about 0.1 s at these settings (500
+# steps took about 50 s; `benchmarks/personalise.py` measures them): 250 steps of textual inversion, 500 of LoRA,
+# and the whole notebook under 2 minutes on a shared 2-core machine. With a real model on a GPU the training cells skip and point to section 5, the recipe for v1-4
 # (images, steps, memory, time, with sources); the loading calls are the same. The helpers are in
 # `helpers/personalise.py`: open it beside this notebook.
 
@@ -170,7 +170,7 @@ assert torch.allclose(alphas_cumprod, ddpm.alphas_cumprod)
 # learned. `TIME_BUDGET_S` stops it too.
 
 # %%
-TI = dict(steps=500, lr=5e-3, batch_size=16)  # toy settings: ~50 s on 2 cores (measured in make run)
+TI = dict(steps=250, lr=5e-3, batch_size=16)  # toy settings: the check-batch loss has fallen by then
 TIME_BUDGET_S = 240  # stop after this long, whatever the step
 OLD = [Combo("circle", "red", "blue"), Combo("square", "yellow", "black"), Combo("triangle", "white", "green")]
 if TOY:
@@ -185,7 +185,7 @@ if TOY:
     snapshots = {0: P.generate_images(pipe, COLOUR_PROMPT, [SEED], STEPS)[0]}  # step -> one sample
 
     def watch(step: int, loss: float) -> None:
-        if step % 125 == 0:
+        if step % 80 == 0:
             snapshots[step] = P.generate_images(pipe, COLOUR_PROMPT, [SEED], STEPS)[0]
 
     deadline = time.perf_counter() + TIME_BUDGET_S

@@ -2,18 +2,23 @@
 
 The smoke runs use tiny models and one repeat: they check the code paths, not speed (no timing
 assertions). All scripts start at once, each in its own process with one thread, so the whole
-module costs about as long as the slowest script rather than the sum of all of them.
+module costs about as long as the slowest script rather than the sum of all of them. They start as soon as
+collection ends, in the background (tests/background.py).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import background
 import pytest
 
 from helpers.paths import REPO_ROOT
@@ -34,10 +39,10 @@ SMOKES = {
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory) -> dict:
+def run_smokes() -> dict:
     """Start every `--smoke` run concurrently; return name -> (CompletedProcess-like dict, results folder)."""
-    root = tmp_path_factory.mktemp("benchmarks")
+    root = Path(tempfile.mkdtemp(prefix="sd-benchmark-smokes-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 6 processes on 2 cores: no oversubscription
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     procs = {}
@@ -62,6 +67,16 @@ def smoke_runs(tmp_path_factory) -> dict:
         results[name] = {"returncode": proc.returncode, "output": log.read(), "out": out}
         log.close()
     return results
+
+
+def start_early() -> None:
+    """The smokes are subprocesses: they run in the background, beside the rest of the session (tests/background.py)."""
+    background.start("benchmark-smokes", run_smokes)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs() -> dict:
+    return background.result("benchmark-smokes", run_smokes)
 
 
 def _results_file(run: dict) -> dict:

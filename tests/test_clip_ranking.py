@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 
+import background
 import numpy as np
 import pytest
 from PIL import Image
@@ -80,9 +81,9 @@ def mini_dir():
     return cr.ensure_mini_clip()
 
 
-@pytest.fixture(scope="module")
-def device_reports(mini_dir):
+def run_device_workers() -> dict:
     """Start one worker per device count at once; wait for all; {n_devices: report}."""
+    mini_dir = cr.ensure_mini_clip()
     procs = {}
     for n in DEVICE_COUNTS:
         env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
@@ -100,6 +101,16 @@ def device_reports(mini_dir):
         assert p.returncode == 0, f"worker with {n} devices failed:\n{stderr[-3000:]}"
         reports[n] = json.loads(stdout.strip().splitlines()[-1])
     return reports
+
+
+def start_early() -> None:
+    """The workers are subprocesses: they run in the background, beside the rest of the session (tests/background.py)."""
+    background.start("clip-device-reports", run_device_workers)
+
+
+@pytest.fixture(scope="module")
+def device_reports(mini_dir):
+    return background.result("clip-device-reports", run_device_workers)
 
 
 def rel_diff(a, b) -> float:
