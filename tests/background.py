@@ -1,10 +1,12 @@
-"""Slow, network-bound set-up started at the beginning of the session, so that it overlaps with the CPU-bound tests.
+"""Slow set-up started as soon as collection ends, so that it overlaps with the rest of the session.
 
 pip against the package registry mostly waits: this registry serves no wheel metadata on its own (PEP 658), so a
 dry-run resolution downloads every wheel it considers (GBs of CUDA wheels for the Colab profile), and its time
-depends on the network. A test module that needs such work defines `start_early()`, which calls `start(key, fn)`;
-tests/conftest.py calls it once collection is done, and the module's fixture calls `result(key, fn)`, which waits
-for the job (or runs `fn` there and then when nothing started it, e.g. for a single test run by hand).
+depends on the network. Subprocess work (the benchmark smokes, the CLIP device workers) fills the cores that the
+mostly single-threaded session leaves idle. A test module with such work defines `start_early(items)`, which calls
+`start(key, fn)` for what its selected tests (`items`) need; tests/conftest.py calls it once collection is done.
+The module's fixture calls `result(key, fn)`, which waits for the job, or runs `fn` there and then when nothing
+started it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def registry_reachable(host: str = "pypi.org", timeout: float = 5) -> bool:
     except OSError:
         return False
     return True
+
+
+def selected(items, name: str) -> bool:
+    """Is a test named `name` (or one that uses the fixture `name`) among the selected `items`?"""
+    return any(name in (getattr(i, "originalname", None), *getattr(i, "fixturenames", ())) for i in items)
 
 
 def start(key: str, fn: Callable[[], Any]) -> Future:

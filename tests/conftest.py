@@ -35,13 +35,16 @@ import helpers  # noqa: E402,F401  (quiet library logging before diffusers is im
 
 
 def pytest_collection_finish(session):
-    """Start each selected module's network-bound set-up now (`start_early()`, tests/background.py)."""
-    started = set()
+    """Start each selected module's slow set-up now: `start_early(items)` with its selected tests (tests/background.py)."""
+    if session.config.option.collectonly:
+        return
+    by_module: dict = {}
     for item in session.items:
         module = getattr(item, "module", None)
-        if module is not None and module not in started and hasattr(module, "start_early"):
-            started.add(module)
-            module.start_early()
+        if module is not None and hasattr(module, "start_early"):
+            by_module.setdefault(module, []).append(item)
+    for module, items in by_module.items():
+        module.start_early(items)
 
 
 def pytest_collection_modifyitems(session, config, items):

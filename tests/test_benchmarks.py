@@ -69,9 +69,10 @@ def run_smokes() -> dict:
     return results
 
 
-def start_early() -> None:
+def start_early(items) -> None:
     """The smokes are subprocesses: they run in the background, beside the rest of the session (tests/background.py)."""
-    background.start("benchmark-smokes", run_smokes)
+    if background.selected(items, "smoke_runs"):
+        background.start("benchmark-smokes", run_smokes)
 
 
 @pytest.fixture(scope="module")

@@ -103,9 +103,10 @@ def run_device_workers() -> dict:
     return reports
 
 
-def start_early() -> None:
+def start_early(items) -> None:
     """The workers are subprocesses: they run in the background, beside the rest of the session (tests/background.py)."""
-    background.start("clip-device-reports", run_device_workers)
+    if background.selected(items, "device_reports"):
+        background.start("clip-device-reports", run_device_workers)
 
 
 @pytest.fixture(scope="module")

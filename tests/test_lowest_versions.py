@@ -99,13 +99,14 @@ def run_on_lowest() -> subprocess.CompletedProcess:
     )
 
 
-def start_early() -> None:
+def start_early(items) -> None:
     """Build the overlay (network) and run the tests on it in the background, beside the CPU-bound tests."""
     if overlay_is_current() or background.registry_reachable():
         background.start(
             "lowest-overlay", build_overlay if not overlay_is_current() else lambda: OVERLAY / "bin" / "python"
         )
-        background.start("lowest-run", run_on_lowest)
+        if background.selected(items, "test_clip_and_pipeline_tests_pass_on_the_lowest_versions"):
+            background.start("lowest-run", run_on_lowest)
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,11 @@ def resolve(profile: str) -> subprocess.CompletedProcess:
     )
 
 
-def start_early() -> None:
+def start_early(items) -> None:
     """Both dry-runs download GBs of wheels (this registry serves no separate metadata): start them at once."""
-    if background.registry_reachable():
-        for profile in PROFILES:
+    profiles = {item.callspec.params["profile"] for item in items if hasattr(item, "callspec")}
+    if profiles and background.registry_reachable():
+        for profile in sorted(profiles):
             background.start(f"resolution-{profile}", partial(resolve, profile))
 
 

@@ -50,10 +50,12 @@ def wheelhouse() -> Path:
     return background.result("wheelhouse", build_wheelhouse)
 
 
-def start_early() -> None:
+def start_early(items) -> None:
     """Build the wheelhouse and install a fresh copy from it in the background, beside the CPU-bound tests."""
-    background.start("wheelhouse", build_wheelhouse if not wheelhouse_is_current() else lambda: CACHED)
-    background.start("wheelhouse-install", install_from_wheelhouse)
+    if background.selected(items, "wheelhouse"):
+        background.start("wheelhouse", build_wheelhouse if not wheelhouse_is_current() else lambda: CACHED)
+    if background.selected(items, "test_setup_installs_from_the_wheelhouse_without_network"):
+        background.start("wheelhouse-install", install_from_wheelhouse)
 
 
 @pytest.fixture(scope="module", name="wheelhouse")
