@@ -48,10 +48,16 @@ def pytest_collection_finish(session):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """tests/test_site.py builds its pages from the notebooks nbval executes in this same session, so it runs last."""
-    site = [item for item in items if item.path.name == "test_site.py"]
-    if site:
-        items[:] = [item for item in items if item.path.name != "test_site.py"] + site
+    """Order: the tests whose modules start background work (`start_early`) after the others, so the session works
+    while that work runs instead of waiting for it; tests/test_site.py last of all, because it builds its pages
+    from the notebooks nbval executes in this same session."""
+
+    def rank(item) -> int:
+        if item.path.name == "test_site.py":
+            return 2
+        return 1 if hasattr(getattr(item, "module", None), "start_early") else 0
+
+    items.sort(key=rank)  # stable: the order within each group stays
 
 
 @pytest.fixture
