@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="early")  # threads that wait on subprocesses
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="early")  # 4 at once: 2 cores
 _JOBS: dict[str, Future] = {}
 #: held while a wheel is built from the checkout (setuptools writes build/ and *.egg-info there): one at a time
 SOURCE_TREE = threading.Lock()

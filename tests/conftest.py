@@ -48,16 +48,12 @@ def pytest_collection_finish(session):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Order: the tests whose modules start background work (`start_early`) after the others, so the session works
-    while that work runs instead of waiting for it; tests/test_site.py last of all, because it builds its pages
-    from the notebooks nbval executes in this same session."""
-
-    def rank(item) -> int:
-        if item.path.name == "test_site.py":
-            return 2
-        return 1 if hasattr(getattr(item, "module", None), "start_early") else 0
-
-    items.sort(key=rank)  # stable: the order within each group stays
+    """tests/test_site.py builds its pages from the notebooks nbval executes in this same session, so it runs last.
+    (Running the tests that wait for background work last too was measured slower: 27.2 min against 23.8 for the
+    whole fresh-clone `make test`, the session's own CPU-heavy tests then competing with that work.)"""
+    site = [item for item in items if item.path.name == "test_site.py"]
+    if site:
+        items[:] = [item for item in items if item.path.name != "test_site.py"] + site
 
 
 @pytest.fixture

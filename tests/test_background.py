@@ -4,12 +4,15 @@ that asks for it; conftest starts only what the selected tests need."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import background
 import pytest
 
 
-def test_a_job_runs_once_in_the_background_and_errors_reach_the_caller():
+def test_a_job_runs_once_in_the_background_and_errors_reach_the_caller(monkeypatch):
+    # a pool of its own: the session's may be busy with the real jobs
+    monkeypatch.setattr(background, "_POOL", ThreadPoolExecutor(max_workers=1, thread_name_prefix="early"))
     calls, release = [], threading.Event()
 
     def job():

@@ -216,9 +216,10 @@ def test_studio_in_a_real_browser(voila_url, browser):
     wait.until(lambda d: steps_box.get_attribute("value").strip() == "250")
     browser.find_element(By.CSS_SELECTOR, "button.sd-generate").click()
 
-    def running(d):
+    def running(d):  # a step of *this* run (>= 250 in all): the last run's "Steps 10/10" stays until its first step
         s = d.execute_script(GALLERY_STATE)
-        return s if s["generateDisabled"] and re.search(r"Steps [1-9]\d*/", s["progress"]) else False
+        step = re.search(r"Steps [1-9]\d*/(\d+)", s["progress"])
+        return s if s["generateDisabled"] and step and int(step.group(1)) >= 250 else False
 
     during = WebDriverWait(browser, WAIT, poll_frequency=0.1).until(
         running, message="the long run never showed progress"
