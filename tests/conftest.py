@@ -110,9 +110,7 @@ def fresh_tiny_pipe(tiny_pipe):
 @pytest.fixture(scope="session")
 def package_registry() -> None:
     """Skip (with the reason) where pypi.org cannot be reached: resolution and installs need the registry."""
-    import socket
+    import background
 
-    try:
-        socket.create_connection(("pypi.org", 443), timeout=5).close()
-    except OSError:
+    if not background.registry_reachable():
         pytest.skip("the package registry (pypi.org) is unreachable from here")
