@@ -448,8 +448,11 @@ def build_mini_unet(cross_attention_dim: int, sizes: ToySizes | None = None, see
     )
 
 
-def noise_scheduler():
-    """The training-time view of SD v1's schedule: `scaled_linear` betas 0.00085 -> 0.012 over 1000 steps."""
+def noise_scheduler(prediction_type: str = "epsilon"):
+    """The training-time view of SD v1's schedule: `scaled_linear` betas 0.00085 -> 0.012 over 1000 steps.
+
+    prediction_type: what the UNet learns to predict, "epsilon" (SD v1) or "v_prediction" (SD 2's 768 px models):
+    $v_t = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1 - \\bar\\alpha_t}\\,z_0$ (`DDPMScheduler.get_velocity`)."""
     from diffusers import DDPMScheduler
 
     from .offline import sd_scheduler
@@ -460,16 +463,32 @@ def noise_scheduler():
         beta_start=config.beta_start,
         beta_end=config.beta_end,
         beta_schedule=config.beta_schedule,
+        prediction_type=prediction_type,
     )
 
 
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-$\\gamma$ loss weights for an epsilon objective: $w_t = \\min(\\mathrm{SNR}_t, \\gamma) / \\mathrm{SNR}_t$,
-    with $\\mathrm{SNR}_t = \\bar\\alpha_t / (1 - \\bar\\alpha_t)$ (Hang et al. 2023, https://arxiv.org/abs/2303.09556)."""
+    """Min-SNR-$\\gamma$ loss weights: $w_t = \\min(\\mathrm{SNR}_t, \\gamma) / \\mathrm{SNR}_t$ for an epsilon objective,
+    $\\min(\\mathrm{SNR}_t, \\gamma) / (\\mathrm{SNR}_t + 1)$ for a v objective (the scheduler's `prediction_type`),
+    with $\\mathrm{SNR}_t = \\bar\\alpha_t / (1 - \\bar\\alpha_t)$ (Hang et al. 2023, https://arxiv.org/abs/2303.09556;
+    diffusers' train_text_to_image.py divides by SNR + 1 for v_prediction the same way)."""
     from .diffusion import snr
 
     snr_t = snr(scheduler.alphas_cumprod[timesteps])
+    if scheduler.config.prediction_type == "v_prediction":
+        return snr_t.clamp(max=gamma) / (snr_t + 1)
     return snr_t.clamp(max=gamma) / snr_t
+
+
+def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to output for $z_t$, by the scheduler's `prediction_type`: the noise $\\epsilon$, or
+    $v_t = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1 - \\bar\\alpha_t}\\,z_0$ (Salimans & Ho 2022)."""
+    if scheduler.config.prediction_type == "epsilon":
+        return noise
+    if scheduler.config.prediction_type == "v_prediction":
+        ab = scheduler.alphas_cumprod[timesteps].to(latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
+        return ab.sqrt() * noise - (1 - ab).sqrt() * latents  # $v_t$
+    raise ValueError(f"prediction_type={scheduler.config.prediction_type!r}: use 'epsilon' or 'v_prediction'")
 
 
 def train_unet(
@@ -477,8 +496,10 @@ def train_unet(
     cond_states: torch.Tensor, uncond_state: torch.Tensor, steps: int = 2800, batch_size: int = 128,
     lr: float = 1e-3, ema_decay: float = 0.995, p_uncond: float = P_UNCOND, seed: int = 0, progress: bool = True,
     template_weights: torch.Tensor | None = None, snr_gamma: float | None = None, callback=None,
+    prediction_type: str = "epsilon",
 ) -> tuple[torch.nn.Module, list[float]]:  # fmt: skip
-    """Epsilon-prediction training on precomputed latents; returns the EMA of the weights and the losses.
+    """Epsilon-prediction (or v-prediction) training on precomputed latents; returns the EMA of the weights and
+    the losses.
 
     latents_mean/std: (N, 4, 8, 8) VAE posteriors; combo_index: (N,) row of `cond_states`;
     cond_states: (C, T, 77, D) frozen text states of every combination x template;
@@ -488,14 +509,19 @@ def train_unet(
     weighted by $\\min(\\mathrm{SNR}_t, \\gamma) / \\mathrm{SNR}_t$, which stops the nearly clean steps from
     dominating the gradient (diffusers' train_text_to_image.py `--snr_gamma`, 5 recommended). None: plain MSE.
     callback: called as `callback(steps_done, ema)` after every step (e.g. to judge the EMA weights along the way);
-    it must not change `ema`.
+    it must not change `ema`;
+    prediction_type: "epsilon" (SD v1: the UNet predicts the noise) or "v_prediction" (it predicts
+    $v_t = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1 - \\bar\\alpha_t}\\,z_0$); sample with
+    `default_scheduler(prediction_type)`.
     """
     import copy
 
     from tqdm.auto import tqdm
 
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type={prediction_type!r}: use 'epsilon' or 'v_prediction'")
     gen = seed_everything(seed)
-    scheduler = noise_scheduler()
+    scheduler = noise_scheduler(prediction_type)
     n_templates = cond_states.shape[1]
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
@@ -519,7 +545,8 @@ def train_unet(
         states = cond_states[combo_index[idx], template].clone()  # (B, 77, D)
         drop = torch.rand(batch_size, generator=gen) < p_uncond  # caption dropout -> unconditional model
         states[drop] = uncond_state
-        err = F.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample, noise, reduction="none")
+        target = training_target(scheduler, latents, noise, t)
+        err = F.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample, target, reduction="none")
         if snr_gamma is None:
             loss = err.mean()
         else:
@@ -635,7 +662,7 @@ def finetune_decoder(
 # ----------------------------------------------------------------------------------------------
 
 
-def default_scheduler():
+def default_scheduler(prediction_type: str = "epsilon"):
     """DDIM on SD v1's noise schedule: the sampler the toy family is shipped with.
 
     `benchmarks/schedulers_quality.py` (judge, 270 images per cell, guidance 7.5) found DDIM at 10 steps the
@@ -646,7 +673,7 @@ def default_scheduler():
 
     from .offline import sd_scheduler
 
-    return DDIMScheduler.from_config(sd_scheduler().config)
+    return DDIMScheduler.from_config(sd_scheduler().config, prediction_type=prediction_type)
 
 
 def assemble_pipeline(text_encoder, tokenizer, vae, unet, scheduler=None):

@@ -154,12 +154,10 @@ def grade(images: np.ndarray, prompts: list[str], held: np.ndarray | None = None
 
 
 def with_scheduler(pipe, name: str):
-    import diffusers
+    """A scheduler of kind `name` from the pipeline's own config (same betas and `prediction_type`)."""
+    from helpers.pipeline import make_scheduler
 
-    from helpers.offline import sd_scheduler
-    from helpers.pipeline import SCHEDULERS
-
-    return getattr(diffusers, SCHEDULERS[name]).from_config(sd_scheduler().config)
+    return make_scheduler(pipe, name)
 
 
 def faithful_rows(pipe, quick: bool) -> dict:

@@ -55,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--images", type=int, default=12150, help="training images, encoded once to latents")
     ap.add_argument("--channels", default="32,64,64", help="the UNet's block_out_channels")
     ap.add_argument("--heads", default="8", help="attention heads per block: one number, or one per block")
+    ap.add_argument(
+        "--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon",
+        help="what the UNet predicts (sampled with DDIM set to the same)",
+    )  # fmt: skip
     ap.add_argument("--upright", action="store_true", help="draw squares and triangles unrotated")
     ap.add_argument("--evals", default=None, help="step counts at which to judge (default: the last step)")
     ap.add_argument(
@@ -133,7 +137,7 @@ def main(argv=None) -> list[dict]:
             return
         t0 = time.perf_counter()
         train_s = t0 - clock["start"] - clock["judging"]
-        pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
+        pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema, tr.default_scheduler(args.prediction_type))
         pipe.set_progress_bar_config(disable=True)
         row = {"steps": step, "train_s": round(train_s, 1), **judge_row(pipe, prompts, seeds, held, args.sample_steps)}
         rows.append(row)
@@ -144,11 +148,11 @@ def main(argv=None) -> list[dict]:
 
     ema, _ = tr.train_unet(
         unet, inputs.latents_mean, inputs.latents_std, scaling_factor, inputs.combo_index, inputs.cond_states,
-        inputs.uncond_state, steps=args.steps, batch_size=args.batch, lr=args.lr, ema_decay=args.ema, seed=args.seed, progress=False, snr_gamma=args.snr_gamma,
+        inputs.uncond_state, steps=args.steps, batch_size=args.batch, lr=args.lr, ema_decay=args.ema, seed=args.seed, progress=False, snr_gamma=args.snr_gamma, prediction_type=args.prediction_type,
         template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32), callback=evaluate,
     )  # fmt: skip
     if args.decoder_steps:
-        pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
+        pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema, tr.default_scheduler(args.prediction_type))
         pipe.set_progress_bar_config(disable=True)
         n_drawn = 90 if args.quick else 300
         before = quality.vae_round_trip(pipe, n_drawn, rotate=not args.upright)["faithful"]  # the decoder's ceiling

@@ -254,3 +254,45 @@ def test_min_snr_weights_match_diffusers_recipe():
     weights = min_snr_weights(scheduler, timesteps, 5.0)
     assert weights.max() <= 1.0 + 1e-6 and weights[0] < 0.01  # nearly clean steps are damped
     assert torch.allclose(weights[snr <= 5.0], torch.ones(int((snr <= 5.0).sum())))  # noisy steps keep weight 1
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_training_target_is_what_ddim_reads(prediction_type):
+    """training.training_target (epsilon, or $v_t = \\sqrt{\\bar\\alpha_t}\\epsilon - \\sqrt{1-\\bar\\alpha_t} z_0$) is
+    what diffusers' DDIM, set to the same prediction_type, turns back into $z_0$ and $\\epsilon$; and it matches
+    the training scheduler's own `get_velocity`."""
+    from helpers.training import default_scheduler, min_snr_weights, noise_scheduler, training_target
+
+    train = noise_scheduler(prediction_type)
+    gen = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    ddim = default_scheduler(prediction_type)
+    ddim.set_timesteps(10)
+    for t in ddim.timesteps[[0, 4, 9]]:
+        ts = torch.full((3,), int(t))
+        zt = train.add_noise(z0, eps, ts)
+        target = training_target(train, z0, eps, ts)
+        out = ddim.step(target, t, zt)
+        _close(out.pred_original_sample, z0, rtol=1e-4, atol=1e-4)
+    if prediction_type == "v_prediction":
+        _close(target, train.get_velocity(z0, eps, ts), rtol=1e-5, atol=1e-6)
+        # Min-SNR for a v objective, as diffusers' train_text_to_image.py weights it: min(SNR, 5) / (SNR + 1)
+        timesteps = torch.arange(0, 1000, 37)
+        snr = compute_snr(train, timesteps)
+        expected = torch.minimum(snr, torch.full_like(snr, 5.0)) / (snr + 1)
+        _close(min_snr_weights(train, timesteps, 5.0), expected, rtol=1e-5, atol=1e-7)
+    else:
+        assert torch.equal(target, eps)
+
+
+def test_unknown_prediction_type_is_refused():
+    from helpers.training import training_target
+
+    class Config:
+        prediction_type = "sample"
+
+    class Scheduler:
+        config = Config()
+
+    with pytest.raises(ValueError, match="epsilon' or 'v_prediction"):
+        training_target(Scheduler(), torch.zeros(1), torch.zeros(1), torch.zeros(1, dtype=torch.long))

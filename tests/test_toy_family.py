@@ -125,6 +125,11 @@ def test_short_training_schedule_runs_and_losses_fall(tokenizer):
         tr.build_mini_unet(TINY.text_width, TINY), *args, steps=3, batch_size=32, progress=False, snr_gamma=5.0
     )
     assert weighted[0] < plain[0]  # identical first batch: the nearly clean timesteps count less
+    _, v_losses = tr.train_unet(
+        tr.build_mini_unet(TINY.text_width, TINY), *args, steps=3, batch_size=32, progress=False,
+        prediction_type="v_prediction",
+    )  # fmt: skip
+    assert np.isfinite(v_losses).all() and v_losses[0] != plain[0]  # same batch, another target
     pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle on a blue background", num_inference_steps=3, output_type="np").images
