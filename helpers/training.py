@@ -496,7 +496,7 @@ def train_unet(
     cond_states: torch.Tensor, uncond_state: torch.Tensor, steps: int = 2800, batch_size: int = 128,
     lr: float = 1e-3, ema_decay: float = 0.995, p_uncond: float = P_UNCOND, seed: int = 0, progress: bool = True,
     template_weights: torch.Tensor | None = None, snr_gamma: float | None = None, callback=None,
-    prediction_type: str = "epsilon",
+    prediction_type: str = "epsilon", agreement_weight: float = 0.0, agreement_t_max: int = 300,
 ) -> tuple[torch.nn.Module, list[float]]:  # fmt: skip
     """Epsilon-prediction (or v-prediction) training on precomputed latents; returns the EMA of the weights and
     the losses.
@@ -512,7 +512,11 @@ def train_unet(
     it must not change `ema`;
     prediction_type: "epsilon" (SD v1: the UNet predicts the noise) or "v_prediction" (it predicts
     $v_t = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1 - \\bar\\alpha_t}\\,z_0$); sample with
-    `default_scheduler(prediction_type)`.
+    `default_scheduler(prediction_type)`;
+    agreement_weight: for the captioned samples with $t <$ `agreement_t_max` (nearly clean), add this weight times
+    $\\|\\hat\\epsilon(z_t, c) - \\hat\\epsilon(z_t, \\varnothing)\\|^2$ (one more UNet call on those samples). Near
+    $t = 0$ the latent already shows the caption, so the true conditional and unconditional predictions agree;
+    what differs is model error, and classifier-free guidance multiplies it by $w - 1$ (6.5 at 7.5).
     """
     import copy
 
@@ -546,11 +550,19 @@ def train_unet(
         drop = torch.rand(batch_size, generator=gen) < p_uncond  # caption dropout -> unconditional model
         states[drop] = uncond_state
         target = training_target(scheduler, latents, noise, t)
-        err = F.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample, target, reduction="none")
+        pred = unet(noisy, t, encoder_hidden_states=states).sample
+        err = F.mse_loss(pred, target, reduction="none")
         if snr_gamma is None:
             loss = err.mean()
         else:
             loss = (err.mean(dim=(1, 2, 3)) * min_snr_weights(scheduler, t, snr_gamma)).mean()
+        low = (t < agreement_t_max) & ~drop
+        if agreement_weight > 0 and low.any():
+            uncond = uncond_state.expand(int(low.sum()), *uncond_state.shape)
+            pred_uncond = unet(noisy[low], t[low], encoder_hidden_states=uncond).sample
+            # $\|\hat\epsilon(z_t, c) - \hat\epsilon(z_t, \varnothing)\|^2$
+            gap = (pred[low] - pred_uncond).pow(2).mean()
+            loss = loss + agreement_weight * gap * low.float().mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

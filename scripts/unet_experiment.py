@@ -59,6 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon",
         help="what the UNet predicts (sampled with DDIM set to the same)",
     )  # fmt: skip
+    ap.add_argument(
+        "--agreement", type=float, default=0.0,
+        help="weight of the low-noise agreement of the conditional and unconditional predictions (train_unet)",
+    )  # fmt: skip
+    ap.add_argument("--agreement-t-max", type=int, default=300, help="the timesteps below which it applies")
     ap.add_argument("--upright", action="store_true", help="draw squares and triangles unrotated")
     ap.add_argument("--evals", default=None, help="step counts at which to judge (default: the last step)")
     ap.add_argument(
@@ -123,6 +128,7 @@ def main(argv=None) -> list[dict]:
         tr.V2_SIZES,
         unet_channels=tuple(int(c) for c in args.channels.split(",")),
         unet_heads=heads[0] if len(heads) == 1 else heads,
+        latent_channels=vae.config.latent_channels,  # the UNet reads and writes the VAE's latents
     )
     unet = tr.build_mini_unet(text_encoder.config.hidden_size, sizes, seed=args.seed)
     prompts, seeds, held, _ = quality.prompt_set(1, 1) if args.quick else quality.prompt_set(4, 8)
@@ -149,6 +155,7 @@ def main(argv=None) -> list[dict]:
     ema, _ = tr.train_unet(
         unet, inputs.latents_mean, inputs.latents_std, scaling_factor, inputs.combo_index, inputs.cond_states,
         inputs.uncond_state, steps=args.steps, batch_size=args.batch, lr=args.lr, ema_decay=args.ema, seed=args.seed, progress=False, snr_gamma=args.snr_gamma, prediction_type=args.prediction_type,
+        agreement_weight=args.agreement, agreement_t_max=args.agreement_t_max,
         template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32), callback=evaluate,
     )  # fmt: skip
     if args.decoder_steps:

@@ -130,6 +130,11 @@ def test_short_training_schedule_runs_and_losses_fall(tokenizer):
         prediction_type="v_prediction",
     )  # fmt: skip
     assert np.isfinite(v_losses).all() and v_losses[0] != plain[0]  # same batch, another target
+    _, agreeing = tr.train_unet(
+        tr.build_mini_unet(TINY.text_width, TINY), *args, steps=3, batch_size=32, progress=False,
+        agreement_weight=1.0, agreement_t_max=1000,
+    )  # fmt: skip
+    assert agreeing[0] > plain[0]  # same batch plus the gap between the captioned and uncaptioned predictions
     pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle on a blue background", num_inference_steps=3, output_type="np").images
