@@ -524,6 +524,11 @@ def train_unet(
 
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type={prediction_type!r}: use 'epsilon' or 'v_prediction'")
+    if agreement_weight < 0 or not 0 < agreement_t_max <= 1000:
+        raise ValueError(
+            f"agreement_weight={agreement_weight}, agreement_t_max={agreement_t_max}: the weight must be >= 0 (0 turns "
+            "the term off) and the timestep bound between 1 and 1000 (SD v1's training timesteps)"
+        )
     gen = seed_everything(seed)
     scheduler = noise_scheduler(prediction_type)
     n_templates = cond_states.shape[1]

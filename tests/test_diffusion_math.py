@@ -285,6 +285,17 @@ def test_training_target_is_what_ddim_reads(prediction_type):
         assert torch.equal(target, eps)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [{"prediction_type": "sample"}, {"agreement_weight": -1.0}, {"agreement_t_max": 0}, {"agreement_t_max": 2000}],
+)
+def test_train_unet_refuses_bad_settings_before_any_work(bad):
+    from helpers.training import train_unet
+
+    with pytest.raises(ValueError, match="use 'epsilon'|must be >= 0"):
+        train_unet(None, None, None, 1.0, None, None, None, **bad)  # no model, no data: it must stop first
+
+
 def test_unknown_prediction_type_is_refused():
     from helpers.training import training_target
 
