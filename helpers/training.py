@@ -483,12 +483,19 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.T
 def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """What the UNet learns to output for $z_t$, by the scheduler's `prediction_type`: the noise $\\epsilon$, or
     $v_t = \\sqrt{\\bar\\alpha_t}\\,\\epsilon - \\sqrt{1 - \\bar\\alpha_t}\\,z_0$ (Salimans & Ho 2022)."""
+    _check_prediction_type(scheduler.config.prediction_type)
     if scheduler.config.prediction_type == "epsilon":
         return noise
-    if scheduler.config.prediction_type == "v_prediction":
-        ab = scheduler.alphas_cumprod[timesteps].to(latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
-        return ab.sqrt() * noise - (1 - ab).sqrt() * latents  # $v_t$
-    raise ValueError(f"prediction_type={scheduler.config.prediction_type!r}: use 'epsilon' or 'v_prediction'")
+    ab = scheduler.alphas_cumprod[timesteps].to(latents.dtype).view(-1, *([1] * (latents.ndim - 1)))
+    return ab.sqrt() * noise - (1 - ab).sqrt() * latents  # $v_t$
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what train_unet can train the UNet to predict
+
+
+def _check_prediction_type(prediction_type: str) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type={prediction_type!r}: use 'epsilon' or 'v_prediction'")
 
 
 def train_unet(
@@ -522,15 +529,15 @@ def train_unet(
 
     from tqdm.auto import tqdm
 
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type={prediction_type!r}: use 'epsilon' or 'v_prediction'")
-    if agreement_weight < 0 or not 0 < agreement_t_max <= 1000:
+    _check_prediction_type(prediction_type)
+    scheduler = noise_scheduler(prediction_type)
+    n_train = scheduler.config.num_train_timesteps
+    if agreement_weight < 0 or not 0 < agreement_t_max <= n_train:
         raise ValueError(
             f"agreement_weight={agreement_weight}, agreement_t_max={agreement_t_max}: the weight must be >= 0 (0 turns "
-            "the term off) and the timestep bound between 1 and 1000 (SD v1's training timesteps)"
+            f"the term off) and the timestep bound between 1 and {n_train} (the training timesteps)"
         )
     gen = seed_everything(seed)
-    scheduler = noise_scheduler(prediction_type)
     n_templates = cond_states.shape[1]
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)

@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--channels", default="32,64,64", help="the UNet's block_out_channels")
     ap.add_argument("--heads", default="8", help="attention heads per block: one number, or one per block")
     ap.add_argument(
-        "--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon",
+        "--prediction-type", choices=tr.PREDICTION_TYPES, default="epsilon",
         help="what the UNet predicts (sampled with DDIM set to the same)",
     )  # fmt: skip
     ap.add_argument(

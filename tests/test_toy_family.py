@@ -188,7 +188,7 @@ def test_unet_experiment_trains_judges_at_each_evaluation_and_refuses_bad_folder
     rows = exp.main(
         ["--clip", str(clip_dir), "--vae", str(vae_dir), "--steps", "2", "--batch", "4", "--images", "16",
          "--channels", "16,32", "--heads", "1,2", "--evals", "1,2", "--quick", "--upright", "--out", str(out),
-         "--decoder-steps", "2", "--sample-steps", "3"]
+         "--decoder-steps", "2", "--sample-steps", "3", "--save", str(tmp_path / "pipes")]
     )  # fmt: skip
     assert [r["steps"] for r in rows] == [1, 2, 2] and rows[-1]["decoder_steps"] == 2
     assert {r["sample_steps"] for r in rows} == {3}
@@ -200,6 +200,27 @@ def test_unet_experiment_trains_judges_at_each_evaluation_and_refuses_bad_folder
     (written,) = out.glob("unet_experiment_*.json")
     text = written.read_text()
     assert str(tmp_path) not in text and json.loads(text)["settings"]["upright"] is True
+    # scripts/guidance_check.py judges a saved pipeline under several guidance settings
+    spec = importlib.util.spec_from_file_location("guidance_check", REPO_ROOT / "scripts" / "guidance_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    with pytest.raises(SystemExit):
+        check.main([str(tmp_path / "pipes" / "toy-sd-2"), "--guided-share", "1.5"])
+    assert "each share must be in (0, 1]" in capsys.readouterr().err
+    rows = check.main(
+        [str(tmp_path / "pipes" / "toy-sd-2"), "--guidance", "1,7.5", "--guided-share", "0.5", "--rescale", "0.7",
+         "--steps", "4", "--quick"]
+    )  # fmt: skip
+    assert [r["setting"] for r in rows] == [
+        "guidance 1.0", "guidance 7.5", "guidance 7.5 for the first 50% of the steps",
+        "guidance 7.5, guidance_rescale 0.7",
+    ]  # fmt: skip
+    assert all(r["n"] == 90 and 0 <= r["faithful"] <= 1 for r in rows)
+    guided = check.guidance_until(0.5)  # turns guidance off after step 2 of 4, keeping the captioned states
+    pipe = type("Pipe", (), {"num_timesteps": 4, "_guidance_scale": 7.5})()
+    states = {"prompt_embeds": torch.arange(4.0).view(2, 2)}
+    assert guided(pipe, 0, 999, dict(states))["prompt_embeds"].shape == (2, 2) and pipe._guidance_scale == 7.5
+    assert guided(pipe, 1, 500, dict(states))["prompt_embeds"].tolist() == [[2.0, 3.0]] and pipe._guidance_scale == 0
 
 
 # -- the committed models -----------------------------------------------------------------------
