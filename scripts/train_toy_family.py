@@ -213,6 +213,26 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
         if sch.get("vae_edges")
         else f"; MSE + {sch['vae_kl_weight']} KL"
     )
+    unet_extras = "".join(
+        part
+        for part, on in (
+            (f"; Min-SNR-{sch.get('unet_snr_gamma')} loss weights", sch.get("unet_snr_gamma")),
+            ("; squares and triangles drawn upright", sch.get("unet_upright")),
+            (
+                f"; plus {sch.get('unet_agreement')} x the low-noise agreement term (captioned and empty-caption "
+                "predictions pulled together for t < 300)",
+                sch.get("unet_agreement"),
+            ),
+        )
+        if on
+    )
+    decoder = (
+        f"Then the decoder alone: {sch['decoder_steps']} steps fine-tuned to give drawn images back from the UNet's own "
+        f"img2img latents (strength {sch['decoder_strength'][0]}-{sch['decoder_strength'][1]}, "
+        f"{sch['decoder_clean']:.0%} of them the encoder's clean latents; encoder and UNet frozen). "
+        if sch.get("decoder_steps")
+        else ""
+    )
     sd = f"""{_card_header("diffusers", "text-to-image")}
 # toy-sd (v2): Stable Diffusion v1's recipe and geometry at toy scale
 
@@ -239,8 +259,8 @@ image = pipe("a red circle on a blue background", num_inference_steps=10, guidan
 Training: {command}. {vae_recipe}.
 UNet: {sch["unet_steps"]} steps of {sch["unet_batch"]} latents ({sch["unet_images"]:,} images encoded once, a fresh
 posterior sample each time, scaled by the VAE's scaling_factor), epsilon objective on SD v1's noise schedule,
-AdamW lr {sch["unet_lr"]} with warm-up and cosine decay, EMA {sch["ema_decay"]}; captions in a random form, replaced
-by "" 15% of the time so classifier-free guidance works. {timing}
+AdamW lr {sch["unet_lr"]} with warm-up and cosine decay, EMA {sch["ema_decay"]}{unet_extras}; captions in a random
+form, replaced by "" 15% of the time so classifier-free guidance works. {decoder}{timing}
 
 {metrics}
 
@@ -467,7 +487,9 @@ def train_v2(args) -> dict:
     print(f"mini VAE: reconstruction MSE {vae_losses[0]:.4f} -> {stats['vae_mse_last']:.5f}", flush=True)
 
     t0 = time.perf_counter()
-    inputs = tr.v2_unet_inputs(clip, vae, tokenizer, scaled(sched.unet_images), seed=args.seed + 1)
+    inputs = tr.v2_unet_inputs(
+        clip, vae, tokenizer, scaled(sched.unet_images), seed=args.seed + 1, rotate=not sched.unet_upright
+    )
     means, scaling_factor, text_encoder = inputs.latents_mean, inputs.scaling_factor, inputs.text_encoder
     times["latents"] = time.perf_counter() - t0
     print(f"latents: {tuple(means.shape)}, scaling_factor {scaling_factor:.4f}", flush=True)
@@ -478,16 +500,29 @@ def train_v2(args) -> dict:
         unet, means, inputs.latents_std, scaling_factor, inputs.combo_index, inputs.cond_states, inputs.uncond_state,
         steps=scaled(sched.unet_steps), batch_size=sched.unet_batch, lr=sched.unet_lr, ema_decay=sched.ema_decay,
         seed=args.seed, template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32),
+        snr_gamma=sched.unet_snr_gamma, agreement_weight=sched.unet_agreement,
     )  # fmt: skip
     times["mini UNet"] = time.perf_counter() - t0
     stats["unet_loss_first"] = float(np.mean(unet_losses[:20]))
     stats["unet_loss_last"] = float(np.mean(unet_losses[-100:]))
     print(f"mini UNet: loss {stats['unet_loss_first']:.4f} -> {stats['unet_loss_last']:.4f}", flush=True)
 
+    pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
+    pipe.set_progress_bar_config(disable=True)
+    if sched.decoder_steps:  # the decoder learns to give drawn images back from the UNet's own latents
+        t0 = time.perf_counter()
+        decoder_losses = tr.finetune_decoder(
+            pipe, steps=scaled(sched.decoder_steps), p_clean=sched.decoder_clean, strength=sched.decoder_strength,
+            rotate=not sched.unet_upright, seed=args.seed + 11,
+        )  # fmt: skip
+        times["decoder fine-tune"] = time.perf_counter() - t0
+        stats["decoder_loss_first"] = float(np.mean(decoder_losses[:20]))
+        stats["decoder_loss_last"] = float(np.mean(decoder_losses[-100:]))
+        print(f"decoder: loss {stats['decoder_loss_first']:.4f} -> {stats['decoder_loss_last']:.4f}", flush=True)
+
     sd_dir = out / "toy-sd"
     if sd_dir.exists():
         shutil.rmtree(sd_dir)
-    pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
     pipe.save_pretrained(sd_dir, safe_serialization=True)
     write_tokenizer_files(sd_dir / "tokenizer")
     (sd_dir / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # 3.6 MB; vocab.json + merges.txt suffice

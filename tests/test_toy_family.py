@@ -470,6 +470,9 @@ def test_training_script_rehearsal_v2(tmp_path):
     assert [tuple(p) for p in summary["schedule"]["vae_refine"]] == list(tr.V2_SCHEDULE.vae_refine)
     card = (tmp_path / "toy-sd" / "README.md").read_text()
     assert "then 4000 at lr 0.0002, then 6000 at lr 0.0001" in card  # every VAE phase is on the model card
+    # the measured UNet and decoder steps of issue 12 are in the recipe, ran, and are on the card
+    assert summary["times_s"]["decoder fine-tune"] > 0 and "decoder_loss_last" in summary["stats"]
+    assert "Min-SNR-5.0" in card and "agreement term" in card and "6000 steps fine-tuned" in card
     assert (tmp_path / "toy-sd" / "vae" / "config.json").exists()
     vae_config = json.loads((tmp_path / "toy-sd" / "vae" / "config.json").read_text())
     assert vae_config["scaling_factor"] == pytest.approx(summary["scaling_factor"])
