@@ -340,12 +340,16 @@ def parameter_counts(unet) -> dict[str, int]:
     return {"adapter": adapter, "unet": sum(p.numel() for p in unet.parameters()) - adapter}
 
 
-def add_lora(unet, rank: int = 4, alpha: float | None = None, target_modules: Sequence[str] = LORA_TARGETS) -> int:
+def add_lora(
+    unet, rank: int = 4, alpha: float | None = None, target_modules: Sequence[str] = LORA_TARGETS,
+    seed: int | None = None,
+) -> int:  # fmt: skip
     """Wrap every `target_modules` linear layer as $W' = W + \\frac{\\alpha}{r} B A$ and return the adapter's size.
 
     $A$ is (r, in) and Gaussian, $B$ is (out, r) and zero, so at first $W' = W$ exactly: the model is unchanged
     until training moves $B$. Only $r (\\text{in} + \\text{out})$ numbers per layer train instead of in x out.
-    `alpha` defaults to `rank` (scale 1).
+    `alpha` defaults to `rank` (scale 1). `seed` draws $A$ from its own seeded generator, so the adapter starts the
+    same whatever ran before (and torch's global random state is left as it was); None draws from the global one.
     """
     from peft import LoraConfig
 
@@ -366,7 +370,12 @@ def add_lora(unet, rank: int = 4, alpha: float | None = None, target_modules: Se
     # peft wraps each matched nn.Linear; its forward is W x + (alpha / r) * B(A(x)), W frozen
     config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
                         target_modules=list(target_modules))  # fmt: skip
-    unet.add_adapter(config)
+    if seed is None:
+        unet.add_adapter(config)
+    else:
+        with torch.random.fork_rng(devices=[]):  # peft draws A from the global generator
+            torch.manual_seed(seed)
+            unet.add_adapter(config)
     return parameter_counts(unet)["adapter"]
 
 

@@ -310,7 +310,7 @@ if TOY:
     old_plain = {c: P.generate_images(lora_pipe, c.caption(), SEEDS, STEPS) for c in OLD}
     star_check = P.concept_images("star", 64, seed=SEED + 1, size=H)
     star_loss_before = P.fixed_batch_loss(lora_pipe, star_check, star_check.captions)
-    n_adapter = P.add_lora(lora_pipe.unet, rank=RANK)
+    n_adapter = P.add_lora(lora_pipe.unet, rank=RANK, seed=SEED)  # A drawn from its own seed: the same start every run
     counts = P.parameter_counts(lora_pipe.unet)
     print(
         f"adapter: {counts['adapter']:,} numbers; the UNet: {counts['unet']:,} ({counts['adapter'] / counts['unet']:.1%})"
@@ -365,7 +365,8 @@ if TOY:
     )
     assert min(drawn_fit) >= 0.94 and max(others_fit) <= 0.72  # the scale the sentence above reads it on
     assert star_after["faithful"] == 0.0 and star_after["kind"] <= 0.25  # so no clean star, few star-like blobs
-    assert all(old_with[c]["colour"] >= old_without[c]["colour"] - 0.125 for c in OLD)  # colours kept (2 of 16)
+    colour_with, colour_without = (np.mean([r[c]["colour"] for c in OLD]) for r in (old_with, old_without))
+    assert colour_with >= colour_without - 3 / 48  # colours kept: at most 3 of the 48 images lose theirs
     assert any(abs(old_with[c]["kind"] - old_without[c]["kind"]) >= 0.25 for c in OLD)  # but shapes moved
 
 # %% [markdown]

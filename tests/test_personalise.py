@@ -195,6 +195,26 @@ def test_lora_round_trip_and_unload_restore_exact_outputs(pipe, tmp_path):
     assert torch.allclose(torch.from_numpy(images_of(pipe, prompt)), torch.from_numpy(base), atol=1e-6)
 
 
+def test_lora_seed_fixes_the_start_and_leaves_the_global_generator_alone(pipe):
+    P.add_lora(pipe.unet, rank=2, seed=3)
+    first = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if "lora_A" in n}
+    assert first and all(p.abs().sum() > 0 for p in first.values())
+    other = load_toy()
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    torch.rand(5)  # whatever ran before must not matter
+    P.add_lora(other.unet, rank=2, seed=3)
+    again = {n: p.detach() for n, p in other.unet.named_parameters() if "lora_A" in n}
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    torch.random.set_rng_state(state)
+    torch.rand(5)
+    P.add_lora(load_toy().unet, rank=2, seed=3)
+    after = torch.rand(3)
+    torch.random.set_rng_state(state)
+    torch.rand(5)
+    assert torch.equal(after, torch.rand(3))  # adding the seeded adapter drew nothing from the global generator
+
+
 def test_lora_trains_only_the_adapter(pipe):
     P.add_lora(pipe.unet, rank=2)
     frozen = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if "lora_" not in n}
