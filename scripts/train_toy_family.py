@@ -213,6 +213,15 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
         if sch.get("vae_edges")
         else f"; MSE + {sch['vae_kl_weight']} KL"
     )
+    seeds, failures = summary["stats"].get("vae_first_phase_seeds", []), summary["stats"].get("vae_colour_failures", [])
+    if len(seeds) > 1:
+        vae_recipe += (
+            f" (first phase retrained from seed {seeds[-1]}: "
+            + ", ".join(
+                f"seed {s} gave {f:.0%} of drawn images back in another colour" for s, f in zip(seeds, failures)
+            )
+            + ")"
+        )
     unet_extras = "".join(
         part
         for part, on in (
@@ -471,12 +480,22 @@ def train_v2(args) -> dict:
     print(f"mini CLIP: loss {clip_losses[0]:.3f} -> {stats['clip_loss_last']:.4f}", flush=True)
 
     t0 = time.perf_counter()
-    vae = tr.build_mini_vae(sizes, seed=args.seed)
-    vae_losses = tr.train_vae(
-        vae, steps=scaled(sched.vae_steps), batch_size=sched.vae_batch, lr=sched.vae_lr,
-        kl_weight=sched.vae_kl_weight, seed=args.seed, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
-        logvar_init=sched.vae_logvar_init,
-    )  # fmt: skip
+    vae_seeds, colour_failures = [], []
+    for restart in range(1 + sched.vae_restarts):  # a first phase that merged colours is retrained from a new seed
+        vae_seed = args.seed + restart
+        vae = tr.build_mini_vae(sizes, seed=vae_seed)
+        vae_losses = tr.train_vae(
+            vae, steps=scaled(sched.vae_steps), batch_size=sched.vae_batch, lr=sched.vae_lr,
+            kl_weight=sched.vae_kl_weight, seed=vae_seed, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
+            logvar_init=sched.vae_logvar_init,
+        )  # fmt: skip
+        vae_seeds.append(vae_seed)
+        colour_failures.append(tr.vae_colour_failures(vae))
+        print(f"mini VAE, first phase, seed {vae_seed}: {colour_failures[-1]:.1%} of drawn images come back in "
+              "another colour", flush=True)  # fmt: skip
+        if colour_failures[-1] <= sched.vae_colour_limit:
+            break
+    stats["vae_first_phase_seeds"], stats["vae_colour_failures"] = vae_seeds, colour_failures
     for steps, lr, seed_offset in sched.vae_refine:  # lower learning rates: the corners sharpen last
         vae_losses += tr.train_vae(
             vae, steps=scaled(steps), batch_size=sched.vae_batch, lr=lr, kl_weight=sched.vae_kl_weight,

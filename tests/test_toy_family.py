@@ -247,6 +247,31 @@ def test_edge_loss_and_logvar_start_of_the_v2_vae_recipe():
     assert tr.Schedule().vae_refine == ()
 
 
+class _PixelVAE(torch.nn.Module):
+    """A stand-in VAE whose latent is the image itself; `drop` zeroes one RGB channel of what it decodes."""
+
+    def __init__(self, drop: int | None = None):
+        super().__init__()
+        self.drop = drop
+        self.device, self.dtype = torch.device("cpu"), torch.float32  # as diffusers' models report them
+
+    def encode(self, x):
+        return type("Out", (), {"latent_dist": type("Dist", (), {"mean": x})()})()
+
+    def decode(self, z):
+        z = z.clone()
+        if self.drop is not None:
+            z[:, self.drop] = -1.0  # that channel always 0: red shapes come back black, white ones cyan
+        return type("Out", (), {"sample": z})()
+
+
+def test_vae_colour_failures_tells_merged_colours_from_a_faithful_round_trip():
+    assert tr.vae_colour_failures(_PixelVAE(), n=60) == 0.0  # a perfect round trip keeps every colour
+    dropped = tr.vae_colour_failures(_PixelVAE(drop=0), n=60)
+    assert dropped >= 0.5  # without red, red, yellow and white shapes and backgrounds change colour
+    assert tr.V2_SCHEDULE.vae_restarts >= 1 and 0 < tr.V2_SCHEDULE.vae_colour_limit <= 0.1
+
+
 def test_vae_latent_noise_reaches_the_decoder():
     """`latent_noise` perturbs the latent the decoder reads (so it learns to decode a neighbourhood of each latent);
     without it the decoder reads the posterior sample, within its own tiny std of the mean."""
@@ -470,6 +495,10 @@ def test_training_script_rehearsal_v2(tmp_path):
     assert [tuple(p) for p in summary["schedule"]["vae_refine"]] == list(tr.V2_SCHEDULE.vae_refine)
     card = (tmp_path / "toy-sd" / "README.md").read_text()
     assert "then 4000 at lr 0.0002, then 6000 at lr 0.0001" in card  # every VAE phase is on the model card
+    # a first VAE phase whose colours merged is retrained from the next seed; every attempt is recorded
+    seeds, failures = summary["stats"]["vae_first_phase_seeds"], summary["stats"]["vae_colour_failures"]
+    assert seeds[0] == 0 and len(seeds) == len(failures) <= 1 + tr.V2_SCHEDULE.vae_restarts
+    assert all(f > tr.V2_SCHEDULE.vae_colour_limit for f in failures[:-1])  # only a collapsed phase is retrained
     # the measured UNet and decoder steps of issue 12 are in the recipe, ran, and are on the card
     assert summary["times_s"]["decoder fine-tune"] > 0 and "decoder_loss_last" in summary["stats"]
     assert "Min-SNR-5.0" in card and "agreement term" in card and "6000 steps fine-tuned" in card
