@@ -447,14 +447,21 @@ def vae_colour_failures(vae, n: int = 300, seed: int = 4243, size: int = V2_IMAG
 
     data = make_dataset_v2(n, seed=seed, form=0)
     wrong = []
-    for i in range(0, n, 50):
-        x = to_unit_range(data.images[i : i + 50]).to(vae.device, vae.dtype)
-        recon = vae.decode(vae.encode(x).latent_dist.mean).sample.float().cpu()
-        images = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        for image, combo in zip(images, data.combos[i : i + 50]):
-            found = sj.inspect(image)
-            wrong.append(found.found and (found.colour != combo.colour or found.background != combo.background))
+    for image, combo in zip(vae_round_trip_images(vae, data.images), data.combos):
+        found = sj.inspect(image)
+        wrong.append(found.found and (found.colour != combo.colour or found.background != combo.background))
     return float(np.mean(wrong))
+
+
+@torch.no_grad()
+def vae_round_trip_images(vae, images: np.ndarray, batch_size: int = 50) -> np.ndarray:
+    """uint8 (N, H, W, 3) images through encode (posterior mean) and decode, back as uint8 (N, H, W, 3)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = to_unit_range(images[i : i + batch_size]).to(vae.device, vae.dtype)
+        recon = vae.decode(vae.encode(x).latent_dist.mean).sample.float().cpu()
+        out.append(((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
 
 
 @torch.no_grad()

@@ -347,12 +347,7 @@ def vae_round_trip(pipe, n: int, seed: int = 4242, rotate: bool = True) -> dict:
     No prompt can make the pipeline draw better than its decoder gives back a drawn picture.
     """
     data = training_data(pipe, n, seed=seed, rotate=rotate)
-    x = tr.to_unit_range(data.images)
-    recon = torch.cat(
-        [pipe.vae.decode(pipe.vae.encode(x[i : i + 50]).latent_dist.mean).sample for i in range(0, n, 50)]
-    )
-    images = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (N, H, W, 3) uint8
-    row, _ = grade(images, [c.caption() for c in data.combos])
+    row, _ = grade(tr.vae_round_trip_images(pipe.vae, data.images), [c.caption() for c in data.combos])
     return row
 
 

@@ -456,7 +456,7 @@ def train_v2(args) -> dict:
     sizes, sched = tr.V2_SIZES, tr.V2_SCHEDULE
     scaled = lambda n: max(10, int(n * args.scale))  # noqa: E731
     times: dict[str, float] = {}
-    stats: dict[str, float] = {}
+    stats: dict[str, float | list] = {}  # the first VAE phase records a list per attempt
     t_all = time.perf_counter()
     tokenizer = load_clip_tokenizer()
     out = args.out
