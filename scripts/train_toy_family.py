@@ -213,12 +213,15 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
         if sch.get("vae_edges")
         else f"; MSE + {sch['vae_kl_weight']} KL"
     )
-    seeds, failures = summary["stats"].get("vae_first_phase_seeds", []), summary["stats"].get("vae_colour_failures", [])
+    st = summary["stats"]
+    seeds, failures = st.get("vae_first_phase_seeds", []), st.get("vae_colour_failures", [])
+    trained = st.get("vae_first_phase_steps", [sch["vae_steps"]] * len(seeds))
     if len(seeds) > 1:
         vae_recipe += (
             f" (first phase retrained from seed {seeds[-1]}: "
             + ", ".join(
-                f"seed {s} gave {f:.0%} of drawn images back in another colour" for s, f in zip(seeds, failures)
+                f"seed {s} gave {f:.0%} of drawn images back in another colour after {n} steps"
+                for s, f, n in zip(seeds, failures, trained)
             )
             + ")"
         )
@@ -480,21 +483,30 @@ def train_v2(args) -> dict:
     print(f"mini CLIP: loss {clip_losses[0]:.3f} -> {stats['clip_loss_last']:.4f}", flush=True)
 
     t0 = time.perf_counter()
-    vae_seeds, colour_failures = [], []
+    vae_seeds, colour_failures, vae_first_steps = [], [], []
     for restart in range(1 + sched.vae_restarts):  # a first phase that merged colours is retrained from a new seed
-        vae_seed = args.seed + restart
+        vae_seed, last = args.seed + restart, restart == sched.vae_restarts
         vae = tr.build_mini_vae(sizes, seed=vae_seed)
+        early: list[float] = []  # the colour check part-way through, when the recipe asks for one
+
+        def colours_kept(model, early=early) -> bool:
+            early.append(tr.vae_colour_failures(model))
+            return early[-1] <= sched.vae_check[1]
+
+        check_at = None if last or sched.vae_check is None else scaled(sched.vae_check[0])
         vae_losses = tr.train_vae(
             vae, steps=scaled(sched.vae_steps), batch_size=sched.vae_batch, lr=sched.vae_lr,
             kl_weight=sched.vae_kl_weight, seed=vae_seed, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
-            logvar_init=sched.vae_logvar_init,
+            logvar_init=sched.vae_logvar_init, check_at=check_at, check=colours_kept if check_at else None,
         )  # fmt: skip
         vae_seeds.append(vae_seed)
-        colour_failures.append(tr.vae_colour_failures(vae))
-        print(f"mini VAE, first phase, seed {vae_seed}: {colour_failures[-1]:.1%} of drawn images come back in "
-              "another colour", flush=True)  # fmt: skip
-        if colour_failures[-1] <= sched.vae_colour_limit:
+        vae_first_steps.append(len(vae_losses))
+        colour_failures.append(early[-1] if len(vae_losses) < scaled(sched.vae_steps) else tr.vae_colour_failures(vae))
+        print(f"mini VAE, first phase, seed {vae_seed}, {len(vae_losses)} steps: {colour_failures[-1]:.1%} of drawn "
+              "images come back in another colour", flush=True)  # fmt: skip
+        if len(vae_losses) == scaled(sched.vae_steps) and colour_failures[-1] <= sched.vae_colour_limit:
             break
+    stats["vae_first_phase_steps"] = vae_first_steps
     stats["vae_first_phase_seeds"], stats["vae_colour_failures"] = vae_seeds, colour_failures
     for steps, lr, seed_offset in sched.vae_refine:  # lower learning rates: the corners sharpen last
         vae_losses += tr.train_vae(

@@ -272,6 +272,22 @@ def test_vae_colour_failures_tells_merged_colours_from_a_faithful_round_trip():
     assert tr.V2_SCHEDULE.vae_restarts >= 1 and 0 < tr.V2_SCHEDULE.vae_colour_limit <= 0.1
 
 
+def test_train_vae_check_stops_a_phase_early_only_when_it_fails():
+    """The early colour check (`V2_SCHEDULE.vae_check`) sees the VAE in eval mode after exactly `check_at` steps; a
+    failed check ends the phase there, a passed one lets it run to the end."""
+    calls = []
+
+    def run(verdict: bool) -> int:
+        vae = tr.build_mini_vae(seed=0)
+        check = lambda model: calls.append(model.training) or verdict  # noqa: E731
+        return len(tr.train_vae(vae, steps=5, batch_size=2, check_at=2, check=check, progress=False))
+
+    assert run(False) == 2 and run(True) == 5
+    assert calls == [False, False]  # called once per run, never in train mode
+    check_at, limit = tr.V2_SCHEDULE.vae_check
+    assert 0 < check_at < tr.V2_SCHEDULE.vae_steps and tr.V2_SCHEDULE.vae_colour_limit < limit < 1
+
+
 def test_vae_latent_noise_reaches_the_decoder():
     """`latent_noise` perturbs the latent the decoder reads (so it learns to decode a neighbourhood of each latent);
     without it the decoder reads the posterior sample, within its own tiny std of the mean."""
@@ -499,6 +515,12 @@ def test_training_script_rehearsal_v2(tmp_path):
     seeds, failures = summary["stats"]["vae_first_phase_seeds"], summary["stats"]["vae_colour_failures"]
     assert seeds[0] == 0 and len(seeds) == len(failures) <= 1 + tr.V2_SCHEDULE.vae_restarts
     assert all(f > tr.V2_SCHEDULE.vae_colour_limit for f in failures[:-1])  # only a collapsed phase is retrained
+    # an attempt stops at the early check only when its colours merged; the last one always runs to the end
+    full, check_at = max(10, int(tr.V2_SCHEDULE.vae_steps * 0.002)), max(10, int(tr.V2_SCHEDULE.vae_check[0] * 0.002))
+    steps = summary["stats"]["vae_first_phase_steps"]
+    assert len(steps) == len(seeds) and steps[-1] == full and set(steps) <= {check_at, full}
+    assert all(f > tr.V2_SCHEDULE.vae_check[1] for f, n in zip(failures, steps) if n == check_at < full)
+    assert f"back in another colour after {steps[0]} steps" in card or len(seeds) == 1
     # the measured UNet and decoder steps of issue 12 are in the recipe, ran, and are on the card
     assert summary["times_s"]["decoder fine-tune"] > 0 and "decoder_loss_last" in summary["stats"]
     assert "Min-SNR-5.0" in card and "agreement term" in card and "6000 steps fine-tuned" in card
