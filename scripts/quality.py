@@ -3,6 +3,7 @@
     python scripts/quality.py                      # full measurement, >= 300 images per row (minutes on 2 cores)
     python scripts/quality.py --quick              # small counts, seconds (used by the tests; --smoke is the same)
     python scripts/quality.py --models DIR         # another trained family (default: models/)
+    python scripts/quality.py --models DIR --steps 30   # that family's default sampler at 30 steps, not 10
 
 The judge is `helpers.strict_judge` (classical image analysis: no learned model, not the mini CLIP). Rows:
 - prompt-faithful at guidance 1.0 and 7.5 with the default sampler (every one of the 90 combinations,
@@ -90,13 +91,11 @@ def _uint8(images: np.ndarray) -> np.ndarray:
 def generate(pipe, prompts: list[str], seeds: list[int], guidance_scale: float, steps: int | None = None,
              negative: str | None = None, batch: int = 200) -> np.ndarray:  # fmt: skip
     """uint8 images (N, H, W, 3), one seeded generator per image, in batches."""
-    from helpers.pipeline import DEFAULT_STEPS
-
     out = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
         images = pipe(
-            prompt=chunk, num_inference_steps=steps or DEFAULT_STEPS, guidance_scale=guidance_scale,
+            prompt=chunk, num_inference_steps=steps or default_steps(), guidance_scale=guidance_scale,
             negative_prompt=[negative] * len(chunk) if negative else None,
             generator=[torch.Generator().manual_seed(s) for s in seeds[i : i + batch]], output_type="np",
         ).images  # fmt: skip
@@ -162,7 +161,7 @@ def with_scheduler(pipe, name: str):
 
 def faithful_rows(pipe, quick: bool) -> dict:
     """Guidance 1.0 and 7.5 at the default sampler, diversity, PNDM-50 and the table's samplers at 20 steps."""
-    from helpers.pipeline import DEFAULT_SCHEDULER, DEFAULT_STEPS
+    from helpers.pipeline import DEFAULT_SCHEDULER
 
     per_train, per_held = (1, 2) if quick else (4, 8)  # full: 81 x 4 + 9 x 8 = 396 images per row
     prompts, seeds, held, combos = prompt_set(per_train, per_held)
@@ -176,7 +175,7 @@ def faithful_rows(pipe, quick: bool) -> dict:
         held = held[keep]
     default = pipe.scheduler
     pipe.scheduler = with_scheduler(pipe, DEFAULT_SCHEDULER)
-    out = {"default": f"{DEFAULT_SCHEDULER}-{DEFAULT_STEPS}"}
+    out = {"default": f"{DEFAULT_SCHEDULER}-{default_steps()}"}
     for g in (1.0, GUIDANCE):
         images = generate(pipe, prompts, seeds, g)
         out[f"guidance_{g}"], _ = grade(images, prompts, held)
@@ -229,8 +228,6 @@ def img2img_rows(pipe, quick: bool) -> dict:
     """Change the shape's colour of a training-style picture; report faithful and centre shift per strength."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from helpers.pipeline import DEFAULT_STEPS
-
     i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
     i2i.set_progress_bar_config(disable=True)
     n = 24 if quick else 300
@@ -247,7 +244,7 @@ def img2img_rows(pipe, quick: bool) -> dict:
         for i in range(0, n, 100):
             res = i2i(
                 prompt=prompts[i : i + 100], image=[data.pil(j) for j in range(i, min(n, i + 100))],
-                strength=strength, num_inference_steps=max(DEFAULT_STEPS, 20), guidance_scale=GUIDANCE,
+                strength=strength, num_inference_steps=max(default_steps(), 20), guidance_scale=GUIDANCE,
                 generator=[torch.Generator().manual_seed(7000 + j) for j in range(i, min(n, i + 100))],
                 output_type="np",
             ).images  # fmt: skip
@@ -268,7 +265,6 @@ def inpaint_rows(pipe, quick: bool, n: int | None = None) -> dict:
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
 
-    from helpers.pipeline import DEFAULT_STEPS
     from helpers.shapes_data import _jitter
 
     inp = StableDiffusionInpaintPipeline(**pipe.components)
@@ -292,7 +288,7 @@ def inpaint_rows(pipe, quick: bool, n: int | None = None) -> dict:
     for i in range(0, n, 100):
         res = inp(
             prompt=prompts[i : i + 100], image=inits[i : i + 100], mask_image=masks[i : i + 100],
-            num_inference_steps=max(DEFAULT_STEPS, 20), guidance_scale=GUIDANCE, height=size, width=size,
+            num_inference_steps=max(default_steps(), 20), guidance_scale=GUIDANCE, height=size, width=size,
             generator=[torch.Generator().manual_seed(9000 + j) for j in range(i, min(n, i + 100))], output_type="np",
         ).images  # fmt: skip
         images.append(_uint8(res))
@@ -353,19 +349,37 @@ def vae_round_trip(pipe, n: int, seed: int = 4242, rotate: bool = True) -> dict:
 
 def single_image_seconds(pipe, prompt: str = "a red circle on a blue background", repeats: int = 3) -> float:
     """Wall time of one default pipeline call (1 image, the default steps, guidance 7.5)."""
-    from helpers.pipeline import DEFAULT_STEPS
-
-    pipe(prompt, num_inference_steps=DEFAULT_STEPS, guidance_scale=GUIDANCE)  # warm-up
+    pipe(prompt, num_inference_steps=default_steps(), guidance_scale=GUIDANCE)  # warm-up
     t0 = time.perf_counter()
     for _ in range(repeats):
-        pipe(prompt, num_inference_steps=DEFAULT_STEPS, guidance_scale=GUIDANCE)
+        pipe(prompt, num_inference_steps=default_steps(), guidance_scale=GUIDANCE)
     return (time.perf_counter() - t0) / repeats
 
 
-def measure(models_dir: Path = MODELS_DIR, smoke: bool = False, quick: bool | None = None) -> dict:
-    """All the numbers, as a dict (also written to outputs/benchmarks/)."""
-    quick = smoke if quick is None else quick
-    models_dir = Path(models_dir)
+_STEPS: int | None = None  # `measure(steps=...)`: the default sampler's steps for this measurement
+
+
+def default_steps() -> int:
+    """The default sampler's steps: the family's (`helpers.pipeline.DEFAULT_STEPS`) unless `measure` was given some."""
+    from helpers.pipeline import DEFAULT_STEPS
+
+    return _STEPS or DEFAULT_STEPS
+
+
+def measure(models_dir: Path = MODELS_DIR, smoke: bool = False, quick: bool | None = None,
+            steps: int | None = None) -> dict:  # fmt: skip
+    """All the numbers, as a dict (also written to outputs/benchmarks/); `steps` replaces the default sampler's."""
+    global _STEPS
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps={steps}: the default sampler needs at least 1 step; leave it out for the family's own")
+    _STEPS, previous = steps, _STEPS
+    try:
+        return _measure(Path(models_dir), smoke if quick is None else quick)
+    finally:
+        _STEPS = previous
+
+
+def _measure(models_dir: Path, quick: bool) -> dict:
     pipe, clip, tokenizer = load_family(models_dir)
     t0 = time.perf_counter()
     result = {"models_dir": str(models_dir), "smoke": quick, "image_size": image_size(pipe)}
@@ -471,9 +485,17 @@ def main(argv=None) -> int:
     ap.add_argument("--models", type=Path, default=MODELS_DIR)
     ap.add_argument("--quick", "--smoke", action="store_true", dest="quick", help="small counts: seconds, not minutes")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps of the default sampler (default: the family's, helpers.pipeline.DEFAULT_STEPS)",
+    )
     args = ap.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        ap.error(f"--steps {args.steps}: give at least 1, or leave it out for the family's default")
     torch.set_num_threads(args.threads)
-    r = measure(args.models, quick=args.quick)
+    r = measure(args.models, quick=args.quick, steps=args.steps)
     path = save_result(r)
     print(markdown_table(r))
     print(f"\nSaved {path}")

@@ -379,9 +379,15 @@ def test_quality_script_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SD_TUTORIAL_OUTPUTS", str(tmp_path))
     q = _quality_module()
     monkeypatch.setattr(q, "OUTPUTS_DIR", tmp_path)
-    assert q.main(["--smoke"]) == 0
+    from helpers.pipeline import DEFAULT_STEPS
+
+    with pytest.raises(SystemExit):  # refused before any model loads
+        q.main(["--smoke", "--steps", "0"])
+    capsys.readouterr()
+    assert q.main(["--smoke", "--steps", "6"]) == 0  # the default sampler at 6 steps instead of the family's
     table = capsys.readouterr().out
-    assert "| Prompt-faithful, guidance 7.5" in table
+    assert "| Prompt-faithful, guidance 7.5, ddim-6 (all / held-out)" in table
+    assert q.default_steps() == DEFAULT_STEPS  # restored after the measurement
     assert "| VAE round trip of drawn images (its ceiling)" in table
     saved = list((tmp_path / "benchmarks").glob("toy_quality_smoke_*.json"))
     assert len(saved) == 1
