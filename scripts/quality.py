@@ -4,6 +4,7 @@
     python scripts/quality.py --quick              # small counts, seconds (used by the tests; --smoke is the same)
     python scripts/quality.py --models DIR         # another trained family (default: models/)
     python scripts/quality.py --models DIR --steps 30   # that family's default sampler at 30 steps, not 10
+    python scripts/quality.py --models DIR --scheduler euler_a --steps 30   # another default sampler for every row
 
 The judge is `helpers.strict_judge` (classical image analysis: no learned model, not the mini CLIP). Rows:
 - prompt-faithful at guidance 1.0 and 7.5 with the default sampler (every one of the 90 combinations,
@@ -161,8 +162,6 @@ def with_scheduler(pipe, name: str):
 
 def faithful_rows(pipe, quick: bool) -> dict:
     """Guidance 1.0 and 7.5 at the default sampler, diversity, PNDM-50 and the table's samplers at 20 steps."""
-    from helpers.pipeline import DEFAULT_SCHEDULER
-
     per_train, per_held = (1, 2) if quick else (4, 8)  # full: 81 x 4 + 9 x 8 = 396 images per row
     prompts, seeds, held, combos = prompt_set(per_train, per_held)
     if quick:
@@ -174,8 +173,8 @@ def faithful_rows(pipe, quick: bool) -> dict:
         )
         held = held[keep]
     default = pipe.scheduler
-    pipe.scheduler = with_scheduler(pipe, DEFAULT_SCHEDULER)
-    out = {"default": f"{DEFAULT_SCHEDULER}-{default_steps()}"}
+    pipe.scheduler = with_scheduler(pipe, default_scheduler())
+    out = {"default": f"{default_scheduler()}-{default_steps()}"}
     for g in (1.0, GUIDANCE):
         images = generate(pipe, prompts, seeds, g)
         out[f"guidance_{g}"], _ = grade(images, prompts, held)
@@ -357,6 +356,7 @@ def single_image_seconds(pipe, prompt: str = "a red circle on a blue background"
 
 
 _STEPS: int | None = None  # `measure(steps=...)`: the default sampler's steps for this measurement
+_SCHEDULER: str | None = None  # `measure(scheduler=...)`: the default sampler for this measurement
 
 
 def default_steps() -> int:
@@ -366,21 +366,36 @@ def default_steps() -> int:
     return _STEPS or DEFAULT_STEPS
 
 
+def default_scheduler() -> str:
+    """The default sampler: the family's (`helpers.pipeline.DEFAULT_SCHEDULER`) unless `measure` was given one."""
+    from helpers.pipeline import DEFAULT_SCHEDULER
+
+    return _SCHEDULER or DEFAULT_SCHEDULER
+
+
 def measure(models_dir: Path = MODELS_DIR, smoke: bool = False, quick: bool | None = None,
-            steps: int | None = None) -> dict:  # fmt: skip
-    """All the numbers, as a dict (also written to outputs/benchmarks/); `steps` replaces the default sampler's."""
-    global _STEPS
+            steps: int | None = None, scheduler: str | None = None) -> dict:  # fmt: skip
+    """All the numbers, as a dict (also written to outputs/benchmarks/).
+
+    `steps` and `scheduler` replace the default sampler's steps and kind, in every row that uses the default sampler
+    (the guidance, diversity, negative-prompt, img2img and inpainting rows)."""
+    global _STEPS, _SCHEDULER
+    from helpers.pipeline import _check_scheduler
+
     if steps is not None and steps < 1:
         raise ValueError(f"steps={steps}: the default sampler needs at least 1 step; leave it out for the family's own")
-    _STEPS, previous = steps, _STEPS
+    scheduler = None if scheduler is None else _check_scheduler(scheduler)
+    previous = _STEPS, _SCHEDULER
+    _STEPS, _SCHEDULER = steps, scheduler
     try:
         return _measure(Path(models_dir), smoke if quick is None else quick)
     finally:
-        _STEPS = previous
+        _STEPS, _SCHEDULER = previous
 
 
 def _measure(models_dir: Path, quick: bool) -> dict:
     pipe, clip, tokenizer = load_family(models_dir)
+    pipe.scheduler = with_scheduler(pipe, default_scheduler())  # the negative, img2img and inpainting rows use it
     t0 = time.perf_counter()
     result = {"models_dir": str(models_dir), "smoke": quick, "image_size": image_size(pipe)}
     result["vae_scaling_factor"] = pipe.vae.config.scaling_factor
@@ -491,11 +506,21 @@ def main(argv=None) -> int:
         default=None,
         help="steps of the default sampler (default: the family's, helpers.pipeline.DEFAULT_STEPS)",
     )
+    ap.add_argument(
+        "--scheduler",
+        default=None,
+        help="the default sampler for every row that uses it (default: the family's, helpers.pipeline.DEFAULT_SCHEDULER)",
+    )
     args = ap.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         ap.error(f"--steps {args.steps}: give at least 1, or leave it out for the family's default")
+    if args.scheduler is not None:
+        from helpers.pipeline import SCHEDULERS
+
+        if args.scheduler.lower() not in SCHEDULERS:
+            ap.error(f"--scheduler {args.scheduler}: choose one of {', '.join(SCHEDULERS)}")
     torch.set_num_threads(args.threads)
-    r = measure(args.models, quick=args.quick, steps=args.steps)
+    r = measure(args.models, quick=args.quick, steps=args.steps, scheduler=args.scheduler)
     path = save_result(r)
     print(markdown_table(r))
     print(f"\nSaved {path}")

@@ -381,13 +381,15 @@ def test_quality_script_smoke(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(q, "OUTPUTS_DIR", tmp_path)
     from helpers.pipeline import DEFAULT_STEPS
 
-    with pytest.raises(SystemExit):  # refused before any model loads
-        q.main(["--smoke", "--steps", "0"])
+    for bad in (["--steps", "0"], ["--scheduler", "nope"]):
+        with pytest.raises(SystemExit):  # refused before any model loads
+            q.main(["--smoke", *bad])
     capsys.readouterr()
-    assert q.main(["--smoke", "--steps", "6"]) == 0  # the default sampler at 6 steps instead of the family's
+    # the default sampler replaced: euler_a at 6 steps instead of the family's DDIM at DEFAULT_STEPS
+    assert q.main(["--smoke", "--scheduler", "euler_a", "--steps", "6"]) == 0
     table = capsys.readouterr().out
-    assert "| Prompt-faithful, guidance 7.5, ddim-6 (all / held-out)" in table
-    assert q.default_steps() == DEFAULT_STEPS  # restored after the measurement
+    assert "| Prompt-faithful, guidance 7.5, euler_a-6 (all / held-out)" in table
+    assert (q.default_steps(), q.default_scheduler()) == (DEFAULT_STEPS, "ddim")  # restored after the measurement
     assert "| VAE round trip of drawn images (its ceiling)" in table
     saved = list((tmp_path / "benchmarks").glob("toy_quality_smoke_*.json"))
     assert len(saved) == 1
