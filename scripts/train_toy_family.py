@@ -14,7 +14,8 @@ What it does, in the order Stable Diffusion v1 was built:
   7. the quality measurement (scripts/quality.py, strict judge) and a model card in each folder
 Seeds are fixed; the same command on the same machine gives the same weights.
 The v2 stages took, on a 2-core Intel Xeon with 1 torch thread (2026-12-04 to 06): CLIP ~3 min, each VAE phase ~0.27 s
-a step (10,000 + 4,000 + 6,000 steps, plus 3,000 for each first phase stopped early), UNet ~42 min, decoder ~24 min.
+a step (10,000 + 4,000 + 6,000 steps, plus 3,000 for each first phase stopped early), UNet ~59 min (13,500
+steps), decoder ~23 min.
 """
 
 from __future__ import annotations
