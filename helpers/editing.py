@@ -98,6 +98,42 @@ def rectangle_mask(size: int, box: tuple[int, int, int, int]) -> Image.Image:
     return Image.fromarray(mask, mode="L")
 
 
+def load_inpainting_unet(model_dir):
+    """The family's 9-channel inpainting UNet (`<model_dir>/unet_inpainting`, saved in half precision by
+    `training.save_inpainting_unet`), in float32; None when the folder has none."""
+    from pathlib import Path
+
+    from diffusers import UNet2DConditionModel
+
+    from .training import INPAINT_UNET_SUBFOLDER
+
+    folder = Path(model_dir) / INPAINT_UNET_SUBFOLDER
+    if not (folder / "config.json").exists():
+        return None
+    return UNet2DConditionModel.from_pretrained(folder, variant="fp16", torch_dtype=torch.float32)
+
+
+def inpainting_pipeline(pipe, unet=None):
+    """`StableDiffusionInpaintPipeline` from a text-to-image pipeline's components.
+
+    With the pipeline's own 4-channel UNet it inpaints by blending latents (`blend_known` at every step); with a
+    9-channel inpainting `unet` (`load_inpainting_unet`) the UNet itself sees the mask and the masked image.
+    """
+    from diffusers import StableDiffusionInpaintPipeline
+
+    components = dict(pipe.components)
+    if unet is not None:
+        if unet.config.in_channels != 9:
+            raise ValueError(
+                f"An inpainting UNet takes 9 input channels (latents, mask, masked-image latents); this one takes "
+                f"{unet.config.in_channels}. Leave `unet` out to inpaint with the pipeline's own UNet by blending."
+            )
+        components["unet"] = unet.to(pipe.device)
+    out = StableDiffusionInpaintPipeline(**components)
+    out.set_progress_bar_config(disable=True)
+    return out
+
+
 def blend_known(latents, init_latents, mask, noise, t_next, alphas_cumprod) -> torch.Tensor:
     """One inpainting blend (4-channel UNets): outside the mask, replace the latents by the original's, noised to
     the timestep the scheduler just stepped to; inside, keep what the model drew. `mask` is (B, 1, h, w), 1 = repaint.

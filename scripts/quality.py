@@ -35,6 +35,7 @@ import torch
 import helpers  # noqa: F401  (quiet library logs before diffusers/transformers load)
 from helpers import strict_judge as sj
 from helpers import training as tr
+from helpers.editing import load_inpainting_unet
 from helpers.paths import MODELS_DIR as _MODELS_DIR
 from helpers.paths import OUTPUTS_DIR
 from helpers.shapes_data import (
@@ -259,15 +260,17 @@ def img2img_rows(pipe, quick: bool) -> dict:
     return out
 
 
-def inpaint_rows(pipe, quick: bool, n: int | None = None) -> dict:
-    """A shape inside a square mask on a plain background; pixels outside the mask, raw and pasted back."""
-    from diffusers import StableDiffusionInpaintPipeline
+def inpaint_rows(pipe, quick: bool, n: int | None = None, unet=None) -> dict:
+    """A shape inside a square mask on a plain background; pixels outside the mask, raw and pasted back.
+
+    `unet`: a 9-channel inpainting UNet (`helpers.editing.load_inpainting_unet`); None: the pipeline's own
+    4-channel UNet, which inpaints by blending latents."""
     from PIL import Image
 
+    from helpers.editing import inpainting_pipeline
     from helpers.shapes_data import _jitter
 
-    inp = StableDiffusionInpaintPipeline(**pipe.components)
-    inp.set_progress_bar_config(disable=True)
+    inp = inpainting_pipeline(pipe, unet)
     size = image_size(pipe)
     n = n or (24 if quick else 300)
     rng = np.random.default_rng(11)
@@ -403,6 +406,9 @@ def _measure(models_dir: Path, quick: bool) -> dict:
     result["negative"] = negative_rows(pipe, quick)
     result["img2img"] = img2img_rows(pipe, quick)
     result["inpaint"] = inpaint_rows(pipe, quick)
+    unet9 = load_inpainting_unet(models_dir / "toy-sd")
+    if unet9 is not None:  # the family's 9-channel inpainting UNet (SD-inpainting's recipe), when it has one
+        result["inpaint_unet"] = inpaint_rows(pipe, quick, unet=unet9)
     result["clip"] = clip_retrieval(clip, tokenizer, pipe, per_combo=1 if quick else 10)
     result["vae"] = vae_error(pipe, n=32 if quick else 256)
     result["vae"]["round_trip"] = vae_round_trip(pipe, n=24 if quick else 300)
@@ -452,12 +458,18 @@ def markdown_table(r: dict) -> str:
                 f"{pct(row['faithful'])} / {pct(row['centre_within_3px'])} / {pct(row['faithful_and_within_3px'])}",
                 f"{row['n']} images", ">= 90% at some strength <= 0.7",
             ))  # fmt: skip
-    ip = r["inpaint"]
+    for key, how in (("inpaint", "the UNet, blending latents"), ("inpaint_unet", "the 9-channel inpainting UNet")):
+        if key not in r:
+            continue
+        ip = r[key]
+        rows += [
+            (f"Inpainting ({how}): the named shape inside the mask", pct(ip["shape_inside_mask_faithful"]),
+             f"{ip['n']} images", ">= 90%"),
+            (f"Inpainting ({how}): mean change outside the mask, raw / original pasted back (of 255)",
+             f"{ip['outside_change_raw_255']:.2f} / {ip['outside_change_pasted_255']:.2f}", f"{ip['n']} images",
+             "<= 4"),
+        ]  # fmt: skip
     rows += [
-        ("Inpainting: the named shape inside the mask", pct(ip["shape_inside_mask_faithful"]), f"{ip['n']} images",
-         ">= 90%"),
-        ("Inpainting: mean change outside the mask, raw / original pasted back (of 255)",
-         f"{ip['outside_change_raw_255']:.2f} / {ip['outside_change_pasted_255']:.2f}", f"{ip['n']} images", "<= 4"),
         ("Mini-CLIP retrieval top-1, held-out / training images (of 90 captions)",
          f"{pct(r['clip']['retrieval_top1_held_out'])} / {pct(r['clip']['retrieval_top1_train_combos'])}",
          f"{r['clip']['n_held_out']} / {r['clip']['n_train_combos']} images", ""),

@@ -248,6 +248,15 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
         if sch.get("decoder_steps")
         else ""
     )
+    inpaint = (
+        f"Then an inpainting UNet (`unet_inpainting/`, saved in half precision): the UNet with 5 more input channels "
+        f"(the mask and the masked image's latents, weights starting at 0, SD-inpainting's recipe), fine-tuned "
+        f"{sch['inpaint_steps']} steps at lr {sch['inpaint_lr']} on masks that hide the whole image, a box around the "
+        f"shape or a random box (`training.train_inpainting_unet`); load it with "
+        f"`helpers.editing.load_inpainting_unet`. "
+        if sch.get("inpaint_steps")
+        else ""
+    )
     sd = f"""{_card_header("diffusers", "text-to-image")}
 # toy-sd (v2): Stable Diffusion v1's recipe and geometry at toy scale
 
@@ -275,7 +284,7 @@ Training: {command}. {vae_recipe}.
 UNet: {sch["unet_steps"]} steps of {sch["unet_batch"]} latents ({sch["unet_images"]:,} images encoded once, a fresh
 posterior sample each time, scaled by the VAE's scaling_factor), epsilon objective on SD v1's noise schedule,
 AdamW lr {sch["unet_lr"]} with warm-up and cosine decay, EMA {sch["ema_decay"]}{unet_extras}; captions in a random
-form, replaced by "" 15% of the time so classifier-free guidance works. {decoder}{timing}
+form, replaced by "" 15% of the time so classifier-free guidance works. {decoder}{inpaint}{timing}
 
 {metrics}
 
@@ -554,12 +563,28 @@ def train_v2(args) -> dict:
         stats["decoder_loss_last"] = float(np.mean(decoder_losses[-100:]))
         print(f"decoder: loss {stats['decoder_loss_first']:.4f} -> {stats['decoder_loss_last']:.4f}", flush=True)
 
+    inpaint_unet = None
+    if sched.inpaint_steps:  # SD-inpainting's recipe: the UNet with 5 more input channels (mask, masked image)
+        t0 = time.perf_counter()
+        inpaint_unet, inpaint_losses = tr.train_inpainting_unet(
+            tr.inpainting_unet(ema), vae, inputs.images, inputs.geometry, means, inputs.latents_std,
+            inputs.combo_index, inputs.cond_states, inputs.uncond_state, forms=inputs.forms,
+            steps=scaled(sched.inpaint_steps), batch_size=sched.unet_batch, lr=sched.inpaint_lr,
+            ema_decay=sched.ema_decay, snr_gamma=sched.unet_snr_gamma, seed=args.seed + 13,
+        )  # fmt: skip
+        times["inpainting UNet"] = time.perf_counter() - t0
+        stats["inpaint_loss_first"] = float(np.mean(inpaint_losses[:20]))
+        stats["inpaint_loss_last"] = float(np.mean(inpaint_losses[-100:]))
+        print(f"inpainting UNet: loss {stats['inpaint_loss_first']:.4f} -> {stats['inpaint_loss_last']:.4f}")
+
     sd_dir = out / "toy-sd"
     if sd_dir.exists():
         shutil.rmtree(sd_dir)
     pipe.save_pretrained(sd_dir, safe_serialization=True)
     write_tokenizer_files(sd_dir / "tokenizer")
     (sd_dir / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # 3.6 MB; vocab.json + merges.txt suffice
+    if inpaint_unet is not None:
+        tr.save_inpainting_unet(inpaint_unet, sd_dir)
     times["total training"] = time.perf_counter() - t_all
     summary = {
         "family": "v2",

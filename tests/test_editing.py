@@ -12,6 +12,7 @@ from diffusers import (
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
 )
+from PIL import Image
 
 from helpers import editing, inside
 
@@ -135,3 +136,70 @@ def test_ddim_sample_is_the_pipeline_and_inversion_round_trips(tiny_pipe):
     # Inverting that image and sampling again comes back close to it (DDIM is nearly invertible at 50 steps).
     again = editing.ddim_sample(tiny_pipe, editing.ddim_invert(tiny_pipe, ours, cond, 50), cond, 50)
     assert (again - ours).abs().mean() < 0.1 * ours.abs().mean()
+
+
+# -- the 9-channel inpainting UNet (SD-inpainting's recipe) ------------------------------------------------------
+
+
+def test_inpainting_unet_starts_as_the_text_to_image_unet(tiny_pipe):
+    """Zero weights on the 5 new input channels: whatever the mask and masked image, the same noise prediction."""
+    from helpers.training import inpainting_unet
+
+    unet9 = inpainting_unet(tiny_pipe.unet)
+    assert unet9.config.in_channels == tiny_pipe.unet.config.in_channels + 5 == 9
+    g = torch.Generator().manual_seed(0)
+    h = tiny_pipe.unet.config.sample_size
+    latents, extra = torch.randn(2, 4, h, h, generator=g), torch.randn(2, 5, h, h, generator=g)
+    states = torch.randn(2, 77, tiny_pipe.unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        ref = tiny_pipe.unet(latents, 10, encoder_hidden_states=states).sample
+        ours = unet9(torch.cat([latents, extra], dim=1), 10, encoder_hidden_states=states).sample
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_inpainting_masks_hide_the_whole_image_or_the_whole_shape():
+    from helpers.shapes_data import EXTENT, make_dataset_v2
+    from helpers.training import inpainting_masks
+
+    data = make_dataset_v2(60, seed=3, rotate=False)
+    rng = np.random.default_rng(0)
+    assert bool((inpainting_masks(data.geometry, rng, p_full=1.0) == 1).all())
+    boxes = inpainting_masks(data.geometry, rng, p_full=0.0, p_box=1.0)[:, 0]  # (N, 64, 64)
+    ys, xs = np.mgrid[0:64, 0:64] + 0.5
+    for mask, g, c in zip(boxes.numpy(), data.geometry, data.combos):
+        near = np.hypot(xs - g["cx"], ys - g["cy"]) <= EXTENT[c.shape] * g["r"]  # every pixel of the shape
+        assert mask[near].all() and 0 < mask.mean() < 1  # the shape is hidden, some background is not
+    cuts = inpainting_masks(data.geometry, rng, p_full=0.0, p_box=0.0)[:, 0]
+    sides = cuts.sum(dim=(1, 2)) ** 0.5
+    assert bool(((cuts.sum(dim=1) > 0).sum(dim=1) >= 12).all()) and bool((sides <= 57).all())
+
+
+def test_inpainting_unet_trains_its_new_channels_and_the_pipeline_runs_it(tiny_pipe, tmp_path):
+    from helpers.shapes_data import make_dataset_v2
+    from helpers.training import encode_latents, inpainting_unet, save_inpainting_unet, train_inpainting_unet
+
+    size = tiny_pipe.unet.config.sample_size * tiny_pipe.vae_scale_factor
+    data = make_dataset_v2(8, seed=1, size=size)
+    means, stds = encode_latents(tiny_pipe.vae, data.images)
+    states = torch.randn(1, 1, 77, tiny_pipe.unet.config.cross_attention_dim)
+    unet9 = inpainting_unet(tiny_pipe.unet)
+    ema, losses = train_inpainting_unet(
+        unet9, tiny_pipe.vae, data.images, data.geometry, means, stds, torch.zeros(8, dtype=torch.long), states,
+        states[0, 0], steps=3, batch_size=2, lr=1e-3, progress=False,
+    )  # fmt: skip
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert unet9.conv_in.weight[:, 4:].abs().sum() > 0  # the mask and masked-image channels learned something
+    save_inpainting_unet(ema, tmp_path)
+    assert editing.load_inpainting_unet(tmp_path / "missing") is None
+    loaded = editing.load_inpainting_unet(tmp_path)
+    assert loaded.dtype == torch.float32
+    assert torch.equal(loaded.conv_in.weight, ema.conv_in.weight.half().float())  # half precision on disk
+    pipe = editing.inpainting_pipeline(tiny_pipe, loaded)
+    assert isinstance(pipe, StableDiffusionInpaintPipeline) and pipe.unet is loaded
+    mask = editing.rectangle_mask(size, (0, 0, size // 2, size // 2))
+    image = Image.fromarray(data.images[0])
+    out = pipe("a red circle", image=image, mask_image=mask, num_inference_steps=2, height=size, width=size,
+               generator=torch.Generator().manual_seed(0), output_type="np").images  # fmt: skip
+    assert out.shape == (1, size, size, 3) and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="9 input channels"):
+        editing.inpainting_pipeline(tiny_pipe, tiny_pipe.unet)

@@ -14,6 +14,7 @@ import torch
 import helpers  # noqa: F401
 from helpers import judge as judge_mod
 from helpers import training as tr
+from helpers.editing import load_inpainting_unet
 from helpers.paths import MODELS_DIR, REPO_ROOT
 from helpers.shapes_data import (
     HELD_OUT,
@@ -520,7 +521,7 @@ def test_training_script_rehearsal_v2(tmp_path, monkeypatch):
         tr, "vae_colour_failures", lambda vae: measured.append(real(vae)) or (0.5 if len(measured) == 1 else 0.0)
     )
     summary = module.main(
-        ["--family", "v2", "--scale", "0.002", "--out", str(tmp_path), "--threads", "1", "--no-quality"]
+        ["--family", "v2", "--scale", "0.002", "--out", str(tmp_path), "--threads", "1", "--quality-smoke"]
     )
     assert summary["family"] == "v2" and summary["sizes"]["image_size"] == 64
     assert [tuple(p) for p in summary["schedule"]["vae_refine"]] == list(tr.V2_SCHEDULE.vae_refine)
@@ -541,6 +542,15 @@ def test_training_script_rehearsal_v2(tmp_path, monkeypatch):
     # the measured UNet and decoder steps of issue 12 are in the recipe, ran, and are on the card
     assert summary["times_s"]["decoder fine-tune"] > 0 and "decoder_loss_last" in summary["stats"]
     assert "Min-SNR-5.0" in card and "agreement term" in card and "6000 steps fine-tuned" in card
+    # the inpainting UNet: trained, saved in half precision beside the pipeline, loaded back as a 9-channel float32 UNet
+    assert summary["times_s"]["inpainting UNet"] > 0 and "inpaint_loss_last" in summary["stats"]
+    assert (tmp_path / "toy-sd" / "unet_inpainting" / "diffusion_pytorch_model.fp16.safetensors").exists()
+    unet9 = load_inpainting_unet(tmp_path / "toy-sd")
+    assert unet9.config.in_channels == 9 and unet9.dtype == torch.float32
+    assert f"fine-tuned {tr.V2_SCHEDULE.inpaint_steps} steps" in card
+    # quality.py measures inpainting both ways when the family has an inpainting UNet, and the card shows both
+    assert {"inpaint", "inpaint_unet"} <= set(summary["quality"])
+    assert "| Inpainting (the 9-channel inpainting UNet): the named shape inside the mask |" in card
     assert (tmp_path / "toy-sd" / "vae" / "config.json").exists()
     vae_config = json.loads((tmp_path / "toy-sd" / "vae" / "config.json").read_text())
     assert vae_config["scaling_factor"] == pytest.approx(summary["scaling_factor"])
