@@ -186,15 +186,39 @@ class SamplerDefault:
     source: str
 
 
+def family_sampler(model) -> SamplerDefault | None:
+    """The default sampler a trained offline family records for itself, or None.
+
+    A family folder (`models/`, or one `scripts/train_toy_family.py --out` wrote) holds `training_summary.json`; the
+    second generation's records the sampler measured best for it under `"default_sampler"`. `model` is the pipeline
+    folder (`<family>/toy-sd`) or a pipeline loaded from one.
+    """
+    name = getattr(model, "name_or_path", model)
+    if not isinstance(name, (str, Path)) or not str(name):
+        return None
+    summary = Path(str(name)).expanduser().parent / "training_summary.json"
+    try:
+        record = json.loads(summary.read_text()).get("default_sampler")
+    except (OSError, ValueError):
+        return None
+    if not record:
+        return None
+    return SamplerDefault(record["scheduler"], int(record["num_inference_steps"]), record["source"])
+
+
 def default_sampler(model) -> SamplerDefault:
     """The sampler to use when none is given: measured on the toy family, from the literature for real models.
 
     `model` is a pipeline (decided by its UNet's size: the offline models are tiny) or a folder / Hub id (the toy
-    family's folder, or anything else = a real model). See REAL_MODEL_SCHEDULER for the sources.
+    family's folder, or anything else = a real model). See REAL_MODEL_SCHEDULER for the sources. A trained family
+    that records its own measured default (`family_sampler`) gets that one.
     """
     unet = getattr(model, "unet", None)
     toy = is_toy_family(model) or (unet is not None and sum(p.numel() for p in unet.parameters()) < TOY_UNET_MAX_PARAMS)
     if toy:
+        own = family_sampler(model)
+        if own is not None:
+            return own
         return SamplerDefault(
             DEFAULT_SCHEDULER,
             DEFAULT_STEPS,

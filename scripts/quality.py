@@ -362,18 +362,23 @@ _STEPS: int | None = None  # `measure(steps=...)`: the default sampler's steps f
 _SCHEDULER: str | None = None  # `measure(scheduler=...)`: the default sampler for this measurement
 
 
+_FAMILY = None  # the measured family's own default sampler (`helpers.pipeline.family_sampler`), when it records one
+
+
 def default_steps() -> int:
-    """The default sampler's steps: the family's (`helpers.pipeline.DEFAULT_STEPS`) unless `measure` was given some."""
+    """The default sampler's steps: the family's own (else `helpers.pipeline.DEFAULT_STEPS`) unless `measure` was
+    given some."""
     from helpers.pipeline import DEFAULT_STEPS
 
-    return _STEPS or DEFAULT_STEPS
+    return _STEPS or (_FAMILY.num_inference_steps if _FAMILY else DEFAULT_STEPS)
 
 
 def default_scheduler() -> str:
-    """The default sampler: the family's (`helpers.pipeline.DEFAULT_SCHEDULER`) unless `measure` was given one."""
+    """The default sampler: the family's own (else `helpers.pipeline.DEFAULT_SCHEDULER`) unless `measure` was given
+    one."""
     from helpers.pipeline import DEFAULT_SCHEDULER
 
-    return _SCHEDULER or DEFAULT_SCHEDULER
+    return _SCHEDULER or (_FAMILY.scheduler if _FAMILY else DEFAULT_SCHEDULER)
 
 
 def measure(models_dir: Path = MODELS_DIR, smoke: bool = False, quick: bool | None = None,
@@ -382,18 +387,18 @@ def measure(models_dir: Path = MODELS_DIR, smoke: bool = False, quick: bool | No
 
     `steps` and `scheduler` replace the default sampler's steps and kind, in every row that uses the default sampler
     (the guidance, diversity, negative-prompt, img2img and inpainting rows)."""
-    global _STEPS, _SCHEDULER
-    from helpers.pipeline import _check_scheduler
+    global _STEPS, _SCHEDULER, _FAMILY
+    from helpers.pipeline import _check_scheduler, family_sampler
 
     if steps is not None and steps < 1:
         raise ValueError(f"steps={steps}: the default sampler needs at least 1 step; leave it out for the family's own")
     scheduler = None if scheduler is None else _check_scheduler(scheduler)
-    previous = _STEPS, _SCHEDULER
-    _STEPS, _SCHEDULER = steps, scheduler
+    previous = _STEPS, _SCHEDULER, _FAMILY
+    _STEPS, _SCHEDULER, _FAMILY = steps, scheduler, family_sampler(Path(models_dir) / "toy-sd")
     try:
         return _measure(Path(models_dir), smoke if quick is None else quick)
     finally:
-        _STEPS, _SCHEDULER = previous
+        _STEPS, _SCHEDULER, _FAMILY = previous
 
 
 def _measure(models_dir: Path, quick: bool) -> dict:
@@ -516,12 +521,12 @@ def main(argv=None) -> int:
         "--steps",
         type=int,
         default=None,
-        help="steps of the default sampler (default: the family's, helpers.pipeline.DEFAULT_STEPS)",
+        help="steps of the default sampler (default: the family's own, else helpers.pipeline.DEFAULT_STEPS)",
     )
     ap.add_argument(
         "--scheduler",
         default=None,
-        help="the default sampler for every row that uses it (default: the family's, helpers.pipeline.DEFAULT_SCHEDULER)",
+        help="the default sampler for every row that uses it (default: the family's own, else DEFAULT_SCHEDULER)",
     )
     args = ap.parse_args(argv)
     if args.steps is not None and args.steps < 1:

@@ -41,6 +41,7 @@ import helpers  # noqa: F401  (quiet library logs before diffusers/transformers 
 from helpers import judge as judge_mod
 from helpers import training as tr
 from helpers.paths import REPO_ROOT
+from helpers.pipeline import SCHEDULERS, make_scheduler
 from helpers.shapes_data import HELD_OUT, TEMPLATES, make_dataset, train_combos
 from helpers.tokenizer import load_clip_tokenizer, write_tokenizer_files
 
@@ -248,6 +249,9 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
         if sch.get("decoder_steps")
         else ""
     )
+    own = summary.get("default_sampler") or {"scheduler": "ddim", "num_inference_steps": 10, "source": "the package's"}
+    sampler_class = SCHEDULERS[own["scheduler"]]
+    sampler_text = f"{own['scheduler']} at {own['num_inference_steps']} steps, {own['source']}"
     inpaint = (
         f"Then an inpainting UNet (`unet_inpainting/`, saved in half precision): the UNet with 5 more input channels "
         f"(the mask and the masked image's latents, weights starting at 0, SD-inpainting's recipe), fine-tuned "
@@ -267,7 +271,7 @@ a mini VAE that shrinks images 8x into 4 latent channels (64x64x3 <-> 8x8x4, as 
 ```python
 from diffusers import StableDiffusionPipeline
 pipe = StableDiffusionPipeline.from_pretrained("models/toy-sd")
-image = pipe("a red circle on a blue background", num_inference_steps=10, guidance_scale=7.5).images[0]  # 64x64
+image = pipe("a red circle on a blue background", num_inference_steps={own["num_inference_steps"]}, guidance_scale=7.5).images[0]  # 64x64
 ```
 
 | part | class | parameters | notes |
@@ -276,7 +280,7 @@ image = pipe("a red circle on a blue background", num_inference_steps=10, guidan
 | tokenizer | `CLIPTokenizer` | - | OpenAI's CLIP BPE, built offline (`helpers/tokenizer.py`) |
 | vae | `AutoencoderKL` | {p["vae"]:,} | channels {tuple(sz["vae_channels"])}: 64x64x3 <-> 8x8x4 (8x), scaling_factor {summary["scaling_factor"]:.4f} = 1 / std of the training latents (SD v1's 0.18215 was found the same way) |
 | unet | `UNet2DConditionModel` | {p["unet"]:,} | channels {tuple(sz["unet_channels"])}, cross-attention to the text states, EMA weights |
-| scheduler | `DDIMScheduler` | - | DDIM on SD v1's schedule (scaled_linear betas 0.00085 -> 0.012, 1000 steps) |
+| scheduler | `{sampler_class}` | - | on SD v1's schedule (scaled_linear betas 0.00085 -> 0.012, 1000 steps); the family's default sampler: {sampler_text} |
 
 {data}
 
@@ -577,6 +581,7 @@ def train_v2(args) -> dict:
         stats["inpaint_loss_last"] = float(np.mean(inpaint_losses[-100:]))
         print(f"inpainting UNet: loss {stats['inpaint_loss_first']:.4f} -> {stats['inpaint_loss_last']:.4f}")
 
+    pipe.scheduler = make_scheduler(pipe, tr.V2_DEFAULT_SAMPLER["scheduler"])  # saved as the family's own sampler
     sd_dir = out / "toy-sd"
     if sd_dir.exists():
         shutil.rmtree(sd_dir)
@@ -589,6 +594,7 @@ def train_v2(args) -> dict:
     summary = {
         "family": "v2",
         "seed": args.seed,
+        "default_sampler": tr.V2_DEFAULT_SAMPLER,  # helpers.pipeline.family_sampler reads it
         **_run_facts(args, sizes, sched, times, stats, scaling_factor, text_encoder, clip, vae, ema, judge_model),
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -548,6 +548,20 @@ def test_training_script_rehearsal_v2(tmp_path, monkeypatch):
     unet9 = load_inpainting_unet(tmp_path / "toy-sd")
     assert unet9.config.in_channels == 9 and unet9.dtype == torch.float32
     assert f"fine-tuned {tr.V2_SCHEDULE.inpaint_steps} steps" in card
+    # the family carries its measured default sampler: saved as its scheduler, recorded for helpers.pipeline
+    from helpers.pipeline import SCHEDULERS, default_sampler, family_sampler
+
+    own = tr.V2_DEFAULT_SAMPLER
+    config = json.loads((tmp_path / "toy-sd" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] == SCHEDULERS[own["scheduler"]] and f"`{config['_class_name']}`" in card
+    assert family_sampler(tmp_path / "toy-sd").num_inference_steps == own["num_inference_steps"]
+    from diffusers import StableDiffusionPipeline
+
+    loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "toy-sd")
+    assert (default_sampler(loaded).scheduler, default_sampler(loaded).num_inference_steps) == (
+        own["scheduler"], own["num_inference_steps"])  # fmt: skip
+    assert family_sampler(MODELS / "toy-sd") is None or _is_v2(MODELS)  # the first family records none
+    assert summary["quality"]["default"] == f"{own['scheduler']}-{own['num_inference_steps']}"  # measured with it
     # quality.py measures inpainting both ways when the family has an inpainting UNet, and the card shows both
     assert {"inpaint", "inpaint_unet"} <= set(summary["quality"])
     assert "| Inpainting (the 9-channel inpainting UNet): the named shape inside the mask |" in card
