@@ -415,13 +415,19 @@ v2_only = pytest.mark.skipif(not _is_v2(V2_DIR), reason=f"{V2_DIR} holds no v2 f
 def v2_pipe():
     from diffusers import StableDiffusionPipeline
 
+    from helpers.pipeline import default_sampler, make_scheduler
+
     pipe = StableDiffusionPipeline.from_pretrained(V2_DIR / "toy-sd")
     pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler(pipe, default_sampler(pipe).scheduler)  # the family's own, when it records one
     return pipe
 
 
 def _v2_generate(pipe, prompts, seeds, guidance_scale=7.5, negative=None):
-    return _quality_module().generate(pipe, prompts, seeds, guidance_scale, negative=negative)
+    from helpers.pipeline import default_sampler
+
+    steps = default_sampler(pipe).num_inference_steps
+    return _quality_module().generate(pipe, prompts, seeds, guidance_scale, steps=steps, negative=negative)
 
 
 @v2_only
@@ -503,7 +509,8 @@ def test_v2_img2img_changes_the_colour_and_keeps_the_place(v2_pipe):
 @v2_only
 def test_v2_inpainting_draws_inside_the_mask_and_keeps_the_rest(v2_pipe):
     q = _quality_module()
-    r = q.inpaint_rows(v2_pipe, quick=True, n=8)
+    unet = load_inpainting_unet(V2_DIR / "toy-sd")  # the family's inpainting UNet; else the UNet, blending latents
+    r = q.inpaint_rows(v2_pipe, quick=True, n=8, unet=unet)
     assert r["shape_inside_mask_faithful"] >= 0.75, r
     assert r["outside_change_pasted_255"] <= 1.0 and r["outside_change_raw_255"] <= 8.0, r
 
