@@ -584,6 +584,34 @@ def _check_prediction_type(prediction_type: str) -> None:
         raise ValueError(f"prediction_type={prediction_type!r}: use 'epsilon' or 'v_prediction'")
 
 
+def adamw_with_ema(model: torch.nn.Module, lr: float, steps: int):
+    """(EMA copy, AdamW, its warm-up + cosine schedule) for a `steps`-long run: the UNet loops' optimiser."""
+    import copy
+
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    return ema, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, steps))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """$\\theta_{ema} \\leftarrow d\\,\\theta_{ema} + (1 - d)\\,\\theta$ with $d = \\min(decay, (1 + step) / (10 + step))$:
+    a short memory at first, while the early weights are poor."""
+    d = min(decay, (1 + step) / (10 + step))
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1 - d)
+
+
+def optimiser_step(loss, model, opt, sched, ema, step: int, ema_decay: float) -> None:
+    """One step of the UNet loops: backward, gradient norm clipped to 1, AdamW and its schedule, then the EMA."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    update_ema(ema, model, step, ema_decay)
+
+
 def train_unet(
     unet, latents_mean: torch.Tensor, latents_std: torch.Tensor, scaling_factor: float, combo_index: torch.Tensor,
     cond_states: torch.Tensor, uncond_state: torch.Tensor, steps: int = 2800, batch_size: int = 128,
@@ -611,7 +639,6 @@ def train_unet(
     $t = 0$ the latent already shows the caption, so the true conditional and unconditional predictions agree;
     what differs is model error, and classifier-free guidance multiplies it by $w - 1$ (6.5 at 7.5).
     """
-    import copy
 
     from tqdm.auto import tqdm
 
@@ -625,9 +652,7 @@ def train_unet(
         )
     gen = seed_everything(seed)
     n_templates = cond_states.shape[1]
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, steps))
+    ema, opt, sched = adamw_with_ema(unet, lr, steps)
     unet.train()
     losses = []
     for step in tqdm(range(steps), desc="mini UNet", disable=not progress):
@@ -661,15 +686,7 @@ def train_unet(
             # $\|\hat\epsilon(z_t, c) - \hat\epsilon(z_t, \varnothing)\|^2$
             gap = (pred[low] - pred_uncond).pow(2).mean()
             loss = loss + agreement_weight * gap * low.float().mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))  # short memory at first: early weights are poor
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), unet.parameters()):
-                p_ema.lerp_(p, 1 - decay)
+        optimiser_step(loss, unet, opt, sched, ema, step, ema_decay)
         losses.append(loss.item())
         if callback is not None:
             callback(step + 1, ema)
@@ -846,7 +863,6 @@ def train_inpainting_unet(
     `cond_states` (C, F, 77, D) the text states of every combination in every caption form, `forms` (N,) the form
     of each image's caption (None: form 0); the VAE stays frozen.
     """
-    import copy
 
     from tqdm.auto import tqdm
 
@@ -856,9 +872,7 @@ def train_inpainting_unet(
     s = vae.config.scaling_factor
     h = latents_mean.shape[-1]
     forms = torch.zeros(len(images), dtype=torch.long) if forms is None else forms
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: warmup_cosine(i, steps))
+    ema, opt, sched = adamw_with_ema(unet, lr, steps)
     unet.train()
     losses = []
     for step in tqdm(range(steps), desc="inpainting UNet", disable=not progress):
@@ -879,15 +893,7 @@ def train_inpainting_unet(
         pred = unet(torch.cat([noisy, mask_latent, masked_latents], dim=1), t, encoder_hidden_states=states).sample
         err = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         loss = err.mean() if snr_gamma is None else (err * min_snr_weights(scheduler, t, snr_gamma)).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), unet.parameters()):
-                p_ema.lerp_(p, 1 - decay)
+        optimiser_step(loss, unet, opt, sched, ema, step, ema_decay)
         losses.append(loss.item())
     unet.eval()
     return ema, losses
