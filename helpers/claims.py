@@ -5,9 +5,9 @@ these measures turn a row of images into numbers a self-check can assert. Each o
 
 - `pixel_distance(a, b)`: mean absolute difference of two images, in 0..255 per channel (0 = identical);
 - `mean_pairwise_distance(images)`: the same, averaged over every pair: how different the seeds' images are;
-- `faithful_rate(images, prompt)`: the share of images that `helpers.judge` (pixel colour rule + shape CNN) finds
-  faithful to `prompt`. The strict judge (`helpers.strict_judge`) reads the same prompts, but its IoU threshold is
-  calibrated on the second generation's 64 px images: at the toy family's 32 px it rejects every image;
+- `faithful_rate(images, prompt)`: the share of images that the strict judge (`helpers.strict_judge`: the shape's
+  kind, IoU >= 0.93 with the best-fitting ideal shape, CIELAB Delta E of shape and background) finds faithful to
+  `prompt`. It is calibrated on the toy family's 64 px images (`strict_judge.calibrate`);
 - `shape_colour(image)`: the median RGB of the shape (pixels far from the border's colour, as the judge segments it);
 - `shape_chroma(image)`: that colour's CIELAB chroma $C^*_{ab} = \\sqrt{a^{*2} + b^{*2}}$: how saturated it is;
 - `circle_iou(image)`: the strict judge's soft IoU of the shape with the best-fitting ideal circle (1 = a perfect disc).
@@ -44,9 +44,9 @@ def mean_pairwise_distance(images) -> float:
 
 
 def faithful_rate(images, prompt: str) -> float:
-    """Share of `images` that `helpers.judge` finds faithful to `prompt` (ValueError if it cannot read it)."""
-    images = list(images)
-    return float(np.mean(judge.judge_many(images, [prompt] * len(images))))
+    """Share of `images` that the strict judge finds faithful to `prompt` (ValueError if it cannot read it)."""
+    images = [np.asarray(_pixels(im), dtype=np.uint8) for im in images]
+    return float(np.mean([v.faithful for v in strict_judge.judge_many(images, [prompt] * len(images))]))
 
 
 def shape_colour(image) -> np.ndarray:

@@ -27,7 +27,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from .paths import MODELS_DIR
-from .shapes_data import COLOURS, SHAPES, all_combos, make_dataset, make_dataset_v2, parse_prompt
+from .shapes_data import (
+    COLOURS,
+    IMAGE_SIZE,
+    SHAPES,
+    V2_IMAGE_SIZE,
+    all_combos,
+    make_dataset,
+    make_dataset_v2,
+    parse_prompt,
+)
 
 SHAPE_JUDGE_DIR = MODELS_DIR / "shape-judge"
 MASK_THRESHOLD = 60.0  # RGB distance from the background beyond which a pixel belongs to the shape
@@ -211,9 +220,15 @@ def judge_many(images, prompts: list[str]) -> list[bool]:
     return [v.matches(p) for v, p in zip(inspect(images), prompts)]
 
 
-def judge_accuracy(n: int = 900, seed: int = 12345, model_dir: Path | str = SHAPE_JUDGE_DIR) -> dict[str, float]:
-    """The judge's own accuracy on clean dataset images of all 90 combinations (fresh seed)."""
-    data = make_dataset(n, seed=seed, combos=all_combos(), random_template=False)
+def judge_accuracy(
+    n: int = 900, seed: int = 12345, model_dir: Path | str = SHAPE_JUDGE_DIR, size: int = V2_IMAGE_SIZE
+) -> dict[str, float]:
+    """The judge's own accuracy on clean dataset images of all 90 combinations (fresh seed), drawn as the family
+    generation of that `size` draws them (64 px: the committed family's rotated shapes; 32 px: the first family's)."""
+    if size == IMAGE_SIZE:
+        data = make_dataset(n, seed=seed, combos=all_combos(), random_template=False)
+    else:
+        data = make_dataset_v2(n, seed=seed, combos=all_combos(), size=size, form=0)
     verdicts = inspect(data.images, model_dir)
     acc = lambda f: float(np.mean([f(v, c) for v, c in zip(verdicts, data.combos)]))  # noqa: E731
     return {

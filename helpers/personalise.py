@@ -4,10 +4,11 @@ The toy family (`models/toy-sd`) knows 3 shapes in 6 colours. Two new concepts i
 
 - **magenta** (a colour, `shapes_data.EXTRA_COLOURS`) is taught by *textual inversion* (Gal et al. 2022,
   https://arxiv.org/abs/2208.01618): a new token "<magenta>" gets one new row in the text encoder's token
-  table, and only that row (24 numbers in the toy, 768 in SD v1) is trained. UNet, VAE and text encoder stay
-  frozen, so every prompt without the token gives bit-identical images. "<orange>" is the control: the toy VAE
-  can paint orange (between red and yellow, which it learned) but not magenta, and no new word fixes a decoder
-  that cannot draw the concept (`benchmarks/personalise.py` measures that ceiling).
+  table, and only that row (32 numbers in the toy, 768 in SD v1) is trained. UNet, VAE and text encoder stay
+  frozen, so every prompt without the token gives bit-identical images. "<orange>" is the control: the toy
+  decoder can draw orange (between red and yellow, which it learned) from searched latents but not magenta, and
+  no new word fixes a decoder that cannot draw the concept (`vae_ceiling` and `decoder_reach` measure that
+  ceiling).
 - **star** (a shape, `shapes_data.EXTRA_SHAPES`) is taught by *LoRA* (Hu et al. 2021,
   https://arxiv.org/abs/2106.09685): "star" is already a word in CLIP's vocabulary, but the UNet never saw one.
   Each attention projection $W$ gets a low-rank update, $W' = W + \\frac{\\alpha}{r} B A$, and only $A$ and $B$
@@ -521,3 +522,46 @@ def vae_ceiling(pipe, caption: str, n: int, seed: int = 123) -> dict[str, float]
                       for _ in range(n)])  # fmt: skip
     round_trip = decode_latents(pipe, encode_images(pipe, to_unit_range(drawn)))  # (n, H, W, 3) in [0, 1]
     return concept_scores(round_trip, caption)
+
+
+def decoder_reach(pipe, caption: str, n: int, steps: int = 25, lr: float = 0.1, seed: int = 123) -> dict[str, float]:
+    """`concept_scores` of the best the frozen decoder can draw of `n` drawn pictures of `caption`.
+
+    `vae_ceiling` hands the decoder the encoder's latents, a lower bound: the UNet may produce latents the encoder
+    never does. Here each picture's latents start at the encoder's and move `steps` Adam steps (learning rate
+    `lr`) to minimise $\\lVert \\mathcal{D}(z / s) - x \\rVert^2$, decoder frozen. What even these latents do not
+    give, no prompt, token or adapter can. Same drawn pictures as `vae_ceiling` for the same `seed`.
+    """
+    from . import strict_judge as sj
+    from .shapes_data import Combo
+
+    want = sj.parse_caption(judge_caption(caption))
+    if None in (want.shape, want.colour, want.background):
+        raise ValueError(
+            f"Name a shape, its colour and the background, e.g. 'a red star on a blue background'; got {caption!r}."
+        )
+    if steps < 0 or not lr > 0:
+        raise ValueError(f"steps must be >= 0 and lr > 0; got {steps}, {lr}.")
+    rng = np.random.default_rng(seed)
+    drawn = np.stack([np.asarray(draw_for_size(Combo(want.shape, want.colour, want.background), rng, image_size(pipe)))
+                      for _ in range(n)])  # fmt: skip
+    x = to_unit_range(drawn).to(pipe.device, pipe.vae.dtype)  # (n, 3, H, W) in [-1, 1]
+    with torch.no_grad():
+        start = encode_images(pipe, x)  # (n, C, h, w), scaled as the UNet sees them
+    latents = start.clone().requires_grad_(True)
+    opt = torch.optim.Adam([latents], lr=lr)
+    s = pipe.vae.config.scaling_factor
+    was = [p.requires_grad for p in pipe.vae.parameters()]
+    pipe.vae.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            for _ in range(steps):
+                # $\min_z \lVert \mathcal{D}(z / s) - x \rVert^2$, the decoder frozen
+                loss = F.mse_loss(pipe.vae.decode(latents / s).sample, x)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    finally:
+        for p, w in zip(pipe.vae.parameters(), was):
+            p.requires_grad_(w)
+    return concept_scores(decode_latents(pipe, latents.detach()), caption)

@@ -29,9 +29,9 @@
 # **Needs**: a GPU for the real model (Colab: *Runtime > Change runtime type > GPU*). The first run downloads its
 # fp16 weights: 1.37 B parameters x 2 bytes = about 2.7 GB (UNet 859.5 M, text encoder 123.1 M, VAE 83.7 M, safety
 # checker 304.0 M, counted from the public configs in `configs/sd-v1-4`). Without a GPU every cell runs on CPU with
-# the offline toy family (about 55 s, measured under nbval on a shared 2-core machine; 25 s of it measure what the
-# figures show, over 16 seeds each): the same code, only the
-# `model` argument differs.
+# the offline toy family (about 65 s of CPU time under nbval, 2 min 10 s of wall time on a shared, busy 2-core
+# machine; about half of it measures what the figures show, over 16 seeds each): the same code, only the `model`
+# argument differs.
 
 # %% tags=["skip-execution", "nbval-skip"]
 # Colab / Gradient only: install this project's release, one wheel with the helpers, the offline models and
@@ -54,8 +54,6 @@ import torch
 from helpers.device import pick_device
 from helpers.diagnostics import FP16_MAX, measure, nan_in_vae_decoder, param_bytes
 from helpers.pipeline import (
-    DEFAULT_SCHEDULER,
-    DEFAULT_STEPS,
     MEMORY_PRESETS,
     REAL_MODEL_SCHEDULER,
     REAL_MODEL_STEPS,
@@ -63,17 +61,18 @@ from helpers.pipeline import (
     apply_memory_preset,
     choose_model,
     default_sampler,
+    family_sampler,
     generate,
     is_toy_family,
     load_pipeline,
     scheduler_name,
     suggested_prompt,
 )
-from helpers.claims import circle_iou, faithful_rate, mean_pairwise_distance, pixel_distance, shape_chroma, shape_colour
-from helpers.judge import inspect
+from helpers.claims import faithful_rate, mean_pairwise_distance, pixel_distance, shape_chroma, shape_colour
 from helpers.plotting import show_images
 from helpers.saving import public_name, read_manifest, read_metadata, save_images
-from helpers.shapes_data import make_dataset, parse_prompt
+from helpers.shapes_data import make_dataset_v2, parse_prompt
+from helpers.strict_judge import inspect, judge_many
 
 SEED = 0
 choice = pick_device()
@@ -107,9 +106,9 @@ print("Hub login:", log_in_if_needed(MODEL))
 # `load_pipeline` does the modern load: `StableDiffusionPipeline.from_pretrained(model, variant="fp16",
 # dtype=torch.float16)` on a GPU (diffusers 0.42 renamed `torch_dtype` to `dtype`; older releases such as Colab's
 # 0.39 still want `torch_dtype`, and `load_pipeline` passes whichever yours knows), plain fp32 on CPU, and the same call for a local folder. It also picks the
-# model's default sampler (`default_sampler`, built from the model's own noise schedule): on the toy family DDIM at
-# 10 steps, which we measured to be as prompt-faithful as the blog's PNDM at 50 steps (section 6); on real models
-# DPM-Solver++ at 25 steps, from diffusers' docs and its paper (not measured here: no GPU).
+# model's default sampler (`default_sampler`, built from the model's own noise schedule): on the toy family the one it
+# records for itself, Euler ancestral at 30 steps, measured more prompt-faithful than the blog's PNDM at 50 steps
+# (section 6); on real models DPM-Solver++ at 25 steps, from diffusers' docs and its paper (not measured here: no GPU).
 
 # %%
 pipe = load_pipeline(MODEL)
@@ -149,27 +148,45 @@ print("saved and readable:", [p.name for p in paths[:3]], "...")
 
 # %% [markdown]
 # **How different are the seeds?** Measured, not eyeballed: the mean absolute pixel difference between every pair
-# of images (0..255), for the ten above and for 16 seeds, next to 16 training images of the same caption. On the
-# toy family it is 26 for the ten shown, 28.5 over 16 seeds and 32 for the training images: the seeds *do* differ, but
-# only as much as the toy data does, by a couple of pixels of position and size and a little colour jitter, so the
-# ten pictures look nearly alike. The toy data has nothing else to vary (one shape on a plain background), and the
-# model cannot invent what it never saw. On the real v1-4 each seed gives a different composition (pose, framing,
-# lighting): diffusers' guide on reproducibility (https://huggingface.co/docs/diffusers/using-diffusers/reusing_seeds)
-# generates a batch, picks the seed it likes and reuses it. Not measured here (no GPU).
+# of images (0..255), for the ten above and for 16 seeds, next to 16 training images of the same caption, and where
+# the strict judge (`helpers/strict_judge.py`) finds the shape: its centre and its size ($\sqrt{\text{area}}$, px). On the
+# toy family the seeds differ about as much as its training images do (29 / 255 for the ten shown, 32 over 16
+# seeds, 33 for the training images), and you can see how: the circle sits somewhere else in every picture (among the
+# ten shown its centre moves 17 px across and 24 px down the 64 px image; over 16 seeds its centre varies by 7 px,
+# standard deviation, like the training images' 7 px). Its size varies less than in the data (1.4 px against 4.3 px).
+# A circle has no rotation to vary, and the colours vary only by the data's slight jitter: the toy data has nothing
+# else (one shape on a plain background), and the model cannot invent what it never saw. On the real v1-4 each seed
+# gives a different composition (pose, framing, lighting): diffusers' guide on reproducibility
+# (https://huggingface.co/docs/diffusers/using-diffusers/reusing_seeds) generates a batch, picks the seed it likes
+# and reuses it. Not measured here (no GPU).
 
 # %%
 more = generate(pipe, prompt, n_images=6, seed=SEED + sample_num, num_inference_steps=50, scheduler="pndm", show_progress=False)
 seed_spread = {"10 seeds shown": mean_pairwise_distance(result.images), "16 seeds": mean_pairwise_distance(result.images + more.images)}
 if is_toy_family(pipe):  # 16 drawings of the same caption, from the toy family's training data generator
-    seed_spread["16 training images"] = mean_pairwise_distance(make_dataset(16, seed=1, combos=[parse_prompt(prompt)]).images)
+    training = list(make_dataset_v2(16, seed=1, combos=[parse_prompt(prompt)]).images)
+    seed_spread["16 training images"] = mean_pairwise_distance(training)
 for name, value in seed_spread.items():
     print(f"{name:>18}: mean pairwise pixel distance {value:5.1f} / 255")
 # Self-check: seeds give different images (shown and over 16); on the toy family, no more and no less different
-# than its training images of this caption (measured: 26.2 and 28.5 vs 31.7).
+# than its training images of this caption (measured: 28.7 and 31.5 vs 32.5), the shape visibly elsewhere.
 assert min(pixel_distance(a, b) for i, a in enumerate(result.images) for b in result.images[i + 1 :]) > 3
 assert seed_spread["10 seeds shown"] > 10 and seed_spread["16 seeds"] > 10
 if is_toy_family(pipe):
     assert 0.6 < seed_spread["16 seeds"] / seed_spread["16 training images"] < 1.3
+    where = {  # (centre x, centre y, size) in px of each image's shape, as the strict judge fits it
+        name: np.array([(s.cx, s.cy, s.size) for s in map(inspect, ims)])
+        for name, ims in (("16 seeds", result.images + more.images), ("16 training images", training))
+    }
+    moved = np.ptp(where["16 seeds"][:sample_num], axis=0)  # across the ten shown
+    centre_sd = {name: g[:, :2].std(axis=0).mean() for name, g in where.items()}
+    size_sd = {name: g[:, 2].std() for name, g in where.items()}
+    print(f"ten shown: the centre moves {moved[0]:.1f} px across, {moved[1]:.1f} px down, the size {moved[2]:.1f} px")
+    print("standard deviation of the centre (px):", {k: round(v, 1) for k, v in centre_sd.items()},
+          "| of the size (px):", {k: round(v, 1) for k, v in size_sd.items()})  # fmt: skip
+    assert min(moved[:2]) > 8  # visibly elsewhere in the pictures shown (measured 17.5 and 24.1 px)...
+    assert 0.6 < centre_sd["16 seeds"] / centre_sd["16 training images"] < 1.5  # ...and over 16 (7.1 vs 7.0)
+    assert 0.5 < size_sd["16 seeds"] < size_sd["16 training images"]  # the size varies less (1.4 vs 4.3)
 
 # %% [markdown]
 # ## 3. Seeds and reproducibility
@@ -195,11 +212,12 @@ assert np.abs(np.asarray(other.images[0], float) - np.asarray(result.images[0], 
 # $\hat\epsilon = \epsilon_\theta(x_t, \varnothing) + s\,(\epsilon_\theta(x_t, c) - \epsilon_\theta(x_t, \varnothing))$:
 # $s=1$ is the plain conditional model, larger $s$ goes further in the direction the prompt pushes.
 # The number of steps decides how finely the sampler follows the reverse process. Same seed in every cell, so only
-# the knobs change; the seed is one where guidance 1 misses the prompt (4 of the first 16 seeds do on the toy family:
-# a yellow shape, or a green background), so that what guidance fixes is visible. Then we measure over 16 seeds.
+# the knobs change; the seed is one where guidance 1 misses the prompt (2 of the first 16 seeds do on the toy family at
+# 10 steps), so that what guidance fixes is visible. The sampler is the model's own (on the toy family Euler
+# ancestral), at the step counts of each row. Then we measure over 16 seeds.
 
 # %%
-FIG_SEED = 11 if is_toy_family(pipe) else SEED  # toy family: seed 11 draws a yellow circle on green at s = 1
+FIG_SEED = 10 if is_toy_family(pipe) else SEED  # toy family: seed 10 draws a red square at s = 1, 10 steps
 scales, step_counts = [1.0, 4.0, 7.5, 12.0], [2, 5, 10, 50]
 grid, titles = [], []
 for steps in step_counts:
@@ -211,13 +229,14 @@ shown = dict(zip([(n, s) for n in step_counts for s in scales], grid))  # (steps
 assert pixel_distance(shown[10, 1.0], shown[10, 7.5]) > 1  # guidance visibly changes the image
 
 # %% [markdown]
-# What the figure shows, in numbers: the judge of section 6 (`helpers/judge.py`: a pixel colour rule and a small
-# shape classifier, not CLIP) says whether each image is the shape, colour and background the prompt asks for,
-# over 16 seeds (`SEED` to `SEED + 15`, one batched call per setting; 4 on a real model). Distances are mean absolute pixel
-# differences (0..255) from the 50-step image of the same seed. Only the toy family's prompts can be judged.
-# Look closely first: at every scale the toy family draws a lobed blob, not a clean disc (mean IoU with an ideal
-# circle about 0.86). This judge is lenient and calls such a blob a circle; the strict judge
-# (`helpers/strict_judge.py`) wants an IoU of 0.93 and rejects every one of these 32 px images, at every scale.
+# What the figure shows, in numbers: the strict judge (`helpers/strict_judge.py`: it segments the shape, fits the
+# ideal circle, square and triangle, wants an IoU of 0.93 with the named one and names both colours in CIELAB; no
+# learned model, no CLIP) says whether each image is the shape, colour and background the prompt asks for, over 16
+# seeds (`SEED` to `SEED + 15`, one batched call per setting; 4 on a real model), at 10 steps: fewer than the toy
+# family's default 30 to keep this notebook fast (on 396 images Euler ancestral is 91.7% faithful at 10 steps and
+# 93.2% at 30, README). Distances are mean absolute pixel differences (0..255) from the 50-step image of the same
+# seed. Only the toy family's prompts can be judged. Guidance matters most for a combination of words the model
+# never saw together in training, so we also judge one of those, a red circle on a white background.
 
 # %%
 N_SEEDS = 16 if is_toy_family(pipe) else 4  # real models: fewer 512 px images per call; the judge reads only toy prompts
@@ -233,46 +252,58 @@ print("16 seeds, s=7.5: mean distance from 50 steps", {n: round(d, 1) for n, d i
 if is_toy_family(pipe):
     faithful = {s: faithful_rate(r.images, prompt) for s, r in by_scale.items()}
     faithful_steps = {n: faithful_rate(r.images, prompt) for n, r in by_steps.items()}
-    print("16 seeds, 10 steps: faithful by guidance", faithful)
-    look = {s: (np.mean([shape_colour(im)[1] for im in r.images]), np.mean([shape_chroma(im) for im in r.images]),
-                np.mean([circle_iou(im) for im in r.images])) for s, r in by_scale.items() if s in (4.0, 12.0)}  # fmt: skip
-    print("16 seeds, 10 steps: (shape's green channel, chroma, circle IoU)", {s: np.round(v, 2) for s, v in look.items()})
+    UNSEEN = "a red circle on a white background"  # a held-out combination: never a training caption
+    unseen = {s: faithful_rate(generate(pipe, UNSEEN, n_images=N_SEEDS, seed=SEED, guidance_scale=s, num_inference_steps=10, show_progress=False).images, UNSEEN) for s in (1.0, 7.5)}  # fmt: skip
+    print("16 seeds, 10 steps: faithful by guidance", faithful, f"| {UNSEEN!r}:", unseen)
+    look = {s: (np.mean([shape_colour(im)[1] for im in r.images]), np.mean([shape_chroma(im) for im in r.images]))
+            for s, r in by_scale.items() if s in (4.0, 12.0)}  # fmt: skip
+    print("16 seeds, 10 steps: (shape's green channel, chroma)", {s: np.round(v, 1) for s, v in look.items()})
     print("16 seeds, s=7.5: faithful by steps", faithful_steps)
-    print(f"shown (seed {FIG_SEED}), 10 steps:", {s: (v.shape, v.colour, v.background) for s, v in zip(scales, inspect([shown[10, s] for s in scales]))})  # fmt: skip
+    print(f"shown (seed {FIG_SEED}), 10 steps:", {s: (v.kind, v.colour, v.background) for s, v in zip(scales, map(inspect, [shown[10, s] for s in scales]))})  # fmt: skip
 
 # %% [markdown]
-# **Guidance, measured on the toy family** (10 DDIM steps, 16 seeds): prompt-faithful in 75% of images at $s = 1$,
-# 100% at 4 and 7.5, and 75% again at 12. At $s = 1$ the misses are wrong colours (the shown seed: a yellow blob
-# on green); guidance fixes them (the shown seed is red on blue at 4 and 7.5, and turns yellow again at 12). Too much guidance hurts, but not the way it does on v1-4: the shape drifts from
-# red to orange (its green channel rises from about 64 at $s = 4$ to about 92 at $s = 12$) and gets less round
-# (IoU with an ideal circle 0.86 to 0.80), while its saturation does not grow (CIELAB chroma about 83 and 82). On the real v1-4, large guidance
-# over-saturates colours and makes images less natural (Saharia et al. 2022, Imagen, arXiv 2205.11487, section 2.3;
-# diffusers' pipeline docs: higher guidance follows the prompt "usually at the expense of lower image quality"); the
-# toy family, at 32 px and six flat colours, cannot show that. Not measured here on v1-4 (no GPU). What it does show
-# is guidance trading diversity for prompt-following: the 16 seeds differ by 51 / 255 on average at $s = 1$ and by
-# 24 at $s = 7.5$.
+# **Guidance, measured on the toy family** (10 steps, 16 seeds): prompt-faithful in 88% of images at $s = 1$, 100% at
+# 4 and 7.5, and only 50% at 12. At $s = 1$ the misses are a wrong shape or colour (the shown seed: a red square with
+# rounded corners); guidance fixes them (the shown seed is a red circle at 4 and 7.5). On the unseen combination the
+# difference is larger: 44% faithful at $s = 1$, 94% at 7.5 (on the README's 396 images, held-out combinations: 29%
+# and 90%). Without guidance the model draws what it has seen most with these words; guidance pushes each step
+# towards what the whole caption says. Too much guidance hurts, but not the way it does on v1-4: the shape drifts
+# from red to orange or yellow (the shown seed is orange at 12; over 16 seeds the shape's green channel rises from
+# about 37 at $s = 4$ to about 104 at $s = 12$), while its saturation does not grow (CIELAB chroma about 86 and 79).
+# On the real v1-4, large guidance over-saturates colours and makes images less natural (Saharia et al. 2022,
+# Imagen, arXiv 2205.11487, section 2.3; diffusers' pipeline docs: higher guidance follows the prompt "usually at the
+# expense of lower image quality"); the toy family, at 64 px and six flat colours, cannot show that. Not measured
+# here on v1-4 (no GPU). Nor does it show the diversity that guidance costs on real models (Ho & Salimans 2022,
+# "Classifier-Free Diffusion Guidance", arXiv 2207.12598: guidance trades sample diversity for fidelity): the toy
+# family's seeds differ in where the shape sits and how big it is, which no prompt names, and they differ as much at
+# $s = 7.5$ as at $s = 1$ (28 and 27 / 255).
 #
-# **Steps, measured on the toy family** (guidance 7.5, 16 seeds): more steps bring the image closer to where the
-# reverse process converges (mean distance from the 50-step image 50, 22 and 8 at 2, 5 and 10 steps; 39, 33 and
-# 10 for the shown seed) and make it faithful (13%, 44%, 100% at 2, 5, 10 steps). Beyond 10 steps the toy family's images stop changing visibly: a
-# 32 px flat shape has no finer detail to add, which is why 10/25/50-step rows used to look the same. On the real
-# v1-4 more steps keep adding detail up to a few dozen (diffusers' pipeline docs: "more denoising steps usually
-# lead to a higher quality image at the expense of slower inference"; the blog used 50). Not measured here.
+# **Steps, measured on the toy family** (guidance 7.5, 16 seeds): more steps bring the image closer to the 50-step
+# image of the same seed (mean distance 55, 32 and 17 at 2, 5 and 10 steps; the shown seed is in the printout) and
+# make it faithful (0%, 0%, 100% at 2, 5, 10 steps): at 2 steps a smudge, at 5 a circle of the wrong colour or a
+# blurred one. At 10 steps the images are faithful but not yet the 50-step ones: Euler ancestral adds fresh noise
+# at every step, drawn differently for each step count, so the image still changes a little between 10 and 50
+# steps (the shown seed's circle grows). On the real v1-4 more steps keep adding detail up to a few dozen (diffusers' pipeline docs: "more
+# denoising steps usually lead to a higher quality image at the expense of slower inference"; the blog used 50).
+# Not measured here.
 
 # %%
 # Self-check: the claims above, on the images shown and over 16 seeds (deterministic on CPU: margins are for
 # other machines). On a real model the judge cannot read the prompt: only the pixel claims are checked.
-assert to_50[2] > to_50[5] > to_50[10] > 0  # more steps: closer to the converged image, over 16 seeds...
+assert to_50[2] > to_50[5] > to_50[10] > 0  # more steps: closer to the 50-step image, over 16 seeds...
 assert pixel_distance(shown[2, 7.5], shown[50, 7.5]) > pixel_distance(shown[10, 7.5], shown[50, 7.5])  # ...and shown
 if is_toy_family(pipe):
-    assert not faithful_rate([shown[10, 1.0]], prompt) and faithful_rate([shown[10, 7.5]], prompt) == 1  # the figure
-    assert faithful[7.5] >= faithful[1.0] + 0.15 and faithful[4.0] >= 0.9  # measured 1.0 vs 0.75, and 1.0
-    assert faithful[12.0] <= faithful[7.5]  # too much guidance does not help (measured 0.75 vs 1.0)
-    assert spread[1.0] > 1.5 * spread[7.5]  # guidance makes the seeds more alike (measured 51 vs 24)
-    assert look[12.0][0] > look[4.0][0] + 15 and look[12.0][2] < look[4.0][2] - 0.02  # orange, less round
-    assert look[12.0][1] < look[4.0][1] + 3  # ...but not over-saturated: the toy family cannot show that
-    assert faithful_steps[2] <= 0.3 and faithful_steps[5] <= 0.7 and faithful_steps[10] >= 0.9  # 0.13, 0.44, 1.0
-    assert to_50[10] < 15  # beyond 10 steps the toy's images barely change (measured ~8 / 255)
+    verdicts = {s: judge_many([shown[10, s]], [prompt])[0] for s in scales}  # the shown seed at 10 steps
+    assert not verdicts[1.0].faithful and verdicts[1.0].inspection.kind == "square"  # the figure: a square at s = 1...
+    assert verdicts[4.0].faithful and verdicts[7.5].faithful  # ...a red circle at 4 and 7.5...
+    assert not verdicts[12.0].faithful and shape_colour(shown[10, 12.0])[1] > shape_colour(shown[10, 7.5])[1] + 30  # ...orange at 12
+    assert faithful[1.0] <= faithful[7.5] and min(faithful[4.0], faithful[7.5]) >= 0.85  # measured 0.88, 1.0, 1.0
+    assert unseen[7.5] >= unseen[1.0] + 0.3  # unseen combination: measured 0.44 vs 0.94
+    assert faithful[12.0] <= faithful[7.5] - 0.25  # too much guidance hurts (measured 0.5 vs 1.0)...
+    assert look[12.0][0] > look[4.0][0] + 30 and look[12.0][1] < look[4.0][1] + 3  # ...orange, not over-saturated
+    assert spread[7.5] > 0.8 * spread[1.0]  # the toy's seeds stay as different (measured 27.9 vs 27.0)
+    assert faithful_steps[2] <= 0.2 and faithful_steps[5] <= 0.3 and faithful_steps[10] >= 0.85  # 0, 0, 1.0
+    assert faithful_steps[50] >= 0.85 and to_50[10] > 5  # still moving at 10 steps (measured 16.7 / 255)
 
 # %% [markdown]
 # ## 5. Negative prompts
@@ -281,41 +312,50 @@ if is_toy_family(pipe):
 # *away* from it: $\hat\epsilon = \epsilon(x_t, c_-) + s\,(\epsilon(x_t, c) - \epsilon(x_t, c_-))$.
 #
 # To see the push, the prompt must leave room for it. On the toy family we ask for "a circle on a blue background"
-# without a colour: the model then picks green for 15 of 16 seeds. With `negative_prompt="green"` it must pick
-# something else. (Asking for "a red circle" and negating "green" pushes away from a colour the image never had: the
-# picture then changes into something else, which is what this section used to show.) Top row: no negative prompt;
-# bottom row: `negative_prompt="green"`; the same four seeds.
+# without a colour: the model then picks red for 9 of 16 seeds (green or yellow for the rest). With
+# `negative_prompt="red"` it must pick something else. (Asking for "a red circle" and negating another colour pushes
+# away from a colour the image never had: the picture then changes into something else.) Top row: no negative
+# prompt; bottom row: `negative_prompt="red"`; the same eight seeds, with the model's default sampler.
 
 # %%
 plain = generate(pipe, prompt, seed=SEED, num_inference_steps=25, show_progress=False)  # section 8 compares with it
 open_prompt = "a circle on a blue background" if is_toy_family(pipe) else prompt  # v1-4: Kermit without green
-free = generate(pipe, open_prompt, n_images=N_SEEDS, seed=SEED, num_inference_steps=25, show_progress=False)
-negative = generate(pipe, open_prompt, n_images=N_SEEDS, seed=SEED, num_inference_steps=25, negative_prompt="green", show_progress=False)  # fmt: skip
-show_images(free.images[:4] + negative.images[:4], [f"seed {SEED + i}" for i in range(4)] + [f"seed {SEED + i}, not green" for i in range(4)], ncols=4, suptitle=open_prompt)  # fmt: skip
+NEGATIVE = "red" if is_toy_family(pipe) else "green"
+n_show = min(8, N_SEEDS)
+free = generate(pipe, open_prompt, n_images=N_SEEDS, seed=SEED, show_progress=False)
+negative = generate(pipe, open_prompt, n_images=N_SEEDS, seed=SEED, negative_prompt=NEGATIVE, show_progress=False)
+show_images(free.images[:n_show] + negative.images[:n_show], [f"seed {SEED + i}" for i in range(n_show)] + [f"seed {SEED + i}, not {NEGATIVE}" for i in range(n_show)], ncols=n_show, suptitle=open_prompt)  # fmt: skip
 assert pixel_distance(free.images[0], negative.images[0]) > 0.5
-assert negative.records[0]["negative_prompt"] == "green"
+assert negative.records[0]["negative_prompt"] == NEGATIVE
 
 # %% [markdown]
-# Measured on the toy family over 16 seeds: the judge names the shape green in 15 of 16 images without the negative
-# prompt and in none with it (none of the four shown either). Most of the rest of the prompt survives, not all: the
-# background stays blue in 14 of 16 (16 without), the shape is still judged a circle in 12 of 16 (15 without). What
-# the shape becomes instead is mostly a pale yellow that no palette colour matches (10 of 16 unnamed, 3 yellow): the
-# model learned "green", not "anything but green", so the negative prompt removes a colour without choosing
-# another. On the real v1-4 negative prompts are used the same way, to remove what you do not want (a
-# colour, "blurry", extra limbs); diffusers documents `negative_prompt` as what to leave out. Not measured here.
+# Measured on the toy family over 16 seeds (the default sampler, Euler ancestral at 30 steps): the strict judge names
+# the shape red in 9 of 16 images without the negative prompt (5 of the 8 shown) and in none with it. The push does
+# not pick a colour at random: all 16 shapes turn white. The rest of the prompt mostly survives, not all: every shape
+# is still a circle and the background is still named blue in 15 of 16 (16 without), but the judge finds 11 of 16
+# faithful (12 without): the blue drifts too far from the palette's in 5 (CIELAB $\Delta E > 25$). The README
+# measured the same on 180 images of colourless prompts: red shapes 34.4% without, 1.7% with negative "red", and
+# only 72% faithful to the rest of the prompt (79% without). The model learned "red", not "anything but red": the
+# negative prompt removes a colour, and where the image goes instead is up to the model. On the real v1-4 negative
+# prompts are used the same way, to remove what you do not want (a colour, "blurry", extra limbs); diffusers
+# documents `negative_prompt` as what to leave out. Not measured here.
 
 # %%
 if is_toy_family(pipe):
-    seen = {name: inspect(r.images) for name, r in (("no negative", free), ("negative 'green'", negative))}
-    green = {name: np.mean([v.colour == "green" for v in vs]) for name, vs in seen.items()}
-    on_blue = {name: np.mean([v.background == "blue" for v in vs]) for name, vs in seen.items()}
-    circle = {name: np.mean([v.shape == "circle" for v in vs]) for name, vs in seen.items()}
-    print("shown (4 seeds): colour", {name: [v.colour for v in vs[:4]] for name, vs in seen.items()})
-    print("16 seeds: share green", green, "| blue background", on_blue, "| circle", circle)
-    # Self-check: pushed away from green on the shown seeds and over 16 seeds, and still what the prompt asks
-    assert all(v.colour != "green" for v in seen["negative 'green'"][:4]) and sum(v.colour == "green" for v in seen["no negative"][:4]) >= 3  # fmt: skip
-    assert green["no negative"] >= 0.7 and green["negative 'green'"] <= 0.1  # measured 15/16 and 0/16
-    assert min(on_blue.values()) >= 0.75 and min(circle.values()) >= 0.6  # measured 16, 14 and 15, 12 of 16
+    seen = {name: [inspect(im) for im in r.images] for name, r in (("no negative", free), (f"negative {NEGATIVE!r}", negative))}
+    share = {what: {name: np.mean([test(v) for v in vs]) for name, vs in seen.items()} for what, test in (
+        ("red", lambda v: v.colour == "red"), ("white", lambda v: v.colour == "white"),
+        ("blue background", lambda v: v.background == "blue"), ("circle", lambda v: v.found and v.kind == "circle"))}  # fmt: skip
+    kept = {"no negative": faithful_rate(free.images, open_prompt), f"negative {NEGATIVE!r}": faithful_rate(negative.images, open_prompt)}  # fmt: skip
+    print(f"shown ({n_show} seeds): colour", {name: [v.colour for v in vs[:n_show]] for name, vs in seen.items()})
+    print("16 seeds:", {what: {k: round(v, 2) for k, v in d.items()} for what, d in share.items()}, "| faithful", kept)
+    # Self-check: pushed away from red on the shown seeds and over 16 seeds, and still mostly what the prompt asks
+    no, neg = "no negative", f"negative {NEGATIVE!r}"
+    assert all(v.colour != "red" for v in seen[neg][:n_show]) and sum(v.colour == "red" for v in seen[no][:n_show]) >= 3  # fmt: skip
+    assert share["red"][no] >= 0.35 and share["red"][neg] <= 0.1  # measured 9/16 and 0/16
+    assert share["white"][neg] >= 0.75  # measured 16/16: the push lands on one colour
+    assert min(share["blue background"].values()) >= 0.75 and min(share["circle"].values()) >= 0.75  # 16, 15; 16, 16
+    assert 0.5 <= kept[neg] <= kept[no] + 0.1  # the rest of the prompt mostly survives (measured 11/16 vs 12/16)
 
 # %% [markdown]
 # ## 6. Schedulers swapped, and how few steps are enough
@@ -338,56 +378,73 @@ if is_toy_family(pipe):
     print("20 steps, 16 seeds, faithful:", by_scheduler, "| shown seed:", {n: faithful_rate(r.images[:1], prompt) for n, r in runs.items()})  # fmt: skip
 
 # %% [markdown]
-# Measured on the toy family at 20 steps: five of the six are prompt-faithful for all 16 seeds; PNDM for 2 of 16,
-# and the shown seed is one of its misses. PNDM needs more steps on this model (we measured 0/16 at 10 steps, 11/16
-# at 25 and 16/16 at 50; the table below has it at 90% at 50 steps over 270 images): it is SD v1's and the blog's
-# default at 50 steps, and was not made for 20. So the schedulers are interchangeable in the sense that matters for
-# code (swap one line, no retraining), not in how many steps each needs. On v1-4 the pipeline's own default is PNDM
-# at 50 steps, and diffusers' docs say DPM-Solver++ gives high-quality samples in 20 (next section); not measured here.
+# Measured on the toy family at 20 steps: Euler ancestral, DPM-Solver++ 2M and UniPC are prompt-faithful for all 16
+# seeds, DDIM and Euler for 15; PNDM for 4 of 16, and the shown seed is one of its misses. PNDM needs more steps on
+# this model (we measured 0/16 at 10 steps and 15/16 at 30; the table below has it at 85% at 50 steps over 396
+# images): it is SD v1's and the blog's default at 50 steps, and was not made for 20. So the schedulers are
+# interchangeable in the sense that matters for code (swap one line, no retraining), not in how many steps each
+# needs. On v1-4 the pipeline's own default is PNDM at 50 steps, and diffusers' docs say DPM-Solver++ gives
+# high-quality samples in 20 (next section); not measured here.
 
 # %%
 # Self-check: at 20 steps PNDM misses (the shown seed and over 16 seeds), every other scheduler is faithful.
 if is_toy_family(pipe):
-    assert by_scheduler["pndm"] <= 0.4 and not faithful_rate(runs["pndm"].images[:1], prompt)  # measured 2/16
+    assert by_scheduler["pndm"] <= 0.4 and not faithful_rate(runs["pndm"].images[:1], prompt)  # measured 4/16
     assert all(by_scheduler[n] >= 0.85 and faithful_rate(runs[n].images[:1], prompt) for n in names if n != "pndm")
 
 # %% [markdown]
-# How many steps does each sampler need? `benchmarks/schedulers_quality.py` counts it on the toy family,
-# where an independent judge (a pixel colour rule plus a small shape classifier, not CLIP) says whether each
-# image shows what its prompt asks: 270 images per cell, the same seeds everywhere, guidance 7.5. Cost is
-# UNet calls per image (the UNet is nearly all of the time). The rule for our default: the fewest UNet calls
-# within 2 points of PNDM at 50 steps (SD v1's and the blog's default). Below is the committed run; rerun the
-# script on your machine to refresh it.
+# How many steps does each sampler need? `scripts/quality.py` measured it on the toy family with the strict judge:
+# 396 images per row (every shape, colour and background, the held-out combinations included), the same prompts and
+# seeds everywhere, guidance 7.5. Each step is one guided UNet call (the UNet is nearly all of the time); PNDM adds
+# one. Below are the committed runs (`benchmarks/results/toy_quality_v2-13k-*.json`); rerun the script on your
+# machine to refresh them. The README adds rows measured with the same prompts and seeds by a one-off driver: DDIM
+# at 10 steps 79.8%, Euler ancestral at 15 steps 92.4%, DPM-Solver++ 2M at 10 and 15 steps 88.6% and 90.2%.
+#
+# The rule for the family's default: at least as faithful as PNDM at 50 steps (SD v1's and the blog's default), and
+# a negative prompt must work with it (section 5; at most 10% of colourless prompts' shapes still red with negative
+# "red"). Euler ancestral passes the first at every step count measured, the second at 30 steps and not at 10.
 
 # %%
 import json
 
-bench = json.loads(sorted((REPO_ROOT / "benchmarks" / "results").glob("schedulers_quality-*.json"))[-1].read_text())
-print("| scheduler | steps | faithful % | held-out % | UNet calls | s / image | within 2 pts |\n|---|---|---|---|---|---|---|")
-for r in bench["rows"]:
-    print(f"| {r['scheduler']} | {r['steps']} | {r['faithful']:.1f} | {r['faithful_held_out']:.1f} | {r['unet_calls']:.0f} "
-          f"| {r['s_per_image']:.3f} | {'yes' if r['within_2_points'] else 'no'} |")
-base = bench["rows"][0]
-pick = next(r for r in bench["rows"] if (r["scheduler"], r["steps"]) == (DEFAULT_SCHEDULER, DEFAULT_STEPS))
-print(f"\ndefault: {DEFAULT_SCHEDULER} at {DEFAULT_STEPS} steps, {pick['faithful']:.1f}% vs PNDM-50's "
-      f"{base['faithful']:.1f}%, {base['unet_calls'] / pick['unet_calls']:.1f}x fewer UNet calls")
-# Self-check: our defaults are the measured pick, and the pick obeys the rule.
-assert bench["recommended"] == {"scheduler": DEFAULT_SCHEDULER, "num_inference_steps": DEFAULT_STEPS}
-assert (base["scheduler"], base["steps"]) == ("pndm", 50) and pick["faithful"] >= base["faithful"] - 2
-ok = [r for r in bench["rows"] if r["faithful"] >= base["faithful"] - 2]
-assert pick["unet_calls"] == min(r["unet_calls"] for r in ok)
+runs_v2 = {  # the text-to-image family in models/, measured with Euler ancestral at 30 and at 10 steps
+    steps: json.loads(sorted((REPO_ROOT / "benchmarks" / "results").glob(f"toy_quality_v2-13k-*euler_a{steps}-*.json"))[-1].read_text())
+    for steps in (30, 10)
+}  # fmt: skip
+bench = runs_v2[30]
+table = [("pndm", 50, bench["pndm_50"], None)]
+table += [(n, 20, bench[f"{n}_20"], None) for n in ("ddim", "euler", "euler_a", "dpmpp_2m")]
+table += [("euler_a", k, runs_v2[k]["guidance_7.5"], runs_v2[k]["negative"]["negative_red"]["red_rate"]) for k in (10, 30)]
+print("| scheduler | steps | faithful % | held-out % | UNet calls | negative 'red': still red % |\n|---|---|---|---|---|---|")
+for name, steps, r, red in table:
+    still_red = "" if red is None else f"{100 * red:.1f}"
+    print(f"| {name} | {steps} | {100 * r['faithful']:.1f} | {100 * r['faithful_held_out']:.1f} | {steps + (name == 'pndm')} | {still_red} |")
+base, pick = bench["pndm_50"], bench["guidance_7.5"]
+own_sampler = family_sampler(pipe) if is_toy_family(pipe) else None
+print(f"\ntoy family's default: {bench['default']}, {100 * pick['faithful']:.1f}% vs PNDM-50's {100 * base['faithful']:.1f}%")
+# Self-check: the family's default is the measured pick, and the pick obeys the rule; 10 steps fails the second part.
+assert bench["default"] == "euler_a-30" and runs_v2[10]["default"] == "euler_a-10"
+assert pick["faithful"] >= base["faithful"] and runs_v2[10]["guidance_7.5"]["faithful"] >= base["faithful"]
+assert runs_v2[30]["negative"]["negative_red"]["red_rate"] <= 0.10 < runs_v2[10]["negative"]["negative_red"]["red_rate"]
+if own_sampler is not None:
+    assert (own_sampler.scheduler, own_sampler.num_inference_steps) == ("euler_a", 30)
 
 # %% [markdown]
-# **Defaults depend on the model.** The table above was measured on the toy family only, so DDIM at 10 steps is
-# the default there and nowhere else. On the real v1-4 we could not measure (no GPU, no weights here), so its default
-# comes from the literature: DPM-Solver++ 2M (Lu et al. 2022, [arXiv 2211.01095](https://arxiv.org/abs/2211.01095),
-# a second-order solver designed for guided sampling) at 25 steps. diffusers' documentation of
-# `DPMSolverMultistepScheduler` says 20 steps give high-quality samples; we keep a margin of 5 because nobody has
-# checked it here. The blog's setting, PNDM at 50 steps (the pipeline's own default), stays one argument away.
-# Compare for yourself: the same seed with the blog's setting and this model's default.
+# **Defaults depend on the model.** The table above was measured on the toy family only, so Euler ancestral at 30
+# steps is the default there and nowhere else; the family records it (`models/training_summary.json`,
+# `"default_sampler"`, read by `family_sampler`) and saves it as its pipeline's own scheduler. Why an ancestral
+# sampler: it adds fresh noise after every step, which drowns part of the error the UNet made in the step before,
+# where a deterministic sampler carries it to the end (Karras et al. 2022, arXiv 2206.00364, section 4); a UNet as
+# small as the toy family's makes plenty. On the real v1-4 we could not measure (no GPU, no weights here), so its
+# default comes from the literature: DPM-Solver++ 2M (Lu et al. 2022,
+# [arXiv 2211.01095](https://arxiv.org/abs/2211.01095), a second-order solver designed for guided sampling) at 25
+# steps. diffusers' documentation of `DPMSolverMultistepScheduler` says 20 steps give high-quality samples; we keep a
+# margin of 5 because nobody has checked it here. The blog's setting, PNDM at 50 steps (the pipeline's own default),
+# stays one argument away. Compare for yourself: the same seed with the blog's setting and this model's default.
 
 # %%
-print(f"toy family: {DEFAULT_SCHEDULER} x {DEFAULT_STEPS}; real models: {REAL_MODEL_SCHEDULER} x {REAL_MODEL_STEPS}")
+toy = f"{own_sampler.scheduler} x {own_sampler.num_inference_steps}" if own_sampler else "not loaded"
+print(f"toy family: {toy}; real models: {REAL_MODEL_SCHEDULER} x {REAL_MODEL_STEPS}")
 blog = generate(pipe, prompt, seed=SEED, num_inference_steps=50, scheduler="pndm", show_progress=False)
 ours = generate(pipe, prompt, seed=SEED, show_progress=False)  # no steps, no scheduler: this model's defaults
 show_images(blog.images + ours.images, [f"PNDM 50: {blog.seconds:.2f}s", f"{sampler.scheduler} {sampler.num_inference_steps}: {ours.seconds:.2f}s"])  # fmt: skip
@@ -395,9 +452,7 @@ assert ours.records[0]["scheduler"] == sampler.scheduler
 if is_toy_family(pipe):  # the figure agrees with the table: both settings draw what the prompt asks on this seed
     assert faithful_rate(blog.images + ours.images, prompt) == 1
 assert ours.records[0]["num_inference_steps"] == sampler.num_inference_steps
-assert (sampler.scheduler, sampler.num_inference_steps) == (
-    (DEFAULT_SCHEDULER, DEFAULT_STEPS) if is_toy_family(pipe) else (REAL_MODEL_SCHEDULER, REAL_MODEL_STEPS)
-)
+assert sampler == own_sampler if is_toy_family(pipe) else (sampler.scheduler, sampler.num_inference_steps) == (REAL_MODEL_SCHEDULER, REAL_MODEL_STEPS)  # fmt: skip
 
 # %% [markdown]
 # ## 7. fp32 vs fp16: memory and time
@@ -508,7 +563,7 @@ show_images(my.images, [f"seed {r['seed']}" for r in my.records])
 #   far better than others; and because the captions are mostly English, white and Western cultures are often the
 #   default, which can reinforce social biases. The autoencoder is lossy (notebook 02 measures a reconstruction).
 # - **What the toy family cannot do.** The offline models in `models/` know only coloured circles, squares and
-#   triangles on plain backgrounds, at a few dozen pixels (the cell below prints the size; their model cards say so);
+#   triangles on plain backgrounds, at 64x64 pixels (the cell below prints the size; their model cards say so);
 #   any other prompt gives some shape. They exist
 #   so that every cell runs and is checked without a GPU, not to make pictures. Their measured quality numbers (the
 #   table in section 6) say nothing about v1-4.
@@ -527,13 +582,16 @@ assert has_checker or is_toy_family(pipe) or Path(MODEL).expanduser().is_dir()
 #   `login.py` (not `use_auth_token`), read `.images` (not `["sample"]`), and drop `autocast`.
 # - One batched call with a generator per image is faster than the blog's loop, and every image stays
 #   reproducible from its own seed; `save_images` keeps every image with its settings and never overwrites.
-# - Guidance trades diversity for prompt-following (toy family, 16 seeds: 75% faithful at $s = 1$, 100% at 7.5, the
-#   seeds twice as alike) and too much of it hurts (toy: colour drift, 75% at 12; v1-4: over-saturation, from the
-#   literature). Negative prompts replace the empty prompt in guidance and push away from what they name (toy: a
-#   green shape in 15 of 16 images, then in none). Schedulers swap without retraining, but not every one works at
-#   every step count (toy: PNDM at 20 steps is faithful for 2 of 16 seeds). Defaults depend on the model:
-#   DDIM at 10 steps on the toy family (measured as faithful as the blog's PNDM-50 there), DPM-Solver++ at 25 steps
-#   on real models (diffusers' docs and Lu et al. 2022; not measured here).
+# - Guidance makes the image follow the prompt (toy family, 16 seeds: 88% faithful at $s = 1$, 100% at 7.5; on a
+#   combination it never saw in training 44% and 94%) and too much of it hurts (toy: colour drift, 50% at 12; v1-4:
+#   over-saturation, from the literature). Negative prompts replace the empty prompt in guidance and push away from
+#   what they name (toy: a red shape in 9 of 16 images, then in none; all 16 turn white). Schedulers swap without
+#   retraining, but not every one works at every step count (toy: PNDM at 20 steps is faithful for 4 of 16 seeds).
+#   Defaults depend on the model: Euler ancestral at 30 steps on the toy family (measured more faithful than the
+#   blog's PNDM-50 there, 93.2% against 85.4%), DPM-Solver++ at 25 steps on real models (diffusers' docs and Lu et
+#   al. 2022; not measured here).
+# - Seeds differ: on the toy family the shape sits elsewhere (and its size varies a little); on v1-4 the whole
+#   composition changes.
 # - fp16 halves memory (2 bytes instead of 4) and is faster on GPUs; its 65,504 ceiling is why some
 #   images come out as NaN (black). The safety checker is the other source of black images.
 # - v1-4 learned from English-captioned web images, under a licence with use restrictions; keep its safety

@@ -23,13 +23,13 @@
 # - tokenize a prompt as Stable Diffusion does (ids, padding to 77, what truncation cuts) and read the 77 x D text
 #   embeddings, including the empty prompt's that guidance uses;
 # - encode an image to latents with the VAE, look at the latent channels, decode them, and say where the scaling
-#   factor (SD's 0.18215) comes from;
+#   factor (SD's 0.18215, the toy family's 0.5616) comes from;
 # - make one UNet call and one scheduler step, then write the whole denoising loop yourself and get `pipe(...)`'s
-#   output for the same seeds;
+#   output for the same seeds, also with a sampler that draws fresh noise at every step;
 # - watch the model's guess of the final image ($\hat x_0$) sharpen step by step, and draw where each word of the
 #   prompt looks (cross-attention maps).
 #
-# **Needs**: no GPU (about 15 s with the offline toy family, measured under nbval on a shared 2-core machine). On a GPU the same cells open the real
+# **Needs**: no GPU (about 25 s with the offline toy family, measured under nbval on a busy shared 2-core machine). On a GPU the same cells open the real
 # Stable Diffusion v1-4. Notebook 03 then explains the theory behind each part.
 
 # %% tags=["skip-execution", "nbval-skip"]
@@ -75,7 +75,14 @@ print("Hub login:", log_in_if_needed(MODEL))
 #
 # A `StableDiffusionPipeline` is five models in a box: `tokenizer`, `text_encoder` (CLIP's text tower), `unet`,
 # `vae` and `scheduler` (plus a safety checker on the real model). Everything below reads the numbers that matter
-# from the loaded model, so the same cells hold for the real v1-4 (512 px images, 64x64x4 latents) and the toy family.
+# from the loaded model, so the same cells hold for the real v1-4 (512 px images, 64x64x4 latents) and the toy family
+# (64 px images, 8x8x4 latents). The toy family's VAE has SD v1's geometry: it shrinks each side 8 times, into 4
+# channels; only the image is 8 times smaller per side.
+#
+# `default_sampler` says which sampler the model runs with and where that choice comes from (printed below). On the
+# toy family we run its sampler, Euler ancestral, at 10 of its default 30 steps: nothing below depends on the number
+# of steps, and 10 keep the notebook quick (README: 91.7% of the family's images are prompt-faithful at 10 steps,
+# 93.2% at 30).
 
 # %%
 pipe = load_pipeline(MODEL)
@@ -83,7 +90,7 @@ pipe.set_progress_bar_config(disable=True)
 device, dtype = pipe.device, pipe.unet.dtype
 EXACT = dtype == torch.float32  # fp16/bf16 round differently from run to run of other kernels: looser checks
 sampler = default_sampler(pipe)
-STEPS = sampler.num_inference_steps
+STEPS = min(sampler.num_inference_steps, 10) if is_toy_family(pipe) else sampler.num_inference_steps
 f = pipe.vae_scale_factor  # how much the VAE shrinks each side
 C = pipe.unet.config.in_channels  # latent channels
 h = w = pipe.unet.config.sample_size  # latent side the UNet was trained on
@@ -91,10 +98,13 @@ H = W = h * f  # image side
 D = pipe.text_encoder.config.hidden_size  # width of one token embedding
 print({name: type(part).__name__ for name, part in pipe.components.items() if part is not None})
 print(f"image {H}x{W}x3 -> latents {h}x{w}x{C} (VAE downsamples {f}x); token embeddings are {D}-wide")
-print(f"scaling_factor {pipe.vae.config.scaling_factor:.5f}; sampler {type(pipe.scheduler).__name__}, {STEPS} steps")
+print(f"scaling_factor {pipe.vae.config.scaling_factor:.5f}; sampler {type(pipe.scheduler).__name__}, {STEPS} steps "
+      f"(default {sampler.num_inference_steps})")  # fmt: skip
 print(f"  ({sampler.source})")
 assert f == 2 ** (len(pipe.vae.config.block_out_channels) - 1)  # one halving per VAE down block but the last
 assert C == pipe.vae.config.latent_channels and pipe.unet.config.cross_attention_dim == D
+if is_toy_family(pipe):  # Self-check: SD v1's latent geometry (8x down, 4 channels) at 64 px
+    assert (f, C, H, h) == (8, 4, 64, 8) and abs(pipe.vae.config.scaling_factor - 0.5616) < 1e-4
 
 # %% [markdown]
 # ## 2. The tokenizer: text -> 77 ids
@@ -105,6 +115,7 @@ assert C == pipe.vae.config.latent_channels and pipe.unet.config.cross_attention
 
 # %%
 prompt = "a red circle on a blue background"
+MEASURED = is_toy_family(pipe) and prompt == "a red circle on a blue background"  # what the text's numbers are about
 tok = inside.tokenize(pipe.tokenizer, prompt)
 print("pieces:", tok.pieces)
 print("ids:   ", tok.input_ids[: tok.n_tokens + 2], "...", f"({len(tok.input_ids)} ids)")
@@ -164,11 +175,11 @@ assert gap[0] < 1e-3 * gap[1 : tok.n_tokens].mean() and cond.shape == (1, 77, D)
 # We encode an image of the kind the model knows (a drawn shape for the toy family, a photo for real models).
 
 # %%
-from helpers.shapes_data import draw, parse_prompt
+from helpers.shapes_data import draw_for_size, parse_prompt
 from helpers.toy_ddpm import load_sample_image
 
 if is_toy_family(pipe):
-    x = inside.to_model_range([draw(parse_prompt(prompt), np.random.default_rng(SEED), size=H)])  # (1, 3, H, W)
+    x = inside.to_model_range([draw_for_size(parse_prompt(prompt), np.random.default_rng(SEED), size=H)])  # (1, 3, H, W)
 else:
     x = load_sample_image(H)[None]  # (1, 3, H, W) in [-1, 1]: matplotlib's photo of Grace Hopper
 z = inside.encode_images(pipe, x)  # (1, C, h, w)
@@ -192,14 +203,15 @@ assert z.shape == (1, C, h, w) and x_hat.shape == (1, H, W, 3) and err < 0.25 * 
 # **Where the scaling factor comes from.** The UNet is trained to remove $\mathcal N(0, I)$ noise, so its inputs
 # should have roughly unit variance. Latent diffusion measures the standard deviation of the VAE's latents on
 # training images and sets $s = 1/\mathrm{std}$ (`scale_by_std` in CompVis' latent-diffusion code): for SD's VAE
-# that gave 0.18215. The toy family's factor was measured the same way on its training shapes. We measure it again on
-# whatever images we have here (drawn shapes, or the one photo for a real model: a rough estimate).
+# that gave 0.18215. The toy family's 0.5616 was measured the same way, on the 12,150 images its UNet was trained on
+# (shapes drawn upright). We measure it again on the images we have here: 64 freshly drawn training images for the
+# toy family, or the one photo (and its mirror image) for a real model, a rough estimate.
 
 # %%
-from helpers.shapes_data import make_dataset
+from helpers.shapes_data import make_dataset_v2
 
 if is_toy_family(pipe):
-    images = inside.to_model_range(make_dataset(64, seed=SEED, size=H).images)  # (64, 3, H, W)
+    images = inside.to_model_range(make_dataset_v2(64, seed=SEED, size=H, rotate=False).images)  # (64, 3, H, W)
 else:
     images = torch.cat([x, x.flip(-1)])  # the photo and its mirror image
 raw = inside.encode_images(pipe, images, generator=torch.Generator(device).manual_seed(SEED))
@@ -209,8 +221,11 @@ s = pipe.vae.config.scaling_factor
 print(f"this model's scaling_factor {s:.4f}; 1/std measured on {len(images)} images here {measured:.4f}")
 print(f"SD v1's, for reference: {LATENT_SCALING_FACTOR} (1/std of its VAE's latents, measured by its authors)")
 print(f"std of the scaled latents the UNet sees: {(raw * s).float().std():.3f} (the goal: about 1)")
-# Self-check: scaled latents have roughly unit spread (within a factor 2 on so few images).
+# Self-check: scaled latents have roughly unit spread (within a factor 2 on so few images); on the toy family's own
+# training images the rule gives back its config's factor (measured 0.5627 on these 64 vs 0.5616 on 12,150).
 assert 0.5 < (raw * s).float().std() < 2
+if is_toy_family(pipe):
+    assert abs(measured / s - 1) < 0.03
 
 # %% [markdown]
 # ## 5. One UNet call, one scheduler step
@@ -223,27 +238,48 @@ assert 0.5 < (raw * s).float().std() < 2
 # $$\hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\hat\epsilon}{\sqrt{\bar\alpha_t}}$$
 #
 # and the scheduler's `step` moves $x_t$ a little towards it, to $x_{t'}$ at the next timestep.
+#
+# **Each sampler keeps the latents in its own scale.** DDIM and DPM-Solver keep $x_t$ itself. Euler-type samplers,
+# like the toy family's Euler ancestral, keep $x_t / \sqrt{\bar\alpha_t} = x_0 + \sigma_t\,\epsilon$ with noise level
+# $\sigma_t = \sqrt{(1-\bar\alpha_t)/\bar\alpha_t}$ (the formulation of Karras et al. 2022, arXiv 2206.00364): their
+# starting noise is multiplied by `init_noise_sigma` ($\sqrt{\sigma_{max}^2 + 1}$ here), and `scale_model_input` divides
+# by $\sqrt{\sigma_t^2 + 1}$, which hands the UNet the $x_t$ it was trained on. (For DDIM both are 1 and change
+# nothing.) So $\hat x_0$ comes from the UNet's input. A sampler that draws noise inside `step` gets the generator
+# too, as `pipe(...)` does (diffusers' `prepare_extra_step_kwargs`).
 
 # %%
+import inspect
+
+
+def step_kwargs(scheduler, generator):
+    """What pipe(...) passes to scheduler.step besides (eps, t, latents): the generator, if the sampler takes one."""
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
 scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # a fresh copy: schedulers keep state
 scheduler.set_timesteps(STEPS, device=device)
 t = scheduler.timesteps[0]
 x_t = randn_tensor((1, C, h, w), generator=torch.Generator().manual_seed(SEED), device=device, dtype=dtype)
-x_t = x_t * scheduler.init_noise_sigma  # (1, C, h, w)
+x_t = x_t * scheduler.init_noise_sigma  # (1, C, h, w), in the sampler's scale
 with torch.no_grad():
-    x_in = scheduler.scale_model_input(torch.cat([x_t] * 2), t)  # (2, C, h, w): [empty prompt, prompt]
+    x_in = scheduler.scale_model_input(torch.cat([x_t] * 2), t)  # (2, C, h, w): [empty prompt, prompt], the UNet's x_t
     eps_uncond, eps_text = pipe.unet(x_in, t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
 eps = classifier_free_guidance(eps_uncond, eps_text, 7.5)  # (1, C, h, w)
 alpha_bar = scheduler.alphas_cumprod[int(t)].to(device)
-x0_hat = predict_x0(x_t, eps, alpha_bar)
-x_next = scheduler.step(eps, t, x_t).prev_sample
-print(f"timesteps: {scheduler.timesteps.tolist()}")
+x0_hat = predict_x0(x_in[:1], eps, alpha_bar)  # from the x_t the UNet saw
+out = scheduler.step(eps, t, x_t, **step_kwargs(scheduler, torch.Generator().manual_seed(SEED)))
+x_next = out.prev_sample
+print(f"timesteps: {[int(t) for t in scheduler.timesteps]}")
 print(f"t = {int(t)}: x_t {tuple(x_t.shape)} -> eps {tuple(eps.shape)} -> x_t' {tuple(x_next.shape)}")
-# Self-check: our x0_hat is what diffusers' DDIM step computes as `pred_original_sample` from the same inputs.
+print(f"init_noise_sigma {float(scheduler.init_noise_sigma):.2f}: std of the sampler's latents {x_t.std():.2f}, "
+      f"of the UNet's input {x_in.std():.2f}")  # fmt: skip
+# Self-check: our x0_hat is what diffusers' DDIM step computes as `pred_original_sample` from the UNet's x_t, and
+# what the sampler's own step reports, where it reports one (Euler ancestral does).
+close = lambda a, b: (a - b).abs().max() <= (1e-5 if EXACT else 1e-2) * max(1.0, b.abs().max().item())
 ddim = DDIMScheduler.from_config(pipe.scheduler.config)
 ddim.set_timesteps(STEPS, device=device)
-ref = ddim.step(eps, t, x_t).pred_original_sample
-assert (x0_hat - ref).abs().max() <= (1e-5 if EXACT else 1e-2) * max(1.0, ref.abs().max().item())
+assert close(x0_hat, ddim.step(eps, int(t), x_in[:1]).pred_original_sample)
+assert getattr(out, "pred_original_sample", None) is None or close(x0_hat, out.pred_original_sample)
 assert scheduler.config.prediction_type == "epsilon"  # the UNet predicts noise (v1-4 and the toy family do)
 
 # %% [markdown]
@@ -252,6 +288,10 @@ assert scheduler.config.prediction_type == "epsilon"  # the UNet predicts noise 
 # That is the whole algorithm: repeat section 5 over every timestep, then decode. Here it is for a batch of 16
 # seeds at once, one `torch.Generator` per image like `pipe(...)` takes them. We keep $\hat x_0$ at every step for
 # section 7. (On a GPU with the real model this is the notebook's slowest cell: 16 images at 512 px.)
+#
+# Euler ancestral is an *ancestral* sampler: like DDPM (notebook 03, section 4) every step adds fresh noise.
+# `pipe(...)` draws it from the same per-image generators as the starting latents, so our loop passes them to
+# `step` as well; without them the noise would come from PyTorch's global generator and the images would differ.
 
 # %%
 N = 16  # seeds SEED, ..., SEED + 15
@@ -267,8 +307,8 @@ with torch.no_grad():
         x_in = scheduler.scale_model_input(torch.cat([latents] * 2), t)  # (2N, C, h, w)
         eps_uncond, eps_text = pipe.unet(x_in, t, encoder_hidden_states=embeds).sample.chunk(2)
         eps = classifier_free_guidance(eps_uncond, eps_text, guidance_scale)  # (N, C, h, w)
-        x0_hats.append(predict_x0(latents, eps, scheduler.alphas_cumprod[int(t)].to(device)))
-        latents = scheduler.step(eps, t, latents).prev_sample  # x_t -> x_t'
+        x0_hats.append(predict_x0(x_in[:N], eps, scheduler.alphas_cumprod[int(t)].to(device)))
+        latents = scheduler.step(eps, t, latents, **step_kwargs(scheduler, generators)).prev_sample  # x_t -> x_t'
 images = inside.decode_latents(pipe, latents)  # (N, H, W, 3) in [0, 1]
 show_images(list(images[:8]), [f"seed {SEED + i}" for i in range(8)], ncols=8, size=1.6, suptitle=prompt)
 
@@ -288,7 +328,10 @@ assert diff < (1e-4 if EXACT else 2e-2)
 # ## 7. The model's guess of the final image, step by step
 #
 # At every step the UNet's noise estimate implies a clean image $\hat x_0$ (section 5). Decoding it shows what the
-# model "has in mind": a blurry average early on, when $x_t$ is mostly noise, then sharper as $t$ falls.
+# model "has in mind": a rough, blurry guess at the first step, when $x_t$ is mostly noise, which ends on the final
+# image as $t$ falls. With an ancestral sampler it does not get there smoothly: every step adds fresh noise, and the
+# model revises its guess. On the toy family the colour of the guess flickers: in the strip seed 0's guess starts
+# yellow, turns red, is yellow again after step 6, and only the last steps settle it.
 
 # %%
 idx = np.unique(np.linspace(0, len(x0_hats) - 1, 6).round().astype(int))
@@ -297,16 +340,33 @@ titles = [f"x̂0 after step {i + 1}\n(t = {int(scheduler.timesteps[i])})" for i 
 show_images([*strip, images[0]], [*titles, "final image"], ncols=len(idx) + 1, size=1.8)
 
 # %% [markdown]
-# **Self-check** over all 16 seeds: the decoded $\hat x_0$ gets closer to the final image as $t$ falls (mean absolute
-# pixel difference at 5 points along the loop).
+# **Self-check** over all 16 seeds, at 5 points along the loop: the decoded $\hat x_0$ gets closer to the final image
+# (mean absolute pixel difference) and ends on it, but with the toy family's ancestral sampler its colour takes
+# detours: measured at 10 steps, the number of seeds whose guess is red goes 3, 8, 3, 15, 16 (steps 1, 3, 5, 8, 10).
+# And the strip's colours, as the text above reads them.
 
 # %%
+from helpers.strict_judge import inspect as judge_inspect
+
+ANCESTRAL = "Ancestral" in type(scheduler).__name__  # draws fresh noise in every step
 check = np.unique(np.linspace(0, len(x0_hats) - 1, 5).round().astype(int))
-distance = [float(np.abs(inside.decode_latents(pipe, x0_hats[i]) - images).mean()) for i in check]
-for i, dist in zip(check, distance):
-    print(f"after step {i + 1:3d} (t = {int(scheduler.timesteps[i]):3d}): mean |decode(x̂0) - final| = {dist:.4f}")
+guesses = {i: inside.decode_latents(pipe, x0_hats[i]) for i in check}  # step index -> (N, H, W, 3) in [0, 1]
+distance = [float(np.abs(guesses[i] - images).mean()) for i in check]
+colour = lambda im: judge_inspect((255 * im).round().astype(np.uint8), kinds=("circle",)).colour  # the strict judge's name for the shape's colour
+red = [sum(colour(im) == "red" for im in guesses[i]) for i in check] if MEASURED else []
+for k, i in enumerate(check):
+    print(f"after step {i + 1:3d} (t = {int(scheduler.timesteps[i]):3d}): mean |decode(x̂0) - final| = {distance[k]:.4f}"
+          + (f"; red guesses {red[k]:2d} of {N}" if red else ""))  # fmt: skip
 assert all(a > b for a, b in zip(distance, distance[1:])), distance  # closer at every point
 assert distance[-1] < 0.5 * distance[0]
+if MEASURED:
+    assert distance[-1] < 0.01  # ends on the final image (measured 0.0000 after the last step)
+if ANCESTRAL and MEASURED:  # the detours (margins for other machines' rounding)
+    assert max(a - b for a, b in zip(red, red[1:])) >= 3 and red[-1] >= 14  # measured: 8 -> 3 red at step 5; 16 at the end
+    strip_colours = [colour(im) for im in strip]
+    print("the strip's guesses:", strip_colours, "| final:", colour(images[0]))
+    assert strip_colours[0] == "yellow" and "red" in strip_colours[1:3] and strip_colours[3] == "yellow"  # idx 5 = step 6
+    assert strip_colours[-1] == colour(images[0]) == "red" and idx[3] == 5
 
 # %% [markdown]
 # ## 8. Where each word looks: cross-attention maps
@@ -350,13 +410,46 @@ assert torch.equal(recorded, plain) and (recorded - default).abs().max() < (1e-3
 assert maps.shape == (77, h, w) and all(type(p).__name__ != "CrossAttentionRecorder" for p in pipe.unet.attn_processors.values())  # fmt: skip
 
 # %% [markdown]
-# On the trained models "red" and "circle" usually light up the shape, and "background" the rest. These maps are
-# an average over all layers and steps, so read them as a hint, not a segmentation.
-#
+# **What the maps show.** On the toy family they trace the shape, but not as one might guess: "red" and "circle"
+# put *less* weight on the shape than around it (a dark disc in their maps), while "on" is brightest there.
+# Measured below as the correlation of each word's map with the shape's mask, on the shown seed and over 16 seeds:
+# about -0.8 for "red" and "circle", +0.8 for "on". The UNet is free to carry the prompt through any token (CLIP's
+# causal mask lets every later token see "red circle" too), so a map says where a token's weight goes, not what the
+# word means. On the real v1-4 the maps of nouns do tend to cover their objects (Tang et al. 2022, DAAM, arXiv
+# 2210.04885); we have not measured that here. The maps are an average over all layers and steps: a hint, not a
+# segmentation.
+
+# %%
+from helpers.judge import shape_mask
+
+
+def mask_correlation(token_maps, images, i):
+    """Per image: correlation of token `i`'s map (h, w) with the shape's mask, averaged down to the latent grid."""
+    masks = [torch.from_numpy(shape_mask((255 * im).round().astype(np.uint8))[0]) for im in images]  # (H, W) each
+    masks = torch.nn.functional.avg_pool2d(torch.stack(masks)[:, None], f)[:, 0]  # (n, h, w)
+    return [float(np.corrcoef(m.flatten(), k.flatten())[0, 1]) for m, k in zip(token_maps[:, i], masks)]
+
+
+if MEASURED:  # shape masks need the toy family's plain backgrounds
+    with inside.record_cross_attention(pipe) as store16:
+        latents16 = pipe(prompt, num_images_per_prompt=N, generator=[torch.Generator().manual_seed(SEED + i) for i in range(N)], **kw).images  # fmt: skip
+    images16, maps16 = inside.decode_latents(pipe, latents16), store16.token_maps((h, w)).cpu()  # (N, H, W, 3), (N, 77, h, w)
+    index = {word: inside.token_index(pipe.tokenizer, prompt, word) for word in ("red", "circle", "on")}
+    corr = {word: mask_correlation(maps16, images16, i) for word, i in index.items()}
+    shown = {word: mask_correlation(maps[None], images[:1], i)[0] for word, i in index.items()}
+    for word in corr:
+        print(f"{word!r:9}: correlation with the shape's mask: shown seed {shown[word]:+.2f}; 16 seeds mean {np.mean(corr[word]):+.2f}, range {min(corr[word]):+.2f} to {max(corr[word]):+.2f}")  # fmt: skip
+    # Self-check: the sentences above (margins for other machines' rounding)
+    assert shown["red"] < -0.4 and shown["circle"] < -0.4 and shown["on"] > 0.4  # the figure
+    assert max(corr["red"] + corr["circle"]) < -0.3 and min(corr["on"]) > 0.3  # every one of the 16 seeds
+    assert np.mean(corr["red"] + corr["circle"]) < -0.6 and np.mean(corr["on"]) > 0.6  # about -0.8 and +0.8
+
+# %% [markdown]
 # ## Try it
 #
 # Change `prompt` in section 2 (the toy family knows 3 shapes, 6 colours, 5 backgrounds; a real model knows much
-# more) and rerun the notebook: tokens, the loop, the $\hat x_0$ strip and the maps all follow.
+# more) and rerun the notebook: tokens, the loop, the $\hat x_0$ strip and the maps all follow. (Section 8's numbers
+# were measured on "a red circle on a blue background"; its check runs for that prompt only.)
 
 # %% [markdown]
 # ## Summary
@@ -364,13 +457,15 @@ assert maps.shape == (77, h, w) and all(type(p).__name__ != "CrossAttentionRecor
 # - The tokenizer makes exactly 77 ids: start, the prompt's pieces, end, padding; anything past 75 pieces is cut.
 # - The text encoder turns them into 77 x D embeddings; guidance also needs the empty prompt's.
 # - The VAE maps an $H \times W \times 3$ image to $h \times w \times C$ latents ($f$ times smaller per side) and back;
-#   the scaling factor $s = 1/\mathrm{std}$ of the latents gives the UNet unit-variance inputs (SD: 0.18215).
+#   the scaling factor $s = 1/\mathrm{std}$ of the latents gives the UNet unit-variance inputs (SD: 0.18215; the toy
+#   family, 64x64x3 <-> 8x8x4 like SD's 512 px <-> 64x64x4: 0.5616).
 # - One step = one UNet call on [empty, prompt], guidance, one scheduler step; the loop is ~10 lines and reproduces
-#   `pipe(...)` for the same seeds.
+#   `pipe(...)` for the same seeds, if it uses the generators as the pipeline does (an ancestral sampler such as
+#   Euler ancestral draws fresh noise in every step).
 # - $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\epsilon)/\sqrt{\bar\alpha_t}$ is the model's running guess; it
 #   converges on the final image as $t$ falls.
 # - Cross-attention $\mathrm{softmax}(QK^\top/\sqrt d)$ is where words meet pixels; recording it shows where each
-#   word acts.
+#   token's weight goes, which on the toy family is not where the word's meaning is ("red" avoids the red shape).
 
 # %% [markdown]
 # ## Exercises
@@ -427,7 +522,7 @@ def my_loop(pipe, n, guidance_scale, steps, seed=SEED):
             eps = pipe.unet(x_in, t, encoder_hidden_states=embeds).sample
             if guided:
                 eps = classifier_free_guidance(*eps.chunk(2), guidance_scale)  # (n, C, h, w)
-            latents = scheduler.step(eps, t, latents).prev_sample
+            latents = scheduler.step(eps, t, latents, **step_kwargs(scheduler, generators)).prev_sample
     return latents
 
 
@@ -457,8 +552,14 @@ print(f"DDIM, guidance 7.5: our loop vs pipe(...): max abs diff {diff:.1e}")
 assert diff < (1e-4 if EXACT else 2e-2)
 
 # %% [markdown]
-# **More to think about.** Which token does the `<|endoftext|>` at the end of the prompt attend like? Plot its map.
+# **More to think about.** Where does the `<|endoftext|>` at the end of the prompt get its weight? Plot its map
+# beside the image and predict, from section 8, whether it looks like the map of "circle".
 
-# %% [markdown] tags=["solution"]
-# `maps[tok.n_tokens - 1]`: the end token sits after the whole prompt, so (causal mask) its embedding sums up the
-# prompt; its map often resembles the main object's.
+# %% tags=["solution"]
+end_map = maps[tok.n_tokens - 1]  # the end token sits after the whole prompt: (causal mask) it sees every word
+show_images([images[0], inside.to_unit(end_map)], ["image (seed 0)", "<|endoftext|>"], ncols=2, size=1.7)
+assert end_map.shape == (h, w) and end_map.min() >= 0
+if MEASURED:  # on the toy family: bright on the shape, the mirror image of "circle"'s map
+    end_corr = mask_correlation(maps16, images16, tok.n_tokens - 1)
+    print(f"<|endoftext|> map vs the shape's mask: mean correlation {np.mean(end_corr):+.2f} over {N} seeds")
+    assert np.mean(end_corr) > 0.4 and mask_correlation(maps[None], images[:1], tok.n_tokens - 1)[0] > 0.3

@@ -25,10 +25,12 @@
 # - say what img2img's `strength` means as an equation (the forward process of notebook 03, stopped at a timestep),
 #   write img2img by hand and get `StableDiffusionImg2ImgPipeline`'s output for the same seeds;
 # - measure how far an edit moves from the source image as `strength` grows, and where the source is forgotten;
-# - inpaint a masked region, and say what changes outside the mask with and without pasting the original back;
+# - inpaint a masked region the two ways diffusers knows (a 4-channel UNet blending latents, a 9-channel inpainting
+#   UNet that sees the mask), measure how often each draws the named shape in the hole, and say what changes outside
+#   the mask with and without pasting the original back;
 # - invert an image to noise with DDIM run backwards, reconstruct it, and edit it by changing one word.
 #
-# **Needs**: no GPU (about 20 s with the offline toy family, measured under nbval on a shared 2-core machine). On
+# **Needs**: no GPU (about 30-45 s with the offline toy family, measured under nbval on a shared 2-core machine). On
 # a GPU the same cells run the real Stable Diffusion v1-4. The helpers live in `helpers/editing.py`: open it beside
 # this notebook.
 
@@ -48,7 +50,7 @@ if importlib.util.find_spec("helpers") is None:
 import helpers  # first: it quietens diffusers' and transformers' import-time log messages
 import numpy as np
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from helpers import editing, inside
@@ -75,38 +77,46 @@ print("Hub login:", log_in_if_needed(MODEL))
 #
 # img2img and inpainting need no new model: diffusers' `StableDiffusionImg2ImgPipeline` and
 # `StableDiffusionInpaintPipeline` take the same five parts as the text-to-image pipeline, so we build them from
-# `pipe.components` (no second copy in memory). The source image is one the model knows: a drawn shape for the
-# toy family (it knows only coloured shapes on plain backgrounds), matplotlib's photo of Grace Hopper for a real model.
+# `pipe.components` (no second copy in memory; section 4 then swaps in a UNet trained for inpainting, to compare).
+# The source image is one the model knows: a shape drawn exactly as the toy family's training pictures are (64 px, it
+# knows only coloured shapes on plain backgrounds), matplotlib's photo of Grace Hopper for a real model.
+#
+# One choice for the toy family: the family samples with Euler ancestral (its own default, notebook 01), which draws
+# fresh noise *inside* every scheduler step. For img2img we want a deterministic step, so that our hand-written
+# img2img gives the pipeline's latents exactly: there the toy family runs DDIM at 30 steps (the setting its img2img
+# was measured best with, README "img2img's limit"). Inpainting keeps the family's own sampler. On a real model
+# img2img and inpainting keep its default sampler, DPM-Solver++ 2M, which is deterministic too.
 
 # %%
 pipe = load_pipeline(MODEL)
-img2img_pipe = StableDiffusionImg2ImgPipeline(**pipe.components)
-inpaint_pipe = StableDiffusionInpaintPipeline(**pipe.components)
-for p in (pipe, img2img_pipe, inpaint_pipe):
-    p.set_progress_bar_config(disable=True)
+pipe.set_progress_bar_config(disable=True)
 TOY = is_toy_family(pipe)
-STEPS = default_sampler(pipe).num_inference_steps
+STEPS = default_sampler(pipe).num_inference_steps  # the model's own sampler: Euler ancestral 30 on the toy family
 H = pipe.unet.config.sample_size * pipe.vae_scale_factor  # image side
+if TOY:  # img2img with a deterministic step (see above)
+    edit_scheduler, EDIT_STEPS = DDIMScheduler.from_config(pipe.scheduler.config), 30
+else:
+    edit_scheduler, EDIT_STEPS = pipe.scheduler, STEPS
+img2img_pipe = StableDiffusionImg2ImgPipeline(**{**pipe.components, "scheduler": edit_scheduler})
+img2img_pipe.set_progress_bar_config(disable=True)
+GUIDANCE = 7.5
 if TOY:
-    from helpers.shapes_data import draw, parse_prompt
+    from helpers.shapes_data import draw_for_size, parse_prompt
 
     SOURCE_PROMPT, EDIT_PROMPT = "a red circle on a blue background", "a yellow circle on a blue background"
-    drawings = [draw(parse_prompt(SOURCE_PROMPT), np.random.default_rng(SEED + i), size=H) for i in range(N)]
+    drawings = [draw_for_size(parse_prompt(SOURCE_PROMPT), np.random.default_rng(SEED + i), H) for i in range(N)]
     sources = np.stack([np.asarray(im) for im in drawings])  # (N, H, W, 3) uint8: N drawings of the caption
-    GUIDANCE = 3.0
 else:
     from helpers.toy_ddpm import load_sample_image
 
     SOURCE_PROMPT, EDIT_PROMPT = "a photo of a woman in a navy uniform", "a photo of a woman in a red uniform"
     photo = ((load_sample_image(H).permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)  # (H, W, 3)
     sources = photo[None]  # (1, H, W, 3)
-    GUIDANCE = 7.5
 source = sources[0]  # the image we edit
 x = inside.to_model_range(source[None])  # (1, 3, H, W) in [-1, 1]
-print(
-    f"{type(pipe.scheduler).__name__}, {STEPS} steps; image {H}x{H}; source: {SOURCE_PROMPT!r}; edit: {EDIT_PROMPT!r}"
-)
-assert img2img_pipe.unet is pipe.unet and inpaint_pipe.vae is pipe.vae  # shared, not copied
+print(f"sampling: {type(pipe.scheduler).__name__}, {STEPS} steps; img2img: {type(edit_scheduler).__name__}, "
+      f"{EDIT_STEPS} steps; image {H}x{H}; source: {SOURCE_PROMPT!r}; edit: {EDIT_PROMPT!r}")  # fmt: skip
+assert img2img_pipe.unet is pipe.unet and img2img_pipe.vae is pipe.vae  # shared, not copied
 
 # %% [markdown]
 # ## 2. img2img: what `strength` means
@@ -125,16 +135,16 @@ assert img2img_pipe.unet is pipe.unet and inpaint_pipe.vae is pipe.vae  # shared
 # generator.
 
 # %%
-scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # a fresh copy: schedulers keep state
-scheduler.set_timesteps(STEPS)
+scheduler = type(edit_scheduler).from_config(edit_scheduler.config)  # a fresh copy: schedulers keep state
+scheduler.set_timesteps(EDIT_STEPS)
 for s in (0.2, 0.5, 1.0):
     ts = editing.img2img_timesteps(scheduler, s)
-    print(f"strength {s}: {len(ts)} of {STEPS} steps, start at t = {int(ts[0])}, "
+    print(f"strength {s}: {len(ts)} of {EDIT_STEPS} steps, start at t = {int(ts[0])}, "
           f"sqrt(alpha_bar_t) = {scheduler.alphas_cumprod[int(ts[0])].sqrt():.3f} of the image is left")  # fmt: skip
 x_0 = inside.encode_images(pipe, x, torch.Generator().manual_seed(SEED))  # (1, C, h, w): the clean latents
 ours = editing.img2img_start(x_0, 0.5, scheduler, torch.Generator().manual_seed(SEED))
 t = editing.img2img_timesteps(scheduler, 0.5)[:1]
-img2img_pipe.scheduler.set_timesteps(STEPS)
+img2img_pipe.scheduler.set_timesteps(EDIT_STEPS)
 theirs = img2img_pipe.prepare_latents(x_0, t, 1, 1, x_0.dtype, pipe.device, torch.Generator().manual_seed(SEED))
 print(f"img2img_start vs prepare_latents: max abs diff {(ours - theirs).abs().max():.1e}")
 assert (ours - theirs).abs().max() < 1e-5
@@ -146,14 +156,14 @@ assert (ours - theirs).abs().max() < 1e-5
 # %%
 strength, generator = 0.6, torch.Generator().manual_seed(SEED)
 cond, uncond = pipe.encode_prompt(EDIT_PROMPT, pipe.device, 1, True)  # (1, 77, D) each
-scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-scheduler.set_timesteps(STEPS)
+scheduler = type(edit_scheduler).from_config(edit_scheduler.config)
+scheduler.set_timesteps(EDIT_STEPS)
 latents = inside.encode_images(pipe, x, generator)  # x_0 = s_vae * E(image), a posterior sample
 latents = editing.img2img_start(latents, strength, scheduler, generator)  # x_t = sqrt(abar) x_0 + sqrt(1-abar) eps
 timesteps = editing.img2img_timesteps(scheduler, strength)
 latents = editing.denoise(pipe, latents, timesteps, cond, uncond, GUIDANCE, scheduler)  # the loop of notebook 02
 # the library's pipeline takes image tensors in [0, 1] and maps them to the VAE's [-1, 1] itself
-ref = img2img_pipe(EDIT_PROMPT, image=(x + 1) / 2, strength=strength, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+ref = img2img_pipe(EDIT_PROMPT, image=(x + 1) / 2, strength=strength, num_inference_steps=EDIT_STEPS, guidance_scale=GUIDANCE,
                    generator=torch.Generator().manual_seed(SEED), output_type="latent").images  # fmt: skip
 print(
     f"our img2img vs StableDiffusionImg2ImgPipeline: max abs diff of the final latents {(latents - ref).abs().max():.1e}"
@@ -171,7 +181,7 @@ STRENGTHS = [0.2, 0.4, 0.6, 0.8, 1.0]
 edits = {}  # strength -> (N, H, W, 3) uint8
 for s in STRENGTHS:
     generators = [torch.Generator().manual_seed(SEED + i) for i in range(N)]
-    out = editing.img2img(pipe, x.expand(N, -1, -1, -1), EDIT_PROMPT, s, STEPS, GUIDANCE, generators)
+    out = editing.img2img(img2img_pipe, x.expand(N, -1, -1, -1), EDIT_PROMPT, s, EDIT_STEPS, GUIDANCE, generators)
     edits[s] = (inside.decode_latents(pipe, out) * 255).round().astype(np.uint8)
 show_images([source, *[edits[s][0] for s in STRENGTHS]], ["source", *[f"strength {s}" for s in STRENGTHS]],
             ncols=len(STRENGTHS) + 1, size=1.8, suptitle=EDIT_PROMPT)  # fmt: skip
@@ -179,9 +189,11 @@ show_images([source, *[edits[s][0] for s in STRENGTHS]], ["source", *[f"strength
 # %% [markdown]
 # **Self-check: what the row claims.** The further we noise, the further the result moves from the source: the mean
 # absolute pixel difference (in /255) grows with strength, on the images shown and averaged over the `N` seeds. At
-# strength 1.0 the source is forgotten: the result is no closer to its own source than to other pictures of the same
-# caption (other drawings for the toy family; text-to-image samples for a real model, which never saw the source).
-# At 0.2 it is much closer to its source.
+# strength 1.0 the source is mostly forgotten: the result is nearly as far from its own source as from other
+# pictures of the same caption (other drawings for the toy family; text-to-image samples for a real model, which
+# never saw the source). Not quite as far: the first timestep still keeps a little of the image ($\sqrt{\bar\alpha_t}$
+# printed in section 2), and the next cell shows where that remainder goes. At 0.2 the result is much closer to its
+# source.
 
 # %%
 if TOY:
@@ -200,121 +212,249 @@ print(f"mean over {N} seeds ", "  ".join(f"{d:5.1f}" for d in mean))
 for s in (0.2, 1.0):
     print(f"strength {s}: to its source {dist[s].mean():.1f}/255, to the other pictures {to_others[s]:.1f}/255")
 assert all(a < b for a, b in zip(shown, shown[1:])) and all(a < b for a, b in zip(mean, mean[1:]))
-assert dist[1.0].mean() > 0.9 * to_others[1.0]  # forgotten: as far from its source as from unrelated pictures
+print(f"strength 1.0: {dist[1.0].mean() / to_others[1.0]:.0%} of the distance to the other pictures")
+assert dist[1.0].mean() > 0.7 * to_others[1.0]  # mostly forgotten: nearly as far from its source as from others
 assert dist[0.2].mean() < 0.6 * to_others[0.2]  # remembered
 
 # %% [markdown]
-# **Did the edit change one attribute and keep the rest?** On the toy family we can measure it: `helpers/strict_judge.py`
-# segments each image and names the shape's colour and the background's, and finds the shape's centre. (Its full
-# verdict also demands a crisp outline, which the toy VAE's 32 px decodes do not reach, so we read its measurements,
-# not its verdict.) On a real model there is no such judge here: look at the row.
+# **Did the edit change one attribute and keep the rest?** On the toy family the strict judge
+# (`helpers/strict_judge.py`) can say: it segments each image, fits the ideal shape of each kind (a disc, a square, a
+# triangle), names the shape's colour and the background's, and finds the shape's centre. Its verdict is "faithful"
+# only when the kind, a crisp outline (IoU >= 0.93 with the ideal shape) and both colours all match the prompt. We
+# count an edit as done when the image is faithful to the *edit* prompt and the shape's centre moved at most 3 px.
+# On a real model there is no such judge here: look at the row.
 
 # %%
 if TOY:
-    target = judge.parse_caption(EDIT_PROMPT)
     src = judge.inspect(source)
-    print(f"source: a {src.colour} shape on {src.background}, centre ({src.cx:.1f}, {src.cy:.1f}) px")
-    recoloured, moved = {}, {}
+    print(f"source: a {src.colour} {src.kind} on {src.background}, centre ({src.cx:.1f}, {src.cy:.1f}) px")
+    faithful, kept, moved = {}, {}, {}  # strength -> (N,) per seed
     for s in STRENGTHS:
         found = [judge.inspect(im) for im in edits[s]]
-        recoloured[s] = np.mean([f.colour == target.colour and f.background == target.background for f in found])
-        moved[s] = np.mean([np.hypot(f.cx - src.cx, f.cy - src.cy) for f in found])
-        print(f"strength {s}: {target.colour} shape on {target.background} in {recoloured[s]:.0%} of {N} seeds, "
-              f"centre moved {moved[s]:.1f} px on average")  # fmt: skip
-    assert recoloured[0.6] >= 0.9 and moved[0.6] < 2.0  # the colour changed, the shape stayed where it was
-    assert moved[1.0] > 2 * moved[0.6] and recoloured[1.0] >= 0.9  # at 1.0: the colour is right, the place is not
+        faithful[s] = np.array([judge.verdict(f, EDIT_PROMPT).faithful for f in found])
+        moved[s] = np.array([np.hypot(f.cx - src.cx, f.cy - src.cy) if f.found else np.inf for f in found])
+        kept[s] = moved[s] <= 3.0
+        print(f"strength {s}: faithful to the edit prompt {faithful[s].mean():4.0%}, centre within 3 px "
+              f"{kept[s].mean():4.0%}, both {(faithful[s] & kept[s]).mean():4.0%} of {N} seeds; "
+              f"shown (seed 0): {'faithful' if faithful[s][0] else 'not faithful'}, moved {moved[s][0]:.1f} px")  # fmt: skip
+    low, high = STRENGTHS[1], STRENGTHS[-1]  # 0.4 and 1.0
+    assert faithful[low][0] and kept[low][0] and (faithful[low] & kept[low]).mean() >= 0.8  # recoloured, in place
+    assert faithful[high][0] and not kept[high][0]  # the image shown at 1.0: recoloured, moved
+    assert faithful[high].mean() >= 0.8 and kept[high].mean() <= 0.5  # 1.0: the colour is right, the place is not
 else:
     print("not measured on this model: the strict judge reads only the toy family's shape pictures")
 
 # %% [markdown]
-# On the toy family the measurement above says it: at strength 0.6 the circle is recoloured in (nearly) every seed
-# and stays within a pixel or two of where it was; at 1.0 the colour is right but the shape lands elsewhere.
-# Low strength keeps layout, high strength keeps only the prompt.
+# On the toy family, for this edit, the measurement above says it: up to strength 0.4 (and 0.6 in most seeds) the
+# circle turns yellow and stays within a pixel or so of where it was; at 1.0 it is yellow but lands elsewhere. Low
+# strength keeps layout, high strength keeps only the prompt.
 #
-# **Try it**: change `EDIT_PROMPT` (the toy family knows red, green, blue, yellow, white, black... shapes: circle,
-# square, triangle), or `GUIDANCE`, and rerun the section.
+# **Is this edit typical? No, it is one of the easy ones.** The next cell edits 16 other pictures, drawn like the
+# training data with random shapes, colours and places, each asked for a new shape colour (one seed each), at a low
+# strength and at 0.5. At 0.2 every shape stays in place but most keep their old colour; at 0.5 about half to two
+# thirds are recoloured *and* in place. Over 300 such edits the family's quality run found at best 45% (DDIM-30,
+# strength 0.5; README, "img2img's limit", which also gives the expected reason, not measured: on 8x8 latents a shape
+# covers a few latent pixels, so a noise level that lets the prompt change its colour also hides where it was). On
+# the toy family, an edit that changes the colour and keeps the place is not reliable.
+
+# %%
+if TOY:
+    from helpers.shapes_data import COLOURS, Combo, all_combos, make_dataset_v2
+
+    data = make_dataset_v2(16, seed=SEED, combos=all_combos(), form=0)  # 16 pictures like the training data
+    rng = np.random.default_rng(SEED)
+    new = [rng.choice([k for k in COLOURS if k not in (c.colour, c.background)]) for c in data.combos]
+    prompts = [Combo(c.shape, k, c.background).caption() for c, k in zip(data.combos, new)]
+    before = [judge.inspect(im) for im in data.images]
+    typical = {}  # strength -> (faithful, kept): share of the 16 edits
+    for s in (0.2, 0.5):
+        out = img2img_pipe(prompts, image=[Image.fromarray(im) for im in data.images], strength=s,
+                           num_inference_steps=EDIT_STEPS, guidance_scale=GUIDANCE, output_type="np",
+                           generator=[torch.Generator().manual_seed(SEED + i) for i in range(16)]).images  # fmt: skip
+        after = [judge.inspect(im) for im in (out * 255).round().astype(np.uint8)]
+        ok = np.array([judge.verdict(a, p).faithful for a, p in zip(after, prompts)])
+        near = np.array(
+            [a.found and b.found and np.hypot(a.cx - b.cx, a.cy - b.cy) <= 3 for a, b in zip(after, before)]
+        )
+        typical[s] = (ok.mean(), near.mean(), (ok & near).mean())
+        print(f"16 random edits, strength {s}: faithful {ok.mean():4.0%}, centre within 3 px {near.mean():4.0%}, "
+              f"both {(ok & near).mean():4.0%}")  # fmt: skip
+    assert typical[0.2][1] >= 0.9 and typical[0.2][0] < 0.5  # low strength: in place, but most keep their colour
+    assert typical[0.5][2] < 0.8 <= (faithful[0.4] & kept[0.4]).mean()  # the row's edit is easier than most
+else:
+    print("not measured on this model: the strict judge reads only the toy family's shape pictures")
 
 # %% [markdown]
-# ## 4. Inpainting: repaint inside a mask
+# **Try it**: change `EDIT_PROMPT` (the toy family knows red, green, blue, yellow, white, black... shapes: circle,
+# square, triangle), or `GUIDANCE` (at 3.0 this edit no longer changes the colour at strength 0.2), and rerun the
+# section.
+
+# %% [markdown]
+# ## 4. Inpainting: repaint inside a mask, two ways
 #
-# A mask is a black-and-white image: white = repaint, black = keep. With a 4-channel UNet like v1-4's (and the toy
-# family's), diffusers' inpaint pipeline runs the img2img loop and, after every step, puts the *original* latents back
-# outside the mask, noised to the timestep just reached (RePaint's idea, Lugmayr et al. 2022), with $m$ the mask
-# shrunk to the latent grid:
+# A mask is a black-and-white image: white = repaint, black = keep. diffusers' `StableDiffusionInpaintPipeline`
+# inpaints in one of two ways, depending on the UNet it is given.
+#
+# **A plain 4-channel UNet (v1-4's, the toy family's own) never sees the mask.** The pipeline runs the usual loop
+# and, after every step, puts the *original* latents back outside the mask, noised to the timestep just reached
+# (RePaint's idea, Lugmayr et al. 2022), with $m$ the mask shrunk to the latent grid:
 #
 # $$x_{t'} \leftarrow (1 - m) \odot \left(\sqrt{\bar\alpha_{t'}}\, x_0 + \sqrt{1 - \bar\alpha_{t'}}\, \epsilon\right) + m \odot x_{t'}$$
 #
-# In words: outside the mask the model is never allowed to drift; inside, it draws what the prompt asks, in a
-# context that keeps matching the original. `editing.blend_known` is this line (`tests/test_editing.py` runs the
-# whole loop with it and gets the pipeline's latents). We mask a box around the shape (or the centre of the photo).
+# In words: outside the mask the model is never allowed to drift; inside, it draws what the prompt asks, but it
+# does not know where the hole is. It may start a shape anywhere, and the blend cuts off whatever falls outside.
+# `editing.blend_known` is this line (`tests/test_editing.py` runs the whole loop with it and gets the pipeline's
+# latents).
+#
+# **An inpainting UNet has 9 input channels**: the 4 noisy latents, the mask shrunk to the latent grid (1 channel)
+# and the latents of the masked image (4 channels: the picture with the hole painted grey, encoded). Stable
+# Diffusion's inpainting checkpoint was fine-tuned this way from the text-to-image one, the 5 new channels starting at
+# zero, on synthetic masks, a quarter of them hiding everything (the model card of
+# [stable-diffusion-inpainting](https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-inpainting)); with such
+# a UNet the pipeline blends nothing, the UNet itself sees the hole and what surrounds it at every step. The toy
+# family carries one, fine-tuned by the same recipe on masks that hide the whole picture, a box around the shape or a
+# random box (`models/toy-sd/unet_inpainting`; `editing.load_inpainting_unet` loads it and
+# `editing.inpainting_pipeline` builds the pipeline around it).
+#
+# Both run here with the model's own sampler, on the same mask: a box that hides the red circle (or the centre of the
+# photo), and a prompt for a new shape.
 
 # %%
 INPAINT_PROMPT = "a yellow square on a blue background" if TOY else "a photo of a woman wearing sunglasses"
 if TOY:
-    r = int(np.ceil(0.6 * src.size)) + 2  # src.size: sqrt of the shape's area, from the judge
+    r = int(np.ceil(0.8 * src.size)) + 5  # src.size: sqrt of the shape's area, from the judge; 0.8 x covers it
     box = (max(0, int(src.cx) - r), max(0, int(src.cy) - r), min(H, int(src.cx) + r + 1), min(H, int(src.cy) + r + 1))
 else:
     box = (H // 4, H // 5, 3 * H // 4, H // 2)
 mask = editing.rectangle_mask(H, box)
 inside_mask = np.asarray(mask) > 0  # (H, W) bool
-generators = [torch.Generator().manual_seed(SEED + i) for i in range(N)]
-raw = inpaint_pipe(INPAINT_PROMPT, image=Image.fromarray(source), mask_image=mask, num_inference_steps=STEPS,
-                   generator=generators, num_images_per_prompt=N).images  # fmt: skip
-pasted = [inpaint_pipe.image_processor.apply_overlay(mask, Image.fromarray(source), im) for im in raw]
-show_images([source, np.asarray(mask.convert("RGB")), np.asarray(raw[0]), np.asarray(pasted[0])],
-            ["source", "mask (white: repaint)", "inpainted", "original pasted back"], ncols=4, size=2.0,
-            suptitle=INPAINT_PROMPT)  # fmt: skip
+unet9 = editing.load_inpainting_unet(MODEL)  # the family's 9-channel UNet; None for a model without one
+kinds = {"blend": editing.inpainting_pipeline(pipe)}  # the 4-channel UNet, blending latents
+if unet9 is not None:
+    kinds["9ch"] = editing.inpainting_pipeline(pipe, unet9)
+    n_in, n_plain = unet9.config.in_channels, pipe.unet.config.in_channels
+    print(f"input channels: inpainting UNet {n_in}, text-to-image UNet {n_plain}")
+raw, pasted = {}, {}  # kind -> N images (H, W, 3) uint8: as decoded, and with the original pasted back outside the mask
+for kind, inpaint_pipe in kinds.items():
+    generators = [torch.Generator().manual_seed(SEED + i) for i in range(N)]
+    out = inpaint_pipe(INPAINT_PROMPT, image=Image.fromarray(source), mask_image=mask, num_inference_steps=STEPS,
+                       guidance_scale=GUIDANCE, generator=generators, num_images_per_prompt=N).images  # fmt: skip
+    raw[kind] = [np.asarray(im) for im in out]
+    pasted[kind] = [
+        np.asarray(inpaint_pipe.image_processor.apply_overlay(mask, Image.fromarray(source), im)) for im in out
+    ]
+names = {"blend": "4-channel UNet, blending", "9ch": "9-channel inpainting UNet"}
+show_images([source, np.asarray(mask.convert("RGB"))] + [im for k in kinds for im in (raw[k][0], pasted[k][0])],
+            ["source", "mask (white: repaint)"] + [f"{names[k]}\n{t}" for k in kinds for t in ("as decoded", "original pasted back")],
+            ncols=2 + 2 * len(kinds), size=2.0, suptitle=INPAINT_PROMPT)  # fmt: skip
 
 # %% [markdown]
-# **Self-check over `N` seeds.** With the original pasted back outside the mask (diffusers'
-# `pipe.image_processor.apply_overlay(mask, init_image, image)`), the pixels outside change by at most a few /255;
-# inside, the image changes. Without the overlay the outside changes too: the pipeline's output is *decoded*, and the
-# VAE round trip is not lossless (we print it alone, on the untouched source, for comparison).
+# **Self-check: does the named shape appear in the hole?** On the toy family the strict judge reads each image with
+# the original pasted back: it must be faithful to the inpainting prompt (a crisp yellow square, the blue
+# background) with the shape's centre inside the mask. On the images shown and over the `N` seeds, for each kind.
 
 # %%
-rt = (inside.decode_latents(pipe, inside.encode_images(pipe, x)) * 255).round().astype(np.uint8)[0]
-out_pasted = np.mean([editing.pixel_change(source, np.asarray(im), ~inside_mask) for im in pasted])
-out_raw = np.mean([editing.pixel_change(source, np.asarray(im), ~inside_mask) for im in raw])
-in_pasted = np.mean([editing.pixel_change(source, np.asarray(im), inside_mask) for im in pasted])
-round_trip = editing.pixel_change(source, rt, ~inside_mask)
-print(f"outside the mask, original pasted back: {out_pasted:.2f}/255")
-print(f"outside the mask, no overlay:           {out_raw:.1f}/255 (the VAE round trip alone: {round_trip:.1f}/255)")
-print(f"inside the mask:                        {in_pasted:.1f}/255")
-assert out_pasted <= 3.0 and in_pasted > 5 * max(out_pasted, 1.0) and out_raw > out_pasted
+if TOY:
+    want = judge.parse_caption(INPAINT_PROMPT)
+
+    def in_the_hole(im):  # (a shape of the named colour in the hole, the named shape there: faithful to the prompt)
+        f = judge.inspect(im)
+        there = f.found and box[0] <= f.cx <= box[2] and box[1] <= f.cy <= box[3]
+        return there and f.colour == want.colour, there and judge.verdict(f, INPAINT_PROMPT).faithful
+
+    coloured, hit = {}, {}
+    for k in kinds:
+        coloured[k], hit[k] = np.array([in_the_hole(im) for im in pasted[k]]).T
+        print(f"{names[k]}: a {want.colour} shape inside the mask in {coloured[k].mean():4.0%} of {N} seeds, the named "
+              f"shape (strict judge) in {hit[k].mean():4.0%}; shown (seed 0): {'yes' if hit[k][0] else 'no'}")  # fmt: skip
+    reasons = [judge.verdict(judge.inspect(im), INPAINT_PROMPT).reasons for im in pasted["blend"]]
+    print("blending, why the judge said no:", sorted({r[0].split(" with")[0] for r in reasons if r})[:4])
+    assert hit["9ch"][0] and hit["9ch"].mean() >= 0.8  # the inpainting UNet draws the square in the hole
+    assert coloured["blend"].mean() >= 0.7  # blending draws a shape of the right colour there too ...
+    assert hit["blend"].mean() <= 0.5 and hit["9ch"].mean() >= hit["blend"].mean() + 0.4  # ... rarely the named one
+else:
+    print("not measured on this model: the strict judge reads only the toy family's shape pictures")
 
 # %% [markdown]
-# Where does the no-overlay change come from? Part of it is the VAE round trip of the untouched image (printed
-# above). If the rest were a seam at the mask's edge, it would sit near the mask. The next cell splits the outside
-# into a band of `NEAR` pixels around the mask and the pixels beyond it.
+# On this mask the inpainting UNet draws a clean yellow square in the hole in (nearly) every seed; blending draws a
+# yellow shape there too, but mostly with a bent or cut outline that the strict judge rejects. This mask is a friendly
+# one: it is the kind the inpainting UNet was trained on (a box around the shape). Over 300 random masks on plain
+# backgrounds the family's quality run found the named shape inside the mask 69% of the time with the inpainting UNet
+# and 20% by blending (README, "Inpainting with a 9-channel UNet"). So the toy's inpainting UNet does not do all a
+# real inpainting model does. One flaw shows in the picture above: once the original is pasted back, the mask's edge
+# is visible, because the UNet paints the hole's background in a slightly different blue from the picture's.
 
 # %%
 from scipy import ndimage
 
+if TOY:
+    edge_in = inside_mask & ~ndimage.binary_erosion(inside_mask, iterations=2)  # a 2 px band just inside the mask
+    edge_out = ndimage.binary_dilation(inside_mask, iterations=2) & ~inside_mask  # ... and just outside it
+
+    def seam(im):  # Delta E between the median colours just inside and just outside the mask's edge
+        lab = judge.srgb_to_lab(im)
+        return float(np.linalg.norm(np.median(lab[edge_in], 0) - np.median(lab[edge_out], 0)))
+
+    seams = {k: np.array([seam(im) for im in pasted[k]]) for k in kinds}
+    for k in kinds:
+        print(f"{names[k]}, original pasted back: colour step across the mask's edge, Delta E {np.median(seams[k]):.1f} "
+              f"(median of {N} seeds), {seams[k][0]:.1f} in the image shown (2.3 is just noticeable)")  # fmt: skip
+    assert seams["9ch"][0] > 2.3 and np.median(seams["9ch"]) > max(2.3, np.median(seams["blend"]) + 2.0)
+
+# %% [markdown]
+# **Pasting back.** With the original pasted back outside the mask (diffusers'
+# `pipe.image_processor.apply_overlay(mask, init_image, image)`), the pixels outside change by at most a few /255;
+# inside, the image changes. Without the overlay the outside changes too: the pipeline's output is *decoded*, and the
+# VAE round trip is not lossless (we print it alone, on the untouched source, for comparison). The 9-channel UNet
+# does not blend at all: it redraws the whole picture from what it is shown, so without the overlay it changes the
+# outside even more. Self-check over the `N` seeds, for each kind.
+
+# %%
+rt = (inside.decode_latents(pipe, inside.encode_images(pipe, x)) * 255).round().astype(np.uint8)[0]
+round_trip = editing.pixel_change(source, rt, ~inside_mask)
+change = {}  # kind -> (outside pasted, outside raw, inside pasted), mean over the seeds, /255
+for k in kinds:
+    change[k] = [np.mean([editing.pixel_change(source, im, where) for im in ims])
+                 for ims, where in ((pasted[k], ~inside_mask), (raw[k], ~inside_mask), (pasted[k], inside_mask))]  # fmt: skip
+    print(f"{names[k]}: outside the mask, pasted back {change[k][0]:.2f}/255, as decoded {change[k][1]:.1f}/255; "
+          f"inside {change[k][2]:.1f}/255")  # fmt: skip
+print(f"the VAE round trip alone, outside the mask: {round_trip:.1f}/255")
+for out_pasted, out_raw, in_pasted in change.values():
+    assert out_pasted <= 3.0 and in_pasted > 5 * max(out_pasted, 1.0) and out_raw > out_pasted
+if "9ch" in kinds:
+    assert change["9ch"][1] > change["blend"][1]  # no blending: the outside drifts more
+
+# %% [markdown]
+# Where does the as-decoded change come from with blending, whose latents outside the mask *are* the original's?
+# Part of it is the VAE round trip of the untouched image (printed above). If the rest were a seam at the mask's
+# edge, it would sit near the mask. The next cell splits the outside into a band of `NEAR` pixels around the mask and
+# the pixels beyond it.
+
+# %%
 NEAR = H // 8
 near = ndimage.binary_dilation(inside_mask, iterations=NEAR) & ~inside_mask  # (H, W): a band around the mask
 far = ~inside_mask & ~near
-near_change = np.mean([editing.pixel_change(source, np.asarray(im), near) for im in raw])
-far_change = np.mean([editing.pixel_change(source, np.asarray(im), far) for im in raw])
+near_change = np.mean([editing.pixel_change(source, im, near) for im in raw["blend"]])
+far_change = np.mean([editing.pixel_change(source, im, far) for im in raw["blend"]])
 rt_near, rt_far = editing.pixel_change(source, rt, near), editing.pixel_change(source, rt, far)
-print(f"no overlay: near the mask {near_change:.1f}/255, far from it {far_change:.1f}/255")
+print(f"blending, as decoded: near the mask {near_change:.1f}/255, far from it {far_change:.1f}/255")
 print(f"VAE round trip alone: near {rt_near:.1f}/255, far {rt_far:.1f}/255")
 print("the VAE decoder has a self-attention layer over all latent positions:", pipe.vae.config.mid_block_add_attention)
 if TOY:
-    assert far_change > rt_far + 2.0 and far_change > 0.8 * near_change  # the extra change reaches far pixels too
+    assert far_change > rt_far + 1.5 and far_change > 0.8 * near_change  # the extra change reaches far pixels too
 
 # %% [markdown]
-# On the toy family the extra change is as large far from the mask as near it, so it is not a seam: every decoded
-# pixel depends on the whole latent grid (the decoder's middle block attends over all latent positions), and the
-# new content inside the mask shifts the colours everywhere a little. That is why `apply_overlay` matters. (On a
+# On the toy family the extra change is about as large far from the mask as near it, so it is not a seam: every
+# decoded pixel depends on the whole latent grid (the decoder's middle block attends over all latent positions), and
+# the new content inside the mask shifts the colours everywhere a little. That is why `apply_overlay` matters. (On a
 # real model at 512 px the split may differ; it is printed, not asserted, there.)
 
 # %% [markdown]
-# **Which checkpoint to use for real work.** v1-4 was never trained to inpaint: the blending above is all it gets, and
+# **Which checkpoint to use for real work.** v1-4 was never trained to inpaint: blending is all it gets, and
 # diffusers' docs say a regular checkpoint leaves the outline of the masked area visible, while checkpoints
 # fine-tuned for inpainting give cleaner results ([Inpainting pipeline](https://huggingface.co/docs/diffusers/api/pipelines/stable_diffusion/inpaint),
-# [inpainting guide](https://huggingface.co/docs/diffusers/using-diffusers/inpaint)). Such a model's UNet reads 9
-# channels (4 noisy latents + 1 mask + 4 latents of the masked image), so it sees the hole and its surroundings at
-# every step. On a GPU you would load it with:
+# [inpainting guide](https://huggingface.co/docs/diffusers/using-diffusers/inpaint)). Such a model is the 9-channel
+# UNet measured above, at full size. On a GPU you would load it with:
 #
 # ```python
 # inpaint = StableDiffusionInpaintPipeline.from_pretrained(
@@ -340,7 +480,7 @@ if TOY:
 # another prompt.
 
 # %%
-INVERT_STEPS = STEPS if TOY else 50
+INVERT_STEPS = 10 if TOY else 50
 cond, _ = pipe.encode_prompt(SOURCE_PROMPT, pipe.device, len(sources), False)  # (B, 77, D)
 cond_edit, _ = pipe.encode_prompt(EDIT_PROMPT, pipe.device, len(sources), False)
 x_0 = inside.encode_images(pipe, inside.to_model_range(sources))  # (B, C, h, w): the posterior means
@@ -372,26 +512,26 @@ print(f"over {len(sources)} images, mean |difference| to the source: VAE round t
       f"DDIM inversion + reconstruction {err_rec:.1f}/255, edited prompt {err_edit:.1f}/255")  # fmt: skip
 assert (reconstructed[:1] - ref).abs().max() < (1e-4 if pipe.unet.dtype == torch.float32 else 2e-2)
 if TOY:
-    assert err_rec < err_vae + 3.0  # measured on the toy family at 10 steps: about 1.5/255 above the round trip
+    assert err_rec < err_vae + 2.0  # measured on the toy family at 10 steps: about 0.6/255 above the round trip
 assert err_edit > 1.5 * err_rec
 
 # %%
 if TOY:
-    recoloured_inv = np.mean([judge.inspect(im).colour == judge.parse_caption(EDIT_PROMPT).colour for im in edits_inv])
-    moved_inv = np.mean(
+    faithful_inv = np.array([judge.judge(im, EDIT_PROMPT) for im in edits_inv])
+    moved_inv = np.array(
         [np.hypot(judge.inspect(e).cx - judge.inspect(s).cx, judge.inspect(e).cy - judge.inspect(s).cy)
          for e, s in zip(edits_inv, sources)]
     )  # fmt: skip
-    print(
-        f"edited by inversion: recoloured in {recoloured_inv:.0%} of {len(sources)} images, centre moved {moved_inv:.1f} px"
-    )
-    assert recoloured_inv >= 0.9 and moved_inv < 2.0
+    print(f"edited by inversion: faithful to {EDIT_PROMPT!r} in {faithful_inv.mean():.0%} of {len(sources)} images "
+          f"(shown: {'yes' if faithful_inv[0] else 'no'}), centre moved {moved_inv.mean():.1f} px on average, "
+          f"{moved_inv.max():.1f} px at most")  # fmt: skip
+    assert faithful_inv[0] and faithful_inv.mean() >= 0.8 and moved_inv.max() < 2.0
 else:
     print("not measured on this model: the strict judge reads only the toy family's shape pictures")
 
 # %% [markdown]
-# On the toy family both edits keep the layout: the centre moves by about a pixel or less, by inversion and by
-# img2img at strength 0.6 (both printed above). Inversion has no strength to tune: the noise $x_T$ *is* this image
+# On the toy family both edits of the red circle keep the layout: the centre moves by less than a pixel on average,
+# by inversion and by img2img at strength 0.4 (both printed above). Inversion has no strength to tune: the noise $x_T$ *is* this image
 # for DDIM, and the new prompt redraws what it names. (Real photos invert less cleanly at guidance 1 than drawings
 # the model was trained on, and editing at guidance above 1 drifts further; methods such as null-text inversion,
 # Mokady et al. 2022, address that. Neither is measured here.)
@@ -402,10 +542,14 @@ else:
 # - img2img = the forward process stopped at the $\lfloor s\,n\rfloor$-th timestep from the end, then the usual
 #   denoising loop: $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$. Our version gives the pipeline's latents.
 # - Strength trades faithfulness to the source for freedom: the distance to the source grows with it, and at 1.0
-#   the source is forgotten (as far from it as from unrelated pictures).
-# - Inpainting with a 4-channel UNet blends the noised original back outside the mask after every step; pasting the
-#   original pixels back removes the VAE's round-trip error outside. For real work, use a 9-channel inpainting
-#   checkpoint.
+#   the source is mostly forgotten (nearly as far from it as from other pictures). Low strength keeps the place,
+#   high strength only the prompt; on the toy family an edit that does both at once works for easy cases like our
+#   circle, and for only about half of all edits at best.
+# - Inpainting with a 4-channel UNet blends the noised original back outside the mask after every step: the UNet
+#   never sees the hole, and on the toy family its shapes often come out cut or bent. A 9-channel inpainting UNet
+#   reads the mask and the masked image and draws the named shape in the hole far more often. Pasting the original
+#   pixels back removes the change outside the mask (the VAE round trip's, and the 9-channel UNet's redrawing). For
+#   real work, use an inpainting checkpoint.
 # - DDIM inversion runs the deterministic DDIM step towards more noise; the noise it finds reconstructs the image,
 #   and changing the prompt edits it while keeping its layout.
 
@@ -419,7 +563,7 @@ else:
 # at which timestep does it start? Predict from $k = \lfloor s\,n \rfloor$, then ask `editing.img2img_timesteps`.
 
 # %% tags=["solution"]
-scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+scheduler = type(edit_scheduler).from_config(edit_scheduler.config)
 scheduler.set_timesteps(25)
 k = int(0.35 * 25)  # 8
 ts = editing.img2img_timesteps(scheduler, 0.35)
@@ -434,22 +578,22 @@ assert len(set(ts.tolist())) == k  # k distinct timesteps (PNDM repeats one in i
 # $\sqrt{\bar\alpha_t}$, is left in img2img's starting point? From which strength is it less than half?
 
 # %% tags=["solution"]
-scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-scheduler.set_timesteps(STEPS)
+scheduler = type(edit_scheduler).from_config(edit_scheduler.config)
+scheduler.set_timesteps(EDIT_STEPS)
 left = {s: scheduler.alphas_cumprod[int(editing.img2img_timesteps(scheduler, s)[0])].sqrt().item() for s in STRENGTHS}
 print({s: round(v, 3) for s, v in left.items()})
 first_below_half = min(s for s, v in left.items() if v < 0.5)
 print("less than half the image is left from strength", first_below_half)
 assert all(a > b for a, b in zip(left.values(), list(left.values())[1:]))  # more strength, less image
-assert left[1.0] < 0.15  # strength 1.0: mostly noise (0.118 of the image for SD's schedule and 10 steps)
+assert left[1.0] < 0.15  # strength 1.0: mostly noise (0.087 of the image for SD's schedule and DDIM at 30 steps)
 
 # %% [markdown]
-# **3. More steps, better inversion.** Invert and reconstruct the same images with 2.5x as many DDIM steps. Does the
+# **3. More steps, better inversion.** Invert and reconstruct the same images with twice as many DDIM steps. Does the
 # reconstruction error fall? (It should: each inverse step assumes $\hat\epsilon$ barely changes between two noise
 # levels, which holds better when they are closer.)
 
 # %% tags=["solution"]
-more = int(2.5 * INVERT_STEPS)
+more = 2 * INVERT_STEPS
 again = as_uint8(editing.ddim_sample(pipe, editing.ddim_invert(pipe, x_0, cond, more), cond, more))
 err_more = np.mean([editing.pixel_change(a, b) for a, b in zip(sources, again)])
 print(f"{INVERT_STEPS} steps: {err_rec:.2f}/255; {more} steps: {err_more:.2f}/255 (VAE round trip {err_vae:.2f})")

@@ -23,23 +23,25 @@
 #   everything else frozen;
 # - **LoRA** (Hu et al. 2021) learns a small *change of the UNet*: low-rank updates of its attention layers.
 #
-# The offline toy family knows three shapes in six colours. We try to teach it a colour it never saw (orange) with
-# textual inversion and a shape it never saw (a star) with LoRA, each in about half a minute on a CPU, with Stable
-# Diffusion's own training loss, and we measure what it learned. The mechanics work exactly as on the real model;
-# the toy family is too small to learn either concept, and the notebook measures why: what the frozen parts cannot
-# draw, no new word or adapter can.
+# The offline toy family (64 px pictures, an 8x VAE as in SD) knows three shapes in six colours. We try to teach it
+# a colour it never saw (orange) with textual inversion and a shape it never saw (a star) with LoRA, each in about a
+# minute on a CPU, with Stable Diffusion's own training loss, and we measure what it learned. The mechanics work
+# exactly as on the real model; at these settings the toy family learns neither concept, and the notebook measures
+# where it stops: the frozen decoder *can* draw orange circles and stars (we find the latents that give them), but the
+# frozen UNet does not produce those latents. And what the decoder cannot draw at all (magenta), no new word or adapter
+# can.
 #
 # **What you will be able to do**
 # - write the loss Stable Diffusion is trained with, and use it to train something new;
-# - say what textual inversion trains (one row: 24 numbers here, 768 for SD v1), check that prompts without the
+# - say what textual inversion trains (one row: 32 numbers here, 768 for SD v1), check that prompts without the
 #   new token give the very same images, and save and load the word with `pipe.load_textual_inversion`;
 # - say what LoRA adds to a layer ($W + \frac{\alpha}{r} B A$), count its parameters, and save, load and remove
 #   an adapter with `pipe.load_lora_weights` and `pipe.unload_lora_weights`;
-# - say what neither can teach: what the frozen decoder cannot draw.
+# - test what the frozen decoder can draw at all, and say what neither method can teach.
 #
-# **Needs**: no GPU. On a CPU with the offline toy family, a training step takes about 0.1 s at these settings (500
-# steps took about 50 s; `benchmarks/personalise.py` measures them): 250 steps of textual inversion, 500 of LoRA,
-# and the whole notebook under 2 minutes on a shared 2-core machine. With a real model on a GPU the training cells skip and point to section 5, the recipe for v1-4
+# **Needs**: no GPU. On a CPU with the offline toy family: 250 steps of textual inversion and 200 of LoRA, each about
+# a minute on one busy CPU thread (the cells print their times), and the whole notebook in a few minutes. With a real
+# model on a GPU the training cells skip and point to section 5, the recipe for v1-4
 # (images, steps, memory, time, with sources); the loading calls are the same. The helpers are in
 # `helpers/personalise.py`: open it beside this notebook.
 
@@ -68,7 +70,7 @@ import torch
 from helpers import personalise as P
 from helpers import strict_judge as judge
 from helpers.diffusion import q_sample
-from helpers.pipeline import choose_model, is_toy_family, load_pipeline
+from helpers.pipeline import choose_model, default_sampler, is_toy_family, load_pipeline
 from helpers.plotting import show_images
 from helpers.shapes_data import Combo, make_dataset
 
@@ -99,11 +101,11 @@ pipe = load_pipeline(MODEL, dtype=torch.float32)
 pipe.set_progress_bar_config(disable=True)
 TOY = is_toy_family(pipe)
 H = P.image_size(pipe)
-STEPS = 10  # DDIM steps for every sample below (the toy family's default sampler, notebook 01)
+STEPS = default_sampler(pipe).num_inference_steps  # the family's own sampler and steps (notebook 01) for every sample
 OUT = Path(tempfile.mkdtemp(prefix="new_words_"))  # where the learned files go (deleted with the machine)
 COLOUR_PROMPT = "a <orange> circle on a blue background"
 STAR_PROMPT = "a red star on a blue background"
-print(f"{type(pipe.scheduler).__name__}; images {H}x{H}; toy family: {TOY}")
+print(f"{type(pipe.scheduler).__name__}, {STEPS} steps; images {H}x{H}; toy family: {TOY}")
 if TOY:
     orange_data = P.concept_images("orange", 48, seed=SEED, size=H)  # 48 drawings, captions with "<orange>"
     star_data = P.concept_images("star", 96, seed=SEED, size=H)  # 96 drawings of stars, captions with "star"
@@ -114,7 +116,8 @@ if TOY:
 # Before training, the family draws what it knows. "star" is a word in CLIP's vocabulary, but the UNet never saw
 # one: the strict judge (`helpers/strict_judge.py`, classical image analysis, no model) fits a circle, a square, a
 # triangle and a star to each image and names the best fit. `<orange>` is not a word of the tokenizer yet: it reads
-# as `<`, `orange`, `>`, three tokens the toy text encoder was never trained on.
+# as `<`, `orange`, `>`, three tokens the toy text encoder was never trained on. The family samples with its own
+# default, Euler ancestral at 30 steps (printed above).
 
 # %%
 if TOY:
@@ -157,7 +160,7 @@ assert torch.allclose(alphas_cumprod, ddpm.alphas_cumprod)
 # %% [markdown]
 # ## 3. Textual inversion: one new row of the token table
 #
-# The text encoder turns each token id into a row of its token table (24 numbers per token in the toy, 768 in SD
+# The text encoder turns each token id into a row of its token table (32 numbers per token in the toy, 768 in SD
 # v1; notebook 02) before its transformer layers. Textual inversion adds one token, `<orange>`, with one new row
 # $v_*$, and trains only that row, everything else frozen:
 #
@@ -170,7 +173,7 @@ assert torch.allclose(alphas_cumprod, ddpm.alphas_cumprod)
 # learned. `TIME_BUDGET_S` stops it too.
 
 # %%
-TI = dict(steps=250, lr=5e-3, batch_size=16)  # toy settings: the check-batch loss has fallen by then
+TI = dict(steps=250, lr=5e-3, batch_size=16)  # toy settings: about a minute on one CPU thread
 TIME_BUDGET_S = 240  # stop after this long, whatever the step
 OLD = [Combo("circle", "red", "blue"), Combo("square", "yellow", "black"), Combo("triangle", "white", "green")]
 if TOY:
@@ -229,31 +232,29 @@ if TOY:
 if TOY:
     after_colour = P.generate_images(pipe, COLOUR_PROMPT, SEEDS, STEPS)
     colour_after = P.concept_scores(after_colour, COLOUR_PROMPT)
-    ceiling = {c: P.vae_ceiling(pipe, f"a <{c}> circle on a blue background", N) for c in ("orange", "magenta")}
     others = torch.ones(len(table), dtype=torch.bool)
     others[token_id] = False
     moved = (table.detach() - table_before)[others].abs().max().item()
     old_after = {c: P.generate_images(pipe, c.caption(), SEEDS[:4], STEPS) for c in OLD}
     old_diff = max(np.abs(old_after[c] - old_before[c]).max() for c in OLD)
-    for name, r in (("before", colour_before), ("after", colour_after), ("VAE round trip", ceiling["orange"])):
-        print(f"{name:15s}: Delta E to orange {r['colour_delta_e']:5.1f}; named orange {r['colour']:4.0%}")
+    for name, r in (("before", colour_before), ("after", colour_after)):
+        print(f"{name:7s}: Delta E to orange {r['colour_delta_e']:5.1f}; named orange {r['colour']:4.0%}")
     print(f"other rows of the table moved by at most {moved}; prompts without the token changed by at most {old_diff}")
     show_images(list(after_colour[:8]), [f"seed {s}" for s in list(SEEDS)[:8]], ncols=8)
     assert moved == 0.0 and old_diff == 0.0  # nothing else changed, so no other prompt did
-    assert ceiling["orange"]["colour"] >= 0.9  # the decoder can paint orange ...
-    assert (
-        colour_after["colour"] <= 0.5 and P.concept_scores(after_colour[:8], COLOUR_PROMPT)["colour"] <= 0.5
-    )  # ... the UNet does not
+    shown_colour = P.concept_scores(after_colour[:8], COLOUR_PROMPT)
+    assert colour_after["colour"] <= 0.25 and shown_colour["colour"] <= 0.25  # the colour is not learned
+    assert colour_after["colour_delta_e"] > 25  # the judge names a colour within Delta E 25: far from orange
 
 # %% [markdown]
 # **What the toy family shows, and what it cannot.** The mechanics hold exactly: one row moved, and every other
-# prompt gives the same images to the last bit. The colour is not learned: the circles are not orange (at most half
-# of 16 seeds; the numbers are printed above), although the loss fell and the VAE can paint orange when it is handed
-# an orange picture. The limit is the frozen UNet: it learned six colours and draws one of them for any text
-# (here mostly yellow). A lower loss is not yet a better picture. Textual inversion finds a word for something the
-# frozen model can already draw; Gal et al. (2022) show it on SD's predecessor, which can draw almost anything.
-# Our toy UNet is far too small for that; a stronger offline family is on the way (the project's issue 12), and on
-# a GPU with v1-4 (section 5) the same cells apply.
+# prompt gives the same images to the last bit. The colour is not learned: hardly any circle is orange (at most a
+# quarter of 16 seeds; the numbers are printed above), and their colour stays far from orange. The frozen decoder is
+# not what stops it: it can draw orange circles (measured below, in "The decoder's ceiling"). The limit is the frozen
+# UNet: it learned six colours and, whatever the new row says, draws one of them. A lower loss on a check batch is
+# not yet a better picture. Textual inversion finds a word for something the frozen model can already draw; Gal et
+# al. (2022) show it on SD's predecessor, which can draw almost anything. Our toy UNet (1.7 M parameters) never
+# learned to draw between its colours; on a GPU with v1-4 (section 5) the same cells apply.
 #
 # **Save and load.** The learned word is one row: diffusers' format is a safetensors file holding
 # `{"<orange>": tensor of shape (1, D)}`. A fresh pipeline reads it with `load_textual_inversion`, exactly as it
@@ -266,26 +267,49 @@ if TOY:
     fresh.set_progress_bar_config(disable=True)
     fresh.load_textual_inversion(path)
     reloaded = P.generate_images(fresh, COLOUR_PROMPT, SEEDS[:4], STEPS)
+    trained = P.generate_images(pipe, COLOUR_PROMPT, SEEDS[:4], STEPS)  # same batch: same float rounding
     print(f"{path.name}: {path.stat().st_size} bytes; reloaded vs trained: max abs diff "
-          f"{np.abs(reloaded - after_colour[:4]).max():.1e}")  # fmt: skip
-    assert np.abs(reloaded - after_colour[:4]).max() < 1e-5
+          f"{np.abs(reloaded - trained).max():.1e}")  # fmt: skip
+    assert np.abs(reloaded - trained).max() < 1e-5
     del fresh
 
 # %% [markdown]
 # ### The decoder's ceiling
 #
 # Textual inversion changes only what the UNet is *asked*; LoRA (next) changes how it answers. Neither changes the
-# VAE decoder, so no prompt can make it draw a picture it cannot give back when handed that picture. The test needs
-# no training: encode drawn pictures and decode them again. Magenta (red plus blue, no green) is far from the six
-# colours the toy VAE learned: it comes back another colour.
+# VAE decoder: whatever the UNet makes, the picture is $\mathcal D(z / s)$ for some latents $z$. So the question "can
+# this decoder draw it at all?" needs no training of the UNet. Two tests on 16 drawn pictures of each concept:
+#
+# - the **round trip**: encode each picture and decode it again (`P.vae_ceiling`). This only asks for the latents
+#   the encoder gives, so it is a lower bound;
+# - the **search**: start from those latents and move them, 25 Adam steps, to make the decoded picture match the
+#   drawn one, the decoder frozen (`P.decoder_reach`). What even these latents do not give, no prompt, no new word
+#   and no adapter can.
+#
+# Magenta (red plus blue, no green) is far from the six colours the toy VAE learned; orange lies between two of them
+# (red and yellow); a star is a new outline in known colours.
 
 # %%
+CONCEPTS = {"orange": "a <orange> circle on a blue background", "magenta": "a <magenta> circle on a blue background",
+            "star": STAR_PROMPT}  # fmt: skip
 if TOY:
-    for c, r in ceiling.items():
-        print(
-            f"{c:8s}: drawn circles after the VAE round trip: Delta E {r['colour_delta_e']:5.1f}, named {c} {r['colour']:.0%}"
-        )
-    assert ceiling["magenta"]["colour"] <= 0.1  # no word can give magenta with this decoder
+    ceiling = {c: P.vae_ceiling(pipe, prompt, N) for c, prompt in CONCEPTS.items()}
+    reach = {c: P.decoder_reach(pipe, prompt, N) for c, prompt in CONCEPTS.items()}
+    for c in CONCEPTS:
+        named = "judged a star" if c == "star" else f"named {c}"
+        share = "kind" if c == "star" else "colour"
+        print(f"{c:8s}: {named} after the round trip {ceiling[c][share]:4.0%} (Delta E {ceiling[c]['colour_delta_e']:5.1f}),"
+              f" after the search {reach[c][share]:4.0%} (Delta E {reach[c]['colour_delta_e']:5.1f})")  # fmt: skip
+    assert ceiling["orange"]["colour"] <= 0.5 and ceiling["star"]["kind"] <= 0.6  # the encoder loses some ...
+    assert reach["orange"]["colour"] >= 0.9 and reach["star"]["kind"] >= 0.9  # ... the decoder can draw them
+    assert ceiling["magenta"]["colour"] <= 0.1 and reach["magenta"]["colour"] <= 0.1  # but no latent gives magenta
+
+# %% [markdown]
+# So the decoder draws orange circles and stars from the right latents, although the encoder's own latents lose
+# most orange (it comes back yellow) and small stars (they come back as pentagons): the round trip is only a lower
+# bound. Magenta comes back orange or yellow both ways: no word and no adapter can make this decoder paint it, which
+# is why the notebook teaches orange rather than magenta. For orange and the star the limit is the UNet: it would
+# have to produce latents it never learned to make.
 
 # %% [markdown]
 # ## 4. LoRA: a small change of the UNet
@@ -302,7 +326,7 @@ if TOY:
 # learning stars does not make everything starry (DreamBooth's prior preservation, Ruiz et al. 2022).
 
 # %%
-LORA = dict(steps=500, lr=3e-3, batch_size=16)  # toy settings: ~50 s on 2 cores (measured in make run)
+LORA = dict(steps=200, lr=1e-3, batch_size=16)  # toy settings: about a minute on one CPU thread
 RANK = 4
 if TOY:
     lora_pipe = load_pipeline(MODEL, dtype=torch.float32)  # a fresh pipeline: no <orange> in it
@@ -321,7 +345,7 @@ if TOY:
     star_snapshots = {0: before_star[0]}
 
     def watch_star(step: int, loss: float) -> None:
-        if step % 125 == 0:
+        if step % 50 == 0:
             star_snapshots[step] = P.generate_images(lora_pipe, STAR_PROMPT, [SEED], STEPS)[0]
 
     deadline = time.perf_counter() + TIME_BUDGET_S
@@ -337,46 +361,44 @@ if TOY:
 
 # %% [markdown]
 # Over 16 seeds: how star-like the shapes are (the IoU of each with the best-fitting ideal star; drawn stars score
-# >= 0.94, circles, squares and triangles <= 0.72), the same for drawn stars after the VAE round trip (the decoder's ceiling
-# again), and what the adapter does to prompts it was not trained for.
+# >= 0.96, circles, squares and triangles <= 0.72), how many the judge calls stars, and what the adapter does to
+# prompts it was not trained for.
 
 # %%
 if TOY:
     after_star = P.generate_images(lora_pipe, STAR_PROMPT, SEEDS, STEPS)
     star_after = P.concept_scores(after_star, STAR_PROMPT)
     star_before_s = P.concept_scores(before_star, STAR_PROMPT)
-    star_ceiling = P.vae_ceiling(lora_pipe, STAR_PROMPT, N)
-    for name, r in (("before", star_before_s), ("with LoRA", star_after), ("VAE round trip", star_ceiling)):
-        print(f"{name:15s}: star IoU {r['kind_iou']:.2f}; judged a star {r['kind']:4.0%}; red {r['colour']:4.0%}")
+    for name, r in (("before", star_before_s), ("with LoRA", star_after)):
+        print(f"{name:10s}: star IoU {r['kind_iou']:.2f}; judged a star {r['kind']:4.0%}; red {r['colour']:4.0%}")
     old_with = {c: P.judge_rates(P.generate_images(lora_pipe, c.caption(), SEEDS, STEPS), c.caption()) for c in OLD}
     old_without = {c: P.judge_rates(old_plain[c], c.caption()) for c in OLD}
     for c in OLD:
-        print(f"  {c.caption()!r}: right colour {old_with[c]['colour']:.0%} with the adapter, "
-              f"{old_without[c]['colour']:.0%} without; right kind {old_with[c]['kind']:.0%} / {old_without[c]['kind']:.0%}")  # fmt: skip
+        print(f"  {c.caption()!r}: faithful {old_with[c]['faithful']:.0%} with the adapter, "
+              f"{old_without[c]['faithful']:.0%} without")  # fmt: skip
     show_images(list(after_star[:8]), [f"seed {s}" for s in list(SEEDS)[:8]], ncols=8)
     shown = P.concept_scores(after_star[:8], STAR_PROMPT)
-    assert star_after["kind_iou"] > star_before_s["kind_iou"] and shown["kind_iou"] > star_before_s["kind_iou"]
-    assert star_ceiling["kind"] <= 0.1  # the decoder cannot give back a star at this size
     star_fit = lambda im: judge.inspect(im, kinds=("circle", "square", "triangle", "star")).ious["star"]  # noqa: E731
     drawn_fit = [star_fit(im) for im in star_check.images]  # 64 drawn stars
     others_fit = [star_fit(im) for im in prior.images]  # 32 drawn circles, squares and triangles
     print(
         f"star IoU of drawn stars >= {min(drawn_fit):.2f}; of drawn circles, squares, triangles <= {max(others_fit):.2f}"
     )
-    assert min(drawn_fit) >= 0.94 and max(others_fit) <= 0.72  # the scale the sentence above reads it on
-    assert star_after["faithful"] == 0.0 and star_after["kind"] <= 0.25  # so no clean star, few star-like blobs
-    colour_with, colour_without = (np.mean([r[c]["colour"] for c in OLD]) for r in (old_with, old_without))
-    assert colour_with >= colour_without - 3 / 48  # colours kept: at most 3 of the 48 images lose theirs
-    assert any(abs(old_with[c]["kind"] - old_without[c]["kind"]) >= 0.25 for c in OLD)  # but shapes moved
+    assert min(drawn_fit) >= 0.95 and max(others_fit) <= 0.73  # the scale the sentence above reads it on
+    assert star_after["kind"] <= 0.25 and shown["kind"] <= 0.25  # no stars: the outline is not learned
+    assert star_after["kind_iou"] <= 0.8  # far from a drawn star's >= 0.95
+    faithful_with, faithful_without = (np.mean([r[c]["faithful"] for c in OLD]) for r in (old_with, old_without))
+    print(f"old prompts faithful: {faithful_with:.0%} with the adapter, {faithful_without:.0%} without")
+    assert faithful_without >= 0.8 and faithful_with <= faithful_without - 0.15  # the adapter reaches old prompts
 
 # %% [markdown]
-# **What the toy family shows, and what it cannot.** The adapter moves the pictures towards stars (the star IoU
-# rises, printed above), but no picture is a clean star, and few even fit a star better than a circle: the toy VAE
-# turns even a *drawn* star into a rounded pentagon at 32 px (its round trip is printed as the ceiling), so no change
-# of the UNet can give a star. The old
-# prompts keep their colours, but their shapes move while the adapter is loaded (printed above: for some prompts the
-# judge's verdict on the kind changes in a quarter of the seeds or more): 21,000 numbers spread over every attention
-# layer reach every prompt, not just those with "star". A family with a sharper decoder is the project's issue 12.
+# **What the toy family shows, and what it cannot.** The loss on a check batch of stars falls, but the pictures are
+# not stars: the adapter bends the UNet's squares and triangles (the snapshots above), and the judge calls few or
+# none of them stars (printed above), although the decoder can draw stars from the right latents (the search in the
+# decoder's ceiling). At these settings the adapter also reaches prompts without "star": with it loaded, the old
+# prompts are clearly less faithful (printed above), because its numbers sit in every attention layer and act on
+# every prompt. The toy UNet's attention works on 8x8 and 4x4 latents, and a star's five points are finer than that; on v1-4 (64x64 latents, 860 M parameters)
+# the same cells teach new objects and styles (section 5).
 #
 # **Save, load, remove.** The adapter is saved the way diffusers' own LoRA training script saves it
 # (`save_lora_weights`, one `pytorch_lora_weights.safetensors`). A fresh pipeline loads it with
@@ -393,14 +415,15 @@ if TOY:
         folder, weight_name=P.LORA_WEIGHT_NAME
     )  # the file's name: diffusers < 0.40 needs it offline
     loaded = P.generate_images(fresh, STAR_PROMPT, SEEDS[:4], STEPS)
+    trained = P.generate_images(lora_pipe, STAR_PROMPT, SEEDS[:4], STEPS)  # same batch: same float rounding
     fresh.unload_lora_weights()
     unloaded = {c: P.generate_images(fresh, c.caption(), SEEDS, STEPS) for c in OLD}
     size, unet_bytes = P.lora_size(folder), 4 * counts["unet"]
     print(f"adapter file {size / 1e3:.0f} kB vs the UNet's {unet_bytes / 1e6:.1f} MB in float32 "
           f"({size / unet_bytes:.1%})")  # fmt: skip
-    print(f"loaded vs trained: max abs diff {np.abs(loaded - after_star[:4]).max():.1e}; unloaded vs never "
+    print(f"loaded vs trained: max abs diff {np.abs(loaded - trained).max():.1e}; unloaded vs never "
           f"adapted: {max(np.abs(unloaded[c] - old_plain[c]).max() for c in OLD):.1e}")  # fmt: skip
-    assert np.abs(loaded - after_star[:4]).max() < 1e-4
+    assert np.abs(loaded - trained).max() < 1e-4
     assert max(np.abs(unloaded[c] - old_plain[c]).max() for c in OLD) == 0.0
 
 # %% [markdown]
@@ -421,8 +444,8 @@ if TOY:
 # Diffusion Fine-Tuning", Cuenca and Paul, Hugging Face blog, 2023. Loading is the same call as above:
 # `pipe.load_textual_inversion("sd-concepts-library/cat-toy")`, `pipe.load_lora_weights("sayakpaul/sd-model-finetuned-lora-t4")`.
 #
-# The toy settings are not the real model's: the toy text encoder's rows have 24 numbers, its UNet 1/1000 of
-# v1-4's parameters, and its images are 32 px.
+# The toy settings are not the real model's: the toy text encoder's rows have 32 numbers, its UNet 1/500 of
+# v1-4's parameters (1.7 M against 860 M), and its images are 64 px (8x8 latents against v1-4's 64x64).
 
 # %% [markdown]
 # ## Summary
@@ -433,9 +456,10 @@ if TOY:
 #   same images; the word is a file of a few hundred bytes, loaded with `load_textual_inversion`.
 # - LoRA trains $B A$ beside each attention projection: 2% of the toy UNet (about 1/1000 of v1-4's: 3.29 MB),
 #   saved apart, loaded with `load_lora_weights` and removed with `unload_lora_weights` to the exact original.
-# - Neither can go past what the frozen parts can draw. The toy VAE paints orange but not magenta or a star; the toy
-#   UNet draws only its six colours. So here both methods lower the loss without teaching the concept; the same
-#   cells teach v1-4 real concepts (section 5).
+# - Neither can go past what the frozen parts can draw. Searching the latents shows the toy decoder can draw orange
+#   circles and stars but not magenta; the frozen toy UNet does not produce the orange or star latents, so here both
+#   methods lower the loss on a check batch without teaching the concept; the same cells teach v1-4 real concepts
+#   (section 5).
 
 # %% [markdown]
 # ## Exercises

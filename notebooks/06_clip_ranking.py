@@ -30,7 +30,8 @@
 # - sort a batch of generated images by their CLIP score and show them.
 #
 # **Needs**: nothing special. With a GPU it generates with the real Stable Diffusion v1-4 and scores with
-# OpenAI's CLIP ViT-B/32; without one, every cell runs on CPU with the offline models (about 30 s under nbval on a shared 2-core machine).
+# OpenAI's CLIP ViT-B/32; without one, every cell runs on CPU with the offline models (about 75 s under nbval on a
+# shared 2-core machine).
 # On a CPU we split the processor into 4 "devices" to run `pmap` for real.
 
 # %% tags=["skip-execution", "nbval-skip"]
@@ -86,7 +87,10 @@ CLIP_MODEL, CLIP_WHY = cr.choose_clip(MODEL)
 TOY = str(CLIP_MODEL) == str(cr.TOY_CLIP_DIR) and MODEL.endswith("toy-sd")  # the trained pair
 REAL = not Path(MODEL).is_dir()  # a Hub model (GPU)
 PROMPT = "Kermit the Frog sits on the Iron Throne" if REAL else "a red circle on a blue background"
-STEPS = None  # the model's default sampler (notebook 01, section 6): DDIM-10 on the toy family, DPM-Solver++-25 on v1-4
+# the model's default sampler (notebook 01, section 6): on v1-4 DPM-Solver++ 2M, 25 steps (None); the toy family's own is
+# Euler ancestral at 30 steps, which we run at 10: 91.7% of its images are faithful there against 93.2% at 30 (strict
+# judge, 396 images, README), in a third of the time
+STEPS = 10 if TOY else None
 print(f"pipeline: {public_name(MODEL)}\n  why: {WHY}\nCLIP:     {public_name(CLIP_MODEL)}\n  why: {CLIP_WHY}")
 if not TOY and not REAL:
     print("NOTE: random-weight models: images are noise and the scores mean nothing; the code is the same.")
@@ -323,13 +327,15 @@ assert diff < RTOL and twin.order.tolist() == ranked.order.tolist()
 # ## 9. Does ranking pick the faithful images?
 #
 # A ranking is only useful if the top images really show what the prompt asks. We must not grade CLIP with
-# CLIP, so an independent judge (`helpers.judge`: a pixel rule for colours, a small CNN for the shape)
-# checks each toy image. For several prompts we generate 8 images, rank them, and compare how often the
-# top-ranked image is faithful with how often an average image is. This needs the trained toy family.
+# CLIP, so an independent judge checks each toy image: the strict judge (`helpers/strict_judge.py`: classical image
+# analysis, no learned model) fits the ideal shape of each kind and names the colours, and calls an image faithful
+# only when the kind, a crisp outline (IoU >= 0.93 with the ideal shape) and both colours match the prompt. For
+# several prompts we generate 8 images (seeds `SEED`..`SEED + 7`), rank them, and compare how often the top-ranked
+# image is faithful with how often an average image is. This needs the trained toy family.
 
 # %%
 if TOY:
-    from helpers.judge import judge
+    from helpers import strict_judge
     from helpers.shapes_data import held_out_combos, train_combos
 
     prompts = [c.caption() for c in train_combos()[::20] + held_out_combos()[::3]]
@@ -339,12 +345,29 @@ if TOY:
         )
         for p in prompts
     ]
-    stats = cr.faithfulness(results, judge)
-    print(f"faithful: top-1 {stats['top_1']:.0%} vs average image {stats['mean']:.0%} ({stats['n_images']} images)")
-    assert stats["top_1"] > stats["mean"], stats
+    stats = cr.faithfulness(results, strict_judge.judge)
+    print(f"faithful: top-1 {stats['top_1']:.1%} vs average image {stats['mean']:.1%} "
+          f"({stats['n_prompts']} prompts, {stats['n_images']} images)")  # fmt: skip
+    for r in results:  # each prompt's images best first: 1 = faithful, 0 = not, and why not
+        verdicts = strict_judge.judge_many([np.asarray(im) for im in r.images], [r.prompt] * len(r.images))
+        why = [f"rank {i + 1}: {v.reasons[0]}" for i, v in enumerate(verdicts) if not v.faithful]
+        print(f"  {r.prompt:40s} {''.join(str(int(v.faithful)) for v in verdicts)}  {'; '.join(why)}")
+    assert stats["mean"] >= 0.85  # almost every image is faithful already: little for ranking to fix
+    assert stats["top_1"] < stats["mean"] + 1 / len(prompts)  # and the toy CLIP's pick is no better than average
 else:
     print("Skipped: the trained toy family (models/toy-sd, models/toy-clip) is not here, and random CLIP weights")
     print("rank at random. Train it with `python scripts/train_toy_family.py`, or run on a GPU with the real models.")
+
+# %% [markdown]
+# On the toy family the answer is no, and the measurement above shows why there is little to win: almost every image
+# is faithful already (91.7% of the family's images at these 10 steps, over 396 prompts and seeds, README), and the
+# few that are not are spread over the ranking. In the run printed above every failure is an outline: one clearly
+# misshapen circle, which CLIP ranks last, and shapes whose outline is just under the judge's IoU of 0.93, which CLIP
+# does not see (one of them is its top pick). Why, we have not measured; an expectation: the toy CLIP was trained for
+# 800 steps (`models/training_summary.json`) on 64 px pictures cut into 8x8-pixel patches, and nothing in its loss
+# asks it to tell a crisp outline from one a pixel off. Best-of-N with CLIP pays where the sampler often fails *and*
+# CLIP sees the failure; how well the real CLIP ViT-B/32 ranks v1-4's images is not measured here. Ranking is only as
+# good as the model that scores.
 
 # %% [markdown]
 # ## Try it
@@ -373,6 +396,8 @@ fig = cr.ranking_grid(cr.rank(mine.images, TRY_PROMPT, clip, method="pmap"))
 # - The same computation runs with `jax.jit` + `NamedSharding` (the modern API) and with PyTorch's
 #   `CLIPModel`, with the same scores.
 # - `benchmarks/clip_throughput.py` measures all of them; on a CPU, more host devices cannot add compute.
+# - Ranking picks better images only when the scorer sees what is wrong: on the toy family, with the strict judge,
+#   CLIP's top image is no more often faithful than an average one.
 
 # %% [markdown]
 # ## Exercises
@@ -456,7 +481,11 @@ real_only = np.exp(ranked.scores - ranked.scores.max()) / np.exp(ranked.scores -
 # a plain softmax over the padded batch: how much probability the black images get, relative to the real ones
 # (in log space: with CLIP's temperature of ~100 the ratio can be far below float precision)
 log_ratio = float(np.logaddexp.reduce(black_scores.astype(float)) - np.logaddexp.reduce(ranked.scores.astype(float)))
-print("masked:", np.round(masked_p[:n_real], 3), f"| plain softmax: the padding gets e^{log_ratio:.1f} of the real images' share")
+print(
+    "masked:",
+    np.round(masked_p[:n_real], 3),
+    f"| plain softmax: the padding gets e^{log_ratio:.1f} of the real images' share",
+)
 assert np.allclose(masked_p[:n_real], real_only, atol=1e-5) and masked_p[n_real:].sum() == 0
 assert np.isfinite(log_ratio)  # never zero: the black images always take some probability from the real ones
 # here they score low, so the share is small; with a prompt that suits dark images ("a night sky") it grows

@@ -28,7 +28,7 @@
 # - say why the run happens in a background thread, and how the app survives impatient clicks and bad inputs.
 #
 # **Needs**: nothing special. With a GPU (Colab: *Runtime > Change runtime type > GPU*) the studio runs the real
-# Stable Diffusion v1-4; without one, the whole notebook runs on CPU with the offline model (about 12 s under nbval on a shared 2-core machine).
+# Stable Diffusion v1-4; without one, the whole notebook runs on CPU with the offline model (about 16 s of CPU time under nbval on a shared 2-core machine).
 # Works with ipywidgets 7 (Colab) and 8 (Jupyter, VS Code); `voila notebooks/07_prompt_studio.ipynb` serves
 # it as a web app.
 
@@ -58,7 +58,7 @@ from helpers.studio import PromptStudio, clip_ranker
 SEED = 0
 MODEL, WHY = choose_model()  # set SD_MODEL, or pass a Hub id / folder, to choose another
 pipe = load_pipeline(MODEL)
-STEPS = default_sampler(pipe).num_inference_steps  # per model: DDIM-10 on the toy family (notebook 01, section 6)
+STEPS = default_sampler(pipe).num_inference_steps  # per model: 30 (Euler ancestral) on the toy family (notebook 01, section 6)
 PROMPT, PROMPT_WHY = suggested_prompt(pipe)
 print("model:", MODEL)
 print("why:  ", WHY)
@@ -220,8 +220,8 @@ assert read_metadata(saved[0])["prompt"] == prompt
 # %% [markdown]
 # ## Try it
 #
-# Scroll up to the studio: change the prompt, try the `euler_a` scheduler and guidance 1 vs 12, press Generate,
-# press Stop half-way, then Rank and Save. `studio.history` keeps every run you made, stopped ones included.
+# Scroll up to the studio: change the prompt, try guidance 1 vs 12 and another scheduler (on the toy family `pndm` at
+# 20 steps misses most seeds: notebook 01, section 6), press Generate, press Stop half-way, then Rank and Save. `studio.history` keeps every run you made, stopped ones included.
 
 # %%
 print(f"{len(studio.history)} runs so far; the last one: {studio.history[-1].records[0]}")  # the browser test waits for this line
@@ -313,7 +313,7 @@ def colour_ranker(images, prompt):
     return [float(np.asarray(im.convert("RGB"), float).std(axis=2).mean()) for im in images]
 
 
-grey, red = Image.new("RGB", (32, 32), (128, 128, 128)), Image.new("RGB", (32, 32), (255, 0, 0))
+grey, red = Image.new("RGB", (64, 64), (128, 128, 128)), Image.new("RGB", (64, 64), (255, 0, 0))
 g_score, r_score = colour_ranker([grey, red], "anything")
 colour_scores = colour_ranker([it["image"] for it in first], PROMPT)
 print(f"grey {g_score:.1f}, red {r_score:.1f}; first run, most colourful first: seeds",

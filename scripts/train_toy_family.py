@@ -1,8 +1,8 @@
 """Train the toy Stable Diffusion family on CPU and save it (default: models/).
 
-    python scripts/train_toy_family.py --family v2 --out .cache/toy-v2   # the second generation (64 px, 8x VAE); hours
+    python scripts/train_toy_family.py                          # the committed family (v2: 64 px, 8x VAE); hours
     python scripts/train_toy_family.py --scale 0.01 --out /tmp/toy-models   # a quick rehearsal
-    python scripts/train_toy_family.py                          # the first generation (32 px, 4x VAE), the default
+    python scripts/train_toy_family.py --family v1 --out .cache/toy-v1   # the first generation (32 px, 4x VAE)
 
 What it does, in the order Stable Diffusion v1 was built:
   1. the shape judge (a tiny CNN, independent of CLIP)          -> shape-judge/
@@ -46,6 +46,9 @@ from helpers.shapes_data import HELD_OUT, TEMPLATES, make_dataset, train_combos
 from helpers.tokenizer import load_clip_tokenizer, write_tokenizer_files
 
 COMMAND = "python scripts/train_toy_family.py"
+#: steps of the v2 shape judge's CNN: 500 gave 86.9% shape accuracy on 900 fresh 64 px images, 2,000 gave 99.8%
+#: (`helpers.judge.judge_accuracy`; 202 s on one thread of a shared 2-core Xeon, 2026-12-06)
+V2_JUDGE_STEPS = 2000
 
 
 def _load_quality():
@@ -209,6 +212,10 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
         "on a 2-core machine shared with other jobs; training_summary.json has each stage)."
     )
     command = f"`{COMMAND} --out DIR` (seed {summary['seed']}; all seeds fixed; `--scale 0.01` for a rehearsal)"
+    if summary.get("provenance"):  # a family assembled from stages run separately says how, instead of one command
+        command = summary["provenance"]
+        timing = "Stage times: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in t.items() if k != "total training")
+        timing += " (the VAE's time was not recorded)." if "VAE" not in t else "."
     metrics = f"Metrics (`python scripts/quality.py --models DIR`, judge = `helpers/strict_judge.py`):\n\n{table}"
     vae_recipe = f"VAE: {sch['vae_steps']} steps of {sch['vae_batch']} fresh images at lr {sch['vae_lr']}"
     vae_recipe += "".join(f", then {n} at lr {lr}" for n, lr, _ in sch.get("vae_refine", ()))
@@ -259,6 +266,13 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
         f"shape or a random box (`training.train_inpainting_unet`); load it with "
         f"`helpers.editing.load_inpainting_unet`. "
         if sch.get("inpaint_steps")
+        else ""
+    )
+    acc = summary["stats"].get("judge_accuracy")
+    judge_accuracy = (
+        f"Its accuracy on {acc['n']} fresh drawn images of all 90 combinations (`helpers.judge.judge_accuracy`): "
+        f"shape {acc['shape']:.1%}, shape colour {acc['colour']:.1%}, background {acc['background']:.1%}."
+        if acc
         else ""
     )
     sd = f"""{_card_header("diffusers", "text-to-image")}
@@ -318,7 +332,8 @@ AdamW lr {sch["clip_lr"]}, warm-up and cosine decay. {timing}
 A {p["shape_judge"]:,}-parameter CNN (`helpers.judge.ShapeClassifier`) that names the shape in a 32x32 mask
 (64 px images are shrunk). The figures in the model cards come from the strict judge
 (`helpers/strict_judge.py`: classical image analysis, no learned model), which replaces it for grading.
-Training: {command}; {max(10, int(500 * summary["scale"]))} steps of 128 masks of `make_dataset_v2` images.
+Training: {command}; {max(10, int(V2_JUDGE_STEPS * summary["scale"]))} steps of 128 masks of `make_dataset_v2` images.
+{judge_accuracy}
 """
     return {"toy-sd": sd, "toy-clip": clip, "shape-judge": judge}
 
@@ -359,9 +374,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every step count (0.1 = a quick rehearsal)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
-        "--family", choices=("v1", "v2"), default="v1",
-        help="v1 (default): the committed 32 px family; v2: 64 px, 8x VAE, rotated shapes, partial captions "
-        "(experimental: it misses issue 12's targets, see the closing note; train it into --out .cache/toy-v2)",
+        "--family", choices=("v1", "v2"), default="v2",
+        help="v2 (default, the committed family): 64 px, 8x VAE, rotated shapes, partial captions; v1: the first "
+        "generation (32 px, 4x VAE, one caption template), kept to compare against",
     )  # fmt: skip
     ap.add_argument("--no-quality", action="store_true", help="skip the quality measurement at the end")
     ap.add_argument("--quality-smoke", action="store_true", help="measure quality with small counts")
@@ -389,7 +404,7 @@ def main(argv=None) -> dict:
     judge_model, judge_losses = judge_mod.train_shape_classifier(steps=scaled(500), seed=args.seed)
     judge_dir = judge_mod.save_shape_classifier(judge_model, out / "shape-judge")
     judge_mod.load_shape_classifier.cache_clear()
-    judge_acc = judge_mod.judge_accuracy(model_dir=judge_dir)
+    judge_acc = judge_mod.judge_accuracy(model_dir=judge_dir, size=sizes.image_size)
     times["shape judge"] = time.perf_counter() - t0
     print(f"shape judge: loss {judge_losses[0]:.3f} -> {np.mean(judge_losses[-20:]):.4f}, accuracy {judge_acc}")
 
@@ -482,10 +497,15 @@ def train_v2(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    judge_model, judge_losses = judge_mod.train_shape_classifier(steps=scaled(500), seed=args.seed, v2=True)
-    judge_mod.save_shape_classifier(judge_model, out / "shape-judge")
+    judge_model, judge_losses = judge_mod.train_shape_classifier(
+        steps=scaled(V2_JUDGE_STEPS), seed=args.seed, v2=True
+    )  # fmt: skip
+    judge_dir = judge_mod.save_shape_classifier(judge_model, out / "shape-judge")
+    judge_mod.load_shape_classifier.cache_clear()
     times["shape judge"] = time.perf_counter() - t0
-    print(f"shape judge: loss {judge_losses[0]:.3f} -> {np.mean(judge_losses[-20:]):.4f}", flush=True)
+    stats["judge_accuracy"] = judge_mod.judge_accuracy(model_dir=judge_dir, size=sizes.image_size)
+    print(f"shape judge: loss {judge_losses[0]:.3f} -> {np.mean(judge_losses[-20:]):.4f}, "
+          f"accuracy {stats['judge_accuracy']}", flush=True)  # fmt: skip
 
     t0 = time.perf_counter()
     clip = tr.build_mini_clip(sizes, seed=args.seed)

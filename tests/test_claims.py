@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from helpers import claims
-from helpers.shapes_data import Combo, draw
+from helpers.shapes_data import Combo, draw_v2
 
 RED_CIRCLE = Combo("circle", "red", "blue")
 
 
 def _drawn(combo: Combo, n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    return [draw(combo, rng) for _ in range(n)]
+    return [draw_v2(combo, rng)[0] for _ in range(n)]  # 64 px, as the committed family draws
 
 
 def test_distances_are_zero_for_equal_images_and_positive_for_different_ones():
@@ -45,4 +45,4 @@ def test_circle_iou_prefers_circles_to_squares():
     circles = _drawn(RED_CIRCLE, 4)
     squares = _drawn(Combo("square", "red", "blue"), 4)
     assert min(map(claims.circle_iou, circles)) > max(map(claims.circle_iou, squares))
-    assert claims.circle_iou(np.zeros((32, 32, 3), np.uint8)) == 0  # no shape at all
+    assert claims.circle_iou(np.zeros((64, 64, 3), np.uint8)) == 0  # no shape at all
