@@ -328,6 +328,31 @@ def clip_retrieval(clip, tokenizer, pipe, per_combo: int, seed: int = 4242) -> d
     return result
 
 
+def ranking_rows(pipe, clip, tokenizer, quick: bool, per_prompt: int = 8) -> dict:
+    """The blog's best-of-N: rank each prompt's `per_prompt` images by CLIP score, and judge with the strict judge
+    (not CLIP) how often the top image is faithful, against the average and the bottom image; at guidance 1.0, where
+    the sampler's misses are wrong colours and kinds, and at the default guidance, where they are outlines."""
+    prompts = [c.caption() for c in all_combos()][:: 15 if quick else 1]
+    per_prompt = 2 if quick else per_prompt
+    out = {"n_prompts": len(prompts), "per_prompt": per_prompt}
+    for g in (1.0, GUIDANCE):
+        every = [p for p in prompts for _ in range(per_prompt)]
+        images = generate(pipe, every, [777_000 + i for i in range(len(every))], g)
+        ok = np.array([v.faithful for v in sj.judge_many(images, every)]).reshape(len(prompts), per_prompt)
+        order = [
+            tr.clip_scores(clip, tokenizer, images[i * per_prompt : (i + 1) * per_prompt], [p])[:, 0].argsort(
+                descending=True
+            ).numpy()
+            for i, p in enumerate(prompts)
+        ]  # fmt: skip
+        out[f"guidance_{g}"] = {
+            "top_1": float(np.mean([ok[i, o[0]] for i, o in enumerate(order)])),
+            "mean": float(ok.mean()),
+            "bottom_1": float(np.mean([ok[i, o[-1]] for i, o in enumerate(order)])),
+        }
+    return out
+
+
 def vae_error(pipe, n: int, seed: int = 999) -> dict:
     out = {}
     for name, combos in (("held_out", held_out_combos()), ("train_combos", train_combos())):
@@ -415,6 +440,7 @@ def _measure(models_dir: Path, quick: bool) -> dict:
     if unet9 is not None:  # the family's 9-channel inpainting UNet (SD-inpainting's recipe), when it has one
         result["inpaint_unet"] = inpaint_rows(pipe, quick, unet=unet9)
     result["clip"] = clip_retrieval(clip, tokenizer, pipe, per_combo=1 if quick else 10)
+    result["ranking"] = ranking_rows(pipe, clip, tokenizer, quick)
     result["vae"] = vae_error(pipe, n=32 if quick else 256)
     result["vae"]["round_trip"] = vae_round_trip(pipe, n=24 if quick else 300)
     result["seconds_per_image_single_call"] = single_image_seconds(pipe, repeats=1 if quick else 3)
@@ -478,6 +504,16 @@ def markdown_table(r: dict) -> str:
         ("Mini-CLIP retrieval top-1, held-out / training images (of 90 captions)",
          f"{pct(r['clip']['retrieval_top1_held_out'])} / {pct(r['clip']['retrieval_top1_train_combos'])}",
          f"{r['clip']['n_held_out']} / {r['clip']['n_train_combos']} images", ""),
+    ]  # fmt: skip
+    if "ranking" in r:  # results saved before the row existed have none
+        rk = r["ranking"]
+        rows += [
+            (f"CLIP's best of {rk['per_prompt']}, guidance {g}: faithful top-1 / average / bottom-1 image",
+             f"{pct(rk[f'guidance_{g}']['top_1'])} / {pct(rk[f'guidance_{g}']['mean'])} / "
+             f"{pct(rk[f'guidance_{g}']['bottom_1'])}", f"{rk['n_prompts']} prompts", "")
+            for g in (1.0, GUIDANCE)
+        ]  # fmt: skip
+    rows += [
         ("VAE round trip of drawn images (its ceiling): faithful / mean IoU",
          f"{pct(r['vae']['round_trip']['faithful'])} / {r['vae']['round_trip']['mean_iou']:.3f}",
          f"{r['vae']['round_trip']['n']} images", ""),

@@ -378,6 +378,7 @@ def test_quality_script_smoke(tmp_path, monkeypatch, capsys):
     assert "| Prompt-faithful, guidance 7.5, euler_a-6 (all / held-out)" in table
     assert (q.default_steps(), q.default_scheduler()) == (DEFAULT_STEPS, "ddim")  # restored after the measurement
     assert "| VAE round trip of drawn images (its ceiling)" in table
+    assert "| CLIP's best of 2, guidance 1.0: faithful top-1 / average / bottom-1 image" in table
     saved = list((tmp_path / "benchmarks").glob("toy_quality_smoke_*.json"))
     assert len(saved) == 1
 
