@@ -234,7 +234,8 @@ assert pixel_distance(shown[10, 1.0], shown[10, 7.5]) > 1  # guidance visibly ch
 # learned model, no CLIP) says whether each image is the shape, colour and background the prompt asks for, over 16
 # seeds (`SEED` to `SEED + 15`, one batched call per setting; 4 on a real model), at 10 steps: fewer than the toy
 # family's default 30 to keep this notebook fast (on 396 images Euler ancestral is 91.7% faithful at 10 steps and
-# 93.2% at 30, README). Distances are mean absolute pixel differences (0..255) from the 50-step image of the same
+# 93.2% at 30, README and benchmarks/toy_family_history.md). Distances are mean absolute pixel differences
+# (0..255) from the 50-step image of the same
 # seed. Only the toy family's prompts can be judged. Guidance matters most for a combination of words the model
 # never saw together in training, so we also judge one of those, a red circle on a white background.
 
@@ -397,7 +398,8 @@ if is_toy_family(pipe):
 # 396 images per row (every shape, colour and background, the held-out combinations included), the same prompts and
 # seeds everywhere, guidance 7.5. Each step is one guided UNet call (the UNet is nearly all of the time); PNDM adds
 # one. Below are the committed runs (`benchmarks/results/toy_quality_v2-13k-*.json`); rerun the script on your
-# machine to refresh them. The README adds rows measured with the same prompts and seeds by a one-off driver: DDIM
+# machine to refresh them. `benchmarks/toy_family_history.md` adds rows measured with the same prompts and seeds by a
+# one-off driver: DDIM
 # at 10 steps 79.8%, Euler ancestral at 15 steps 92.4%, DPM-Solver++ 2M at 10 and 15 steps 88.6% and 90.2%.
 #
 # The rule for the family's default: at least as faithful as PNDM at 50 steps (SD v1's and the blog's default), and

@@ -81,7 +81,8 @@ print("Hub login:", log_in_if_needed(MODEL))
 #
 # `default_sampler` says which sampler the model runs with and where that choice comes from (printed below). On the
 # toy family we run its sampler, Euler ancestral, at 10 of its default 30 steps: nothing below depends on the number
-# of steps, and 10 keep the notebook quick (README: 91.7% of the family's images are prompt-faithful at 10 steps,
+# of steps, and 10 keep the notebook quick (benchmarks/toy_family_history.md: 91.7% of the family's images are
+# prompt-faithful at 10 steps,
 # 93.2% at 30).
 
 # %%

@@ -84,7 +84,8 @@ print("Hub login:", log_in_if_needed(MODEL))
 # One choice for the toy family: the family samples with Euler ancestral (its own default, notebook 01), which draws
 # fresh noise *inside* every scheduler step. For img2img we want a deterministic step, so that our hand-written
 # img2img gives the pipeline's latents exactly: there the toy family runs DDIM at 30 steps (the setting its img2img
-# was measured best with, README "img2img's limit"). Inpainting keeps the family's own sampler. On a real model
+# was measured best with, `benchmarks/toy_family_history.md`, "img2img's limit"). Inpainting keeps the family's
+# own sampler. On a real model
 # img2img and inpainting keep its default sampler, DPM-Solver++ 2M, which is deterministic too.
 
 # %%
@@ -253,7 +254,8 @@ else:
 # training data with random shapes, colours and places, each asked for a new shape colour (one seed each), at a low
 # strength and at 0.5. At 0.2 every shape stays in place but most keep their old colour; at 0.5 about half to two
 # thirds are recoloured *and* in place. Over 300 such edits the family's quality run found at best 45% (DDIM-30,
-# strength 0.5; README, "img2img's limit", which also gives the expected reason, not measured: on 8x8 latents a shape
+# strength 0.5; `benchmarks/toy_family_history.md`, "img2img's limit", which also gives the expected reason, not
+# measured: on 8x8 latents a shape
 # covers a few latent pixels, so a noise level that lets the prompt change its colour also hides where it was). On
 # the toy family, an edit that changes the colour and keeps the place is not reliable.
 
@@ -380,7 +382,8 @@ else:
 # yellow shape there too, but mostly with a bent or cut outline that the strict judge rejects. This mask is a friendly
 # one: it is the kind the inpainting UNet was trained on (a box around the shape). Over 300 random masks on plain
 # backgrounds the family's quality run found the named shape inside the mask 69% of the time with the inpainting UNet
-# and 20% by blending (README, "Inpainting with a 9-channel UNet"). So the toy's inpainting UNet does not do all a
+# and 20% by blending (`benchmarks/toy_family_history.md`, "Inpainting with a 9-channel UNet"). So the toy's
+# inpainting UNet does not do all a
 # real inpainting model does. One flaw shows in the picture above: once the original is pasted back, the mask's edge
 # is visible, because the UNet paints the hole's background in a slightly different blue from the picture's.
 

@@ -89,7 +89,7 @@ REAL = not Path(MODEL).is_dir()  # a Hub model (GPU)
 PROMPT = "Kermit the Frog sits on the Iron Throne" if REAL else "a red circle on a blue background"
 # the model's default sampler (notebook 01, section 6): on v1-4 DPM-Solver++ 2M, 25 steps (None); the toy family's own is
 # Euler ancestral at 30 steps, which we run at 10: 91.7% of its images are faithful there against 93.2% at 30 (strict
-# judge, 396 images, README), in a third of the time
+# judge, 396 images, benchmarks/toy_family_history.md), in a third of the time
 STEPS = 10 if TOY else None
 print(f"pipeline: {public_name(MODEL)}\n  why: {WHY}\nCLIP:     {public_name(CLIP_MODEL)}\n  why: {CLIP_WHY}")
 if not TOY and not REAL:
