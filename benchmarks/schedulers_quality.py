@@ -1,6 +1,6 @@
 """Item 3: fewer steps at equal quality. Which scheduler and step count should be the default?
 
-On the offline toy family (32x32 coloured shapes; `models/toy-sd`), every cell generates the same
+On an offline toy family (`models/toy-sd`; the README's figures are from the first, 32 px one), every cell generates the same
 prompts with the same seeds: each of the 90 shape/colour/background combinations (training and
 held-out) `--per-combo` times. The independent judge (`helpers.judge`: a pixel rule for colours and
 a small CNN for the shape, not the CLIP the model was trained with) says whether each image shows

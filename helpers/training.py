@@ -1,11 +1,12 @@
 """The Stable Diffusion recipe at toy scale: train a mini CLIP, a mini VAE and a mini UNet on CPU.
 
 The same three steps that made Stable Diffusion v1 (Rombach et al. 2022, https://arxiv.org/abs/2112.10752),
-shrunk to 32x32 pictures of coloured shapes (`helpers.shapes_data`):
+shrunk to small pictures of coloured shapes (`helpers.shapes_data`; the committed family: 64 px, `V2_SIZES`):
 
 1. CLIP (Radford et al. 2021, https://arxiv.org/abs/2103.00020): a text tower and an image tower
    trained so that matching (image, caption) pairs score higher than every other pair in the batch.
-2. A VAE (`AutoencoderKL`) that squeezes each 32x32x3 image into a 8x8x4 latent and back.
+2. A VAE (`AutoencoderKL`) that squeezes each image into an 8x8x4 latent and back (64x64x3 through an 8x VAE, as
+   SD v1's 512 px to 64x64x4; the first family: 32x32x3 through a 4x one).
 3. A UNet (`UNet2DConditionModel`) that learns to predict the noise $\\epsilon$ added to a latent,
    cross-attending to the *frozen* CLIP text tower's hidden states. Captions are dropped to "" 15%
    of the time, so the same UNet also knows the unconditional prediction that classifier-free
@@ -364,7 +365,8 @@ def clip_scores(clip_model, tokenizer, images: np.ndarray, captions: list[str]) 
 
 
 def build_mini_vae(sizes: ToySizes | None = None, seed: int = 0):
-    """An `AutoencoderKL` that maps 32x32x3 images to 8x8x4 latents (downsampling factor 4)."""
+    """An `AutoencoderKL` that maps images to 8x8x4 latents: 32x32x3 with the default sizes (downsampling factor 4),
+    64x64x3 with `V2_SIZES` (factor 8, as SD v1)."""
     from diffusers import AutoencoderKL
 
     s = sizes or ToySizes()
