@@ -287,6 +287,7 @@ def faithfulness(results: Sequence[RankResult], judge_fn, k: int = 1) -> dict[st
     return {
         f"top_{k}": float(np.mean([v[:k] for v in verdicts])),
         "mean": float(np.mean([x for v in verdicts for x in v])),
+        "bottom_1": float(np.mean([v[-1] for v in verdicts])),  # CLIP's last pick
         "n_prompts": len(results),
         "n_images": sum(len(v) for v in verdicts),
     }

@@ -350,7 +350,6 @@ if TOY:
             for p in prompts
         ]  # fmt: skip
         stats[g] = cr.faithfulness(by_guidance[g], strict_judge.judge)
-        stats[g]["bottom_1"] = float(np.mean([strict_judge.judge(r.images[-1], r.prompt) for r in by_guidance[g]]))
         print(f"guidance {g}: faithful top-1 {stats[g]['top_1']:.1%}, average image {stats[g]['mean']:.1%}, "
               f"bottom-1 {stats[g]['bottom_1']:.1%} ({stats[g]['n_prompts']} prompts, {stats[g]['n_images']} images)")  # fmt: skip
     for r in by_guidance[1.0][:5]:  # a few prompts' images best first: 1 = faithful, 0 = not, and why not

@@ -275,7 +275,7 @@ def test_faithfulness_counts_top_k_against_the_average():
         return image.getpixel((0, 0)) % 2 == 0
 
     stats = cr.faithfulness([result("a", [2, 1, 3, 5]), result("b", [7, 4, 6, 8])], judge)
-    assert stats == {"top_1": 0.5, "mean": 0.5, "n_prompts": 2, "n_images": 8}
+    assert stats == {"top_1": 0.5, "mean": 0.5, "bottom_1": 0.5, "n_prompts": 2, "n_images": 8}  # last picks 5, 8
     assert cr.faithfulness([result("a", [2, 4, 1, 3])], judge, k=2)["top_2"] == 1.0
     with pytest.raises(ValueError, match="No rankings"):
         cr.faithfulness([], judge)
