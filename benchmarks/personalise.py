@@ -32,7 +32,8 @@ import numpy as np
 
 from helpers import personalise as P
 from helpers.paths import MODELS_DIR
-from helpers.shapes_data import Combo, make_dataset
+from helpers.pipeline import default_sampler
+from helpers.shapes_data import Combo
 
 OLD_COMBOS = [  # training combinations of the family, every shape, colour and background at least once
     Combo("circle", "red", "blue"), Combo("square", "green", "white"), Combo("triangle", "yellow", "black"),
@@ -57,14 +58,14 @@ def load(model: Path):
     return pipe
 
 
-def rates(pipe, prompt: str, seeds) -> tuple[dict[str, float], np.ndarray]:
-    images = P.generate_images(pipe, prompt, seeds)
+def rates(pipe, prompt: str, seeds, steps: int) -> tuple[dict[str, float], np.ndarray]:
+    images = P.generate_images(pipe, prompt, seeds, steps)
     return P.judge_rates(images, prompt), images
 
 
-def old_prompts(pipe, seeds) -> tuple[dict[str, float], np.ndarray]:
+def old_prompts(pipe, seeds, steps: int) -> tuple[dict[str, float], np.ndarray]:
     """Judge rates over every old prompt x seed, and the images (for exact comparisons)."""
-    images = np.concatenate([P.generate_images(pipe, c.caption(), seeds) for c in OLD_COMBOS])
+    images = np.concatenate([P.generate_images(pipe, c.caption(), seeds, steps) for c in OLD_COMBOS])
     captions = [c.caption() for c in OLD_COMBOS for _ in seeds]
     per = [P.judge_rates(im[None], cap) for im, cap in zip(images, captions)]
     return {k: float(np.mean([r[k] for r in per])) for k in per[0]}, images
@@ -77,12 +78,12 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
     n_train, steps = (args.ti_images, args.ti_steps) if method != "LoRA" else (args.lora_images, args.lora_steps)
     data = P.concept_images(concept, n_train, 0, size)
     held_out = P.concept_images(concept, args.eval_images, 1, size)
-    family = make_dataset(args.eval_images, seed=2, size=size)
+    family = P.family_images(args.eval_images, seed=2, size=size)
     row: dict = {"method": method, "concept": concept, "prompt": prompt, "steps": steps, "train_images": n_train}
     if method != "LoRA":
         token = P.CONCEPT_WORDS[concept]
         P.add_token(pipe, token, init_word)
-        row["before"] = rates(pipe, prompt, seeds)[0]
+        row["before"] = rates(pipe, prompt, seeds, args.sample_steps)[0]
         row["loss_before"] = P.fixed_batch_loss(pipe, held_out, held_out.captions)
         start = time.perf_counter()
         losses = P.train_textual_inversion(pipe, token, data, data.captions, steps=steps, lr=args.ti_lr,
@@ -95,10 +96,10 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
         row["adapter_bytes"] = path.stat().st_size
         unloaded = base  # the token changes no other prompt: the base pipeline is the "unloaded" one
     else:
-        row["before"] = rates(pipe, prompt, seeds)[0]
+        row["before"] = rates(pipe, prompt, seeds, args.sample_steps)[0]
         row["loss_before"] = P.fixed_batch_loss(pipe, held_out, held_out.captions)
         P.add_lora(pipe.unet, rank=args.rank, alpha=args.rank)
-        prior = make_dataset(n_train // 3, seed=3, size=size)  # a quarter of the data: the family's own images
+        prior = P.family_images(n_train // 3, seed=3, size=size)  # a quarter of the data: the family's own images
         images = np.concatenate([data.images, prior.images])
         start = time.perf_counter()
         losses = P.train_lora(pipe, images, data.captions + prior.captions, steps=steps, lr=args.lora_lr,
@@ -114,15 +115,15 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
     row["loss_after"] = P.fixed_batch_loss(pipe, held_out, held_out.captions)
     row["old_loss_before"] = P.fixed_batch_loss(base, family.images, family.captions)
     row["old_loss_after"] = P.fixed_batch_loss(pipe, family.images, family.captions)
-    row["after"], trained_images = rates(pipe, prompt, seeds)
-    row["after_loaded"], loaded_images = rates(loaded, prompt, seeds)
+    row["after"], trained_images = rates(pipe, prompt, seeds, args.sample_steps)
+    row["after_loaded"], loaded_images = rates(loaded, prompt, seeds, args.sample_steps)
     row["loaded_max_diff"] = float(np.abs(loaded_images - trained_images).max())  # the file holds what was trained
     row["ceiling"] = P.vae_ceiling(base, prompt, args.seeds)
-    row["old_loaded"], old_images = old_prompts(loaded, range(args.old_seeds))
+    row["old_loaded"], old_images = old_prompts(loaded, range(args.old_seeds), args.sample_steps)
     if unloaded is None:
         loaded.unload_lora_weights()
         unloaded = loaded
-    row["old_unloaded"], old_unloaded_images = old_prompts(unloaded, range(args.old_seeds))
+    row["old_unloaded"], old_unloaded_images = old_prompts(unloaded, range(args.old_seeds), args.sample_steps)
     row["old_loaded_max_diff"] = float(np.abs(old_images - base_old).max())
     row["old_unloaded_max_diff"] = float(np.abs(old_unloaded_images - base_old).max())
     row["unet_params"] = P.parameter_counts(base.unet)["unet"]
@@ -148,14 +149,18 @@ def main() -> None:
     ap.add_argument("--lora-images", type=int, default=300)
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--eval-images", type=int, default=64, help="held-out images for the fixed-batch losses")
+    ap.add_argument("--sample-steps", type=int, default=None,
+                    help="sampling steps of every judged image (default: the family's own sampler's, as notebook 05)")  # fmt: skip
     args = ap.parse_args()
     if args.smoke:
         args.seeds, args.old_seeds, args.ti_steps, args.lora_steps = 2, 1, 3, 3
         args.ti_images, args.lora_images, args.eval_images, args.batch_size = 6, 6, 4, 4
+        args.sample_steps = args.sample_steps or 2
     machine = common.machine_info()
     threads = common.apply_threads(args.threads)
     base = load(args.model)
-    base_old = old_prompts(base, range(args.old_seeds))[1]
+    args.sample_steps = args.sample_steps or default_sampler(base).num_inference_steps
+    base_old = old_prompts(base, range(args.old_seeds), args.sample_steps)[1]
     folder = Path(tempfile.mkdtemp(prefix="personalise-"))
     try:
         rows = [run(*spec, base, base_old, args, folder) for spec in RUNS]
@@ -199,7 +204,9 @@ def main() -> None:
             "after. Old captions' loss: the same on the family's own images (drift of old prompts).",
             f"Textual inversion: lr {args.ti_lr}, batch {args.batch_size}, {args.ti_images} images; LoRA: rank "
             f"{args.rank}, alpha {args.rank}, lr {args.lora_lr}, batch {args.batch_size}, {args.lora_images} star "
-            f"images + {args.lora_images // 3} family images (prior preservation).",
+            f"images + {args.lora_images // 3} family images (prior preservation, `P.family_images`), 15% of "
+            "captions empty (caption dropout, as in the UNet's training).",
+            f"Every judged image: {type(base.scheduler).__name__}, {args.sample_steps} steps, guidance 7.5.",
         ],
     )  # fmt: skip
 

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from .diffusion import q_sample
 from .inside import decode_latents, encode_images
 from .shapes_data import TEMPLATES, ShapesDataset, concept_combos, draw_for_size
-from .training import encode_latents, to_unit_range
+from .training import P_UNCOND, encode_latents, to_unit_range
 
 #: The word each new concept is called by in captions: textual inversion learns a new token, LoRA an old word.
 CONCEPT_WORDS = {"magenta": "<magenta>", "orange": "<orange>", "star": "star"}
@@ -81,6 +81,24 @@ def concept_images(kind: str, n: int, seed: int, size: int, word: str | None = N
         for c, t in zip(picks, templates)
     ]
     return ShapesDataset(images, picks, captions)
+
+
+def family_images(n: int, seed: int, size: int) -> ShapesDataset:
+    """`n` of the family's own training pictures and captions, drawn as its UNet saw them: DreamBooth's prior
+    preservation images (Ruiz et al. 2022), mixed into a LoRA's batches so that old prompts keep their meaning.
+
+    The 64 px family's UNet trained on `make_dataset_v2` with upright squares and triangles and every caption form
+    (`training.V2_SCHEDULE`); the first family (32 px) on `make_dataset`. Drawing the prior from the wrong
+    generation teaches old captions new sizes and outlines.
+    """
+    from .shapes_data import IMAGE_SIZE, make_dataset, make_dataset_v2
+    from .training import V2_SCHEDULE
+
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}.")
+    if size == IMAGE_SIZE:
+        return make_dataset(n, seed=seed, size=size)
+    return make_dataset_v2(n, seed=seed, size=size, rotate=not V2_SCHEDULE.unet_upright)
 
 
 def judge_caption(prompt: str) -> str:
@@ -383,12 +401,16 @@ def add_lora(
 def train_lora(
     pipe, images, captions: Sequence[str], steps: int = 1000, lr: float = 3e-3, batch_size: int = 16, seed: int = 0,
     progress: bool = True, should_stop: StopCheck | None = None, callback: StepCallback | None = None,
+    p_uncond: float = P_UNCOND,
 ) -> list[float]:  # fmt: skip
     """Train the UNet's LoRA adapter (`add_lora` first) with SD's loss; the UNet's own weights, the VAE and the
     text encoder stay frozen. Returns the loss of every step (fewer than `steps` when stopped early).
 
     Mixing some of the model's own training images into `images`/`captions` (DreamBooth's prior preservation)
     keeps old prompts from drifting; the defaults are the settings `benchmarks/personalise.py` measured.
+    A share `p_uncond` of the captions is replaced by the empty prompt, as when the UNet was trained (caption
+    dropout): the adapter acts on the unconditional prediction too, and classifier-free guidance,
+    $\\epsilon_u + w (\\epsilon_c - \\epsilon_u)$, multiplies any drift of it that is never trained by $w$.
     """
     params = lora_parameters(pipe.unet)
     if not params:
@@ -398,15 +420,20 @@ def train_lora(
     generator = torch.Generator().manual_seed(seed)
     alphas_cumprod = noise_schedule(pipe)
     latents_mean, latents_std = encode_latents(pipe.vae, images, batch_size=64)
+    if not 0 <= p_uncond < 1:
+        raise ValueError(f"p_uncond is the share of empty captions, in [0, 1); got {p_uncond!r}.")
     with torch.no_grad():
         states = torch.cat([pipe.text_encoder(ids)[0] for ids in tokenize(pipe, captions).split(64)])  # (N, 77, D)
+        uncond = pipe.text_encoder(tokenize(pipe, [""]))[0]  # (1, 77, D): the empty prompt's states
     for model in (pipe.unet, pipe.vae, pipe.text_encoder):
         model.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        return diffusion_loss(pipe, latents_mean[idx], latents_std[idx], states[idx], alphas_cumprod, generator)
+        drop = torch.rand(len(idx), generator=generator) < p_uncond  # caption dropout, as in the UNet's training
+        batch_states = torch.where(drop[:, None, None], uncond, states[idx])  # (B, 77, D)
+        return diffusion_loss(pipe, latents_mean[idx], latents_std[idx], batch_states, alphas_cumprod, generator)
 
     try:
         return _train_loop(loss_fn, params, len(images), steps, lr, batch_size, generator, progress, should_stop,

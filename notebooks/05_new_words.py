@@ -72,7 +72,7 @@ from helpers import strict_judge as judge
 from helpers.diffusion import q_sample
 from helpers.pipeline import choose_model, default_sampler, is_toy_family, load_pipeline
 from helpers.plotting import show_images
-from helpers.shapes_data import Combo, make_dataset
+from helpers.shapes_data import Combo
 
 SEED = 0
 N = 16  # seeds per measurement: SEED, ..., SEED + 15
@@ -322,8 +322,11 @@ if TOY:
 #
 # $B$ starts at zero, so at first $W' = W$ and the model is unchanged. Only $A$ and $B$ train:
 # $r (d_{in} + d_{out})$ numbers per layer instead of $d_{in} d_{out}$. diffusers adds it through peft
-# (`unet.add_adapter`). A quarter of each batch are the family's own pictures with their own captions, so that
-# learning stars does not make everything starry (DreamBooth's prior preservation, Ruiz et al. 2022).
+# (`unet.add_adapter`). A quarter of each batch are the family's own pictures with their own captions, drawn as its
+# UNet saw them in training (`P.family_images`), so that learning stars does not make everything starry
+# (DreamBooth's prior preservation, Ruiz et al. 2022). And as in the UNet's own training, 15% of the captions are
+# replaced by the empty prompt: the adapter also changes the unconditional prediction, which classifier-free
+# guidance uses at every step.
 
 # %%
 LORA = dict(steps=200, lr=1e-3, batch_size=16)  # toy settings: about a minute on one CPU thread
@@ -339,7 +342,7 @@ if TOY:
     print(
         f"adapter: {counts['adapter']:,} numbers; the UNet: {counts['unet']:,} ({counts['adapter'] / counts['unet']:.1%})"
     )
-    prior = make_dataset(len(star_data.images) // 3, seed=SEED + 3, size=H)  # the family's own pictures
+    prior = P.family_images(len(star_data.images) // 3, seed=SEED + 3, size=H)  # its own training pictures
     images = np.concatenate([star_data.images, prior.images])
     captions = star_data.captions + prior.captions
     star_snapshots = {0: before_star[0]}
@@ -389,16 +392,18 @@ if TOY:
     assert star_after["kind_iou"] <= 0.8  # far from a drawn star's >= 0.95
     faithful_with, faithful_without = (np.mean([r[c]["faithful"] for c in OLD]) for r in (old_with, old_without))
     print(f"old prompts faithful: {faithful_with:.0%} with the adapter, {faithful_without:.0%} without")
-    assert faithful_without >= 0.8 and faithful_with <= faithful_without - 0.15  # the adapter reaches old prompts
+    assert faithful_without >= 0.8 and faithful_with >= faithful_without - 0.15  # old prompts keep their meaning
 
 # %% [markdown]
 # **What the toy family shows, and what it cannot.** The loss on a check batch of stars falls, but the pictures are
 # not stars: the adapter bends the UNet's squares and triangles (the snapshots above), and the judge calls few or
 # none of them stars (printed above), although the decoder can draw stars from the right latents (the search in the
-# decoder's ceiling). At these settings the adapter also reaches prompts without "star": with it loaded, the old
-# prompts are clearly less faithful (printed above), because its numbers sit in every attention layer and act on
-# every prompt. The toy UNet's attention works on 8x8 and 4x4 latents, and a star's five points are finer than that; on v1-4 (64x64 latents, 860 M parameters)
-# the same cells teach new objects and styles (section 5).
+# decoder's ceiling). The adapter's numbers sit in every attention layer and act on every prompt, yet with it
+# loaded the old prompts lose only a few points of faithfulness (printed above): a quarter of each batch showed the
+# family its own pictures with their own captions, and the empty captions kept the unconditional prediction, which
+# guidance multiplies, where it was. The toy UNet's attention works on 8x8 and 4x4 latents, and a star's five
+# points are finer than that; on v1-4 (64x64 latents, 860 M parameters) the same cells teach new objects and styles
+# (section 5).
 #
 # **Save, load, remove.** The adapter is saved the way diffusers' own LoRA training script saves it
 # (`save_lora_weights`, one `pytorch_lora_weights.safetensors`). A fresh pipeline loads it with

@@ -76,14 +76,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--sample-steps", type=int, default=None, help="DDIM steps of the judged samples (default: the family's, 10)"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--init", type=Path, default=None,
+        help="continue from a saved UNet folder (e.g. models/toy-sd/unet) instead of a new one; --channels and "
+        "--heads are then its own",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", type=Path, default=None, help="save the pipeline at each evaluation under this folder")
     ap.add_argument("--out", type=Path, default=OUTPUTS_DIR / "benchmarks", help="folder for the JSON result")
     ap.add_argument("--quick", action="store_true", help="judge 1 seed per combination (90 images), not 396")
     args = ap.parse_args(argv)
-    for name in ("clip", "vae"):
+    for name in ("clip", "vae", "init"):
         folder = getattr(args, name)
-        if not (folder / "config.json").is_file():
+        if folder is not None and not (folder / "config.json").is_file():
             ap.error(f"--{name} {folder}: no config.json there; give a folder written by save_pretrained")
     args.eval_steps = sorted({int(s) for s in args.evals.split(",")}) if args.evals else [args.steps]
     if not all(0 < s <= args.steps for s in args.eval_steps):
@@ -130,7 +135,17 @@ def main(argv=None) -> list[dict]:
         unet_heads=heads[0] if len(heads) == 1 else heads,
         latent_channels=vae.config.latent_channels,  # the UNet reads and writes the VAE's latents
     )
-    unet = tr.build_mini_unet(text_encoder.config.hidden_size, sizes, seed=args.seed)
+    if args.init is None:
+        unet = tr.build_mini_unet(text_encoder.config.hidden_size, sizes, seed=args.seed)
+    else:
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(args.init).float()
+        if unet.config.cross_attention_dim != text_encoder.config.hidden_size:
+            raise SystemExit(
+                f"--init's UNet reads {unet.config.cross_attention_dim}-wide text states, but this CLIP gives "
+                f"{text_encoder.config.hidden_size}: give the CLIP it was trained with."
+            )
     prompts, seeds, held, _ = quality.prompt_set(1, 1) if args.quick else quality.prompt_set(4, 8)
 
     rows: list[dict] = []
@@ -184,6 +199,7 @@ def main(argv=None) -> list[dict]:
             flush=True,
         )
     settings = {k: v for k, v in vars(args).items() if not isinstance(v, Path)}  # no paths: nothing private
+    settings["init"] = None if args.init is None else f"{args.init.parent.name}/{args.init.name}"
     result = {"settings": settings, "scaling_factor": scaling_factor, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"unet_experiment_{datetime.now(UTC):%Y%m%dT%H%M%S%f}.json"

@@ -226,6 +226,47 @@ def test_lora_trains_only_the_adapter(pipe):
     assert any(not torch.equal(params[n], p) for n, p in lora_b.items())
 
 
+@pytest.mark.parametrize("p_uncond", [0.0, 0.5])
+def test_lora_drops_captions_as_the_unet_was_trained(pipe, p_uncond):
+    """A share p_uncond of the batch sees the empty prompt's states, so the adapter learns the unconditional
+    prediction that classifier-free guidance uses; 0 turns it off."""
+    uncond = pipe.text_encoder(P.tokenize(pipe, [""]))[0][0].detach()  # (77, D)
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["encoder_hidden_states"].detach().clone()), with_kwargs=True
+    )
+    P.add_lora(pipe.unet, rank=2, seed=0)
+    data = P.concept_images("star", 4, 0, P.image_size(pipe))
+    try:
+        P.train_lora(pipe, data, data.captions, steps=4, lr=1e-3, batch_size=8, progress=False, p_uncond=p_uncond)
+    finally:
+        hook.remove()
+    states = torch.cat(seen)  # (32, 77, D)
+    empty = sum(torch.equal(s, uncond) for s in states)
+    assert (empty == 0) if p_uncond == 0 else (4 <= empty <= 28), empty
+    with pytest.raises(ValueError, match="share of empty captions"):
+        P.train_lora(pipe, data, data.captions, steps=1, p_uncond=1.0)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_family_images_are_what_the_familys_unet_trained_on(size):
+    from helpers.shapes_data import make_dataset, make_dataset_v2
+    from helpers.training import V2_SCHEDULE
+
+    n = 60  # more than the circles at the front of train_combos(): squares and triangles too
+    prior = P.family_images(n, seed=3, size=size)
+    if size == 32:
+        expected = make_dataset(n, seed=3, size=32)
+    else:
+        assert V2_SCHEDULE.unet_upright  # the committed UNet saw upright squares and triangles ...
+        expected = make_dataset_v2(n, seed=3, size=64, rotate=False)
+        assert all(g["angle"] == 0 for g in prior.geometry)  # ... so its prior images are upright too
+        assert not np.array_equal(prior.images, make_dataset_v2(n, seed=3, size=64).images)
+    assert np.array_equal(prior.images, expected.images) and prior.captions == expected.captions
+    with pytest.raises(ValueError, match="at least 1"):
+        P.family_images(0, seed=0, size=size)
+
+
 def test_lora_refuses_bad_input_before_training(pipe, tmp_path):
     data = P.concept_images("star", 2, 0, P.image_size(pipe))
     with pytest.raises(ValueError, match="add_lora"):

@@ -202,6 +202,19 @@ def test_unet_experiment_trains_judges_at_each_evaluation_and_refuses_bad_folder
     (written,) = out.glob("unet_experiment_*.json")
     text = written.read_text()
     assert str(tmp_path) not in text and json.loads(text)["settings"]["upright"] is True
+    # --init continues a saved UNet (its own channels and heads) instead of building a new one
+    with pytest.raises(SystemExit):
+        exp.main(["--clip", str(clip_dir), "--vae", str(vae_dir), "--init", str(tmp_path / "nowhere")])
+    assert "no config.json there" in capsys.readouterr().err
+    cont = tmp_path / "continued"
+    rows = exp.main(
+        ["--clip", str(clip_dir), "--vae", str(vae_dir), "--init", str(tmp_path / "pipes" / "toy-sd-2" / "unet"),
+         "--steps", "1", "--batch", "4", "--images", "16", "--quick", "--sample-steps", "2", "--out", str(cont)]
+    )  # fmt: skip
+    assert [r["steps"] for r in rows] == [1] and rows[0]["n"] == 90
+    (written,) = cont.glob("unet_experiment_*.json")
+    assert json.loads(written.read_text())["settings"]["init"] == "toy-sd-2/unet"
+    capsys.readouterr()
     # scripts/guidance_check.py judges a saved pipeline under several guidance settings
     spec = importlib.util.spec_from_file_location("guidance_check", REPO_ROOT / "scripts" / "guidance_check.py")
     check = importlib.util.module_from_spec(spec)
