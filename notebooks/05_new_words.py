@@ -392,18 +392,18 @@ if TOY:
     assert star_after["kind_iou"] <= 0.8  # far from a drawn star's >= 0.95
     faithful_with, faithful_without = (np.mean([r[c]["faithful"] for c in OLD]) for r in (old_with, old_without))
     print(f"old prompts faithful: {faithful_with:.0%} with the adapter, {faithful_without:.0%} without")
-    assert faithful_without >= 0.8 and faithful_with >= faithful_without - 0.15  # old prompts keep their meaning
+    assert faithful_without >= 0.8 and 0.6 <= faithful_with < faithful_without  # old prompts drift, held down
 
 # %% [markdown]
 # **What the toy family shows, and what it cannot.** The loss on a check batch of stars falls, but the pictures are
 # not stars: the adapter bends the UNet's squares and triangles (the snapshots above), and the judge calls few or
 # none of them stars (printed above), although the decoder can draw stars from the right latents (the search in the
-# decoder's ceiling). The adapter's numbers sit in every attention layer and act on every prompt, yet with it
-# loaded the old prompts lose only a few points of faithfulness (printed above): a quarter of each batch showed the
-# family its own pictures with their own captions, and the empty captions kept the unconditional prediction, which
-# guidance multiplies, where it was. The toy UNet's attention works on 8x8 and 4x4 latents, and a star's five
-# points are finer than that; on v1-4 (64x64 latents, 860 M parameters) the same cells teach new objects and styles
-# (section 5).
+# decoder's ceiling). The adapter's numbers sit in every attention layer and act on every prompt, so old prompts
+# drift too; here, with it loaded, they lose some faithfulness (printed above). The quarter of each batch that
+# shows the family its own pictures, and the empty captions that keep the unconditional prediction (which guidance
+# multiplies) in place, hold that drift down; they do not remove it, and longer training lets it grow. The toy
+# UNet's attention works on 8x8 and 4x4 latents, and a star's five points are finer than that; on v1-4 (64x64
+# latents, 860 M parameters) the same cells teach new objects and styles (section 5).
 #
 # **Save, load, remove.** The adapter is saved the way diffusers' own LoRA training script saves it
 # (`save_lora_weights`, one `pytorch_lora_weights.safetensors`). A fresh pipeline loads it with
