@@ -101,6 +101,14 @@ def gpu_name() -> str | None:
     return None
 
 
+def performance_env() -> dict[str, str]:
+    """The thread and kernel settings of the environment (`ENV_PREFIXES`). A value that is a path (torch sets
+    TORCHINDUCTOR_CACHE_DIR to /tmp/torchinductor_<user name>) is recorded as "<path>": it says nothing about speed,
+    and results get shared."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
+    return {k: "<path>" if os.sep in v or (os.altsep and os.altsep in v) else v for k, v in env.items()}
+
+
 def machine_info() -> dict[str, Any]:
     """Everything needed to tell two results files' machines apart (no host names, no user names)."""
     import torch
@@ -124,7 +132,7 @@ def machine_info() -> dict[str, Any]:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "platform": platform.platform(),
         "load_average": load,
-        "env": {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
+        "env": performance_env(),
         "versions": library_versions(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }

@@ -100,3 +100,24 @@ class _OneProcess:
         import contextlib
 
         return contextlib.nullcontext(items)
+
+
+def test_benchmark_results_record_no_cache_paths(monkeypatch):
+    """torch sets TORCHINDUCTOR_CACHE_DIR to /tmp/torchinductor_<user>: the results keep the setting, not the path."""
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import common
+
+    user = getpass.getuser()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", f"/tmp/torchinductor_{user}")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    env = common.performance_env()
+    assert env["TORCHINDUCTOR_CACHE_DIR"] == "<path>" and env["OMP_NUM_THREADS"] == "2"
+    assert user not in json.dumps(common.machine_info()["env"])
+
+
+def test_committed_benchmark_results_hold_no_user_paths():
+    for path in sorted((REPO_ROOT / "benchmarks" / "results").glob("*.json")):
+        text = path.read_text()
+        assert "torchinductor_" not in text and not identifying(text), path.name
