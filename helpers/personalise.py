@@ -275,7 +275,7 @@ def add_token(pipe, token: str, init_word: str) -> int:
 
 
 def train_textual_inversion(
-    pipe, token: str, images, captions: Sequence[str], steps: int = 1000, lr: float = 2e-3, batch_size: int = 16,
+    pipe, token: str, images, captions: Sequence[str], steps: int = 250, lr: float = 5e-3, batch_size: int = 16,
     seed: int = 0, progress: bool = True, should_stop: StopCheck | None = None, callback: StepCallback | None = None,
 ) -> list[float]:  # fmt: skip
     """Learn the token's embedding row: SD's loss, everything frozen except the token table, and after every
@@ -284,8 +284,8 @@ def train_textual_inversion(
     $v_* = \\arg\\min_v \\mathbb{E} \\lVert \\epsilon - \\epsilon_\\theta(x_t, t, c_\\theta(y; v)) \\rVert^2$
 
     `images`: uint8 (N, H, W, 3), a list of PIL images or a `ShapesDataset`; each caption must contain the token.
-    Returns the loss of every step (fewer than `steps` when stopped early). The defaults are the settings
-    `benchmarks/personalise.py` measured (1000 steps: ~85 s on one CPU thread for the toy family).
+    Returns the loss of every step (fewer than `steps` when stopped early). The defaults are notebook 05's toy
+    settings, which `benchmarks/personalise.py` measures (250 steps of 48 images: 26 s on 2 CPU threads).
     """
     new_id = token_id(pipe, token)
     images = _as_images(images)
@@ -399,15 +399,16 @@ def add_lora(
 
 
 def train_lora(
-    pipe, images, captions: Sequence[str], steps: int = 1000, lr: float = 3e-3, batch_size: int = 16, seed: int = 0,
+    pipe, images, captions: Sequence[str], steps: int = 200, lr: float = 1e-3, batch_size: int = 16, seed: int = 0,
     progress: bool = True, should_stop: StopCheck | None = None, callback: StepCallback | None = None,
     p_uncond: float = P_UNCOND,
 ) -> list[float]:  # fmt: skip
     """Train the UNet's LoRA adapter (`add_lora` first) with SD's loss; the UNet's own weights, the VAE and the
     text encoder stay frozen. Returns the loss of every step (fewer than `steps` when stopped early).
 
-    Mixing some of the model's own training images into `images`/`captions` (DreamBooth's prior preservation)
-    keeps old prompts from drifting; the defaults are the settings `benchmarks/personalise.py` measured.
+    Mixing some of the model's own training images into `images`/`captions` (DreamBooth's prior preservation,
+    `family_images`) holds old prompts' drift down. The defaults are notebook 05's toy settings, which
+    `benchmarks/personalise.py` measures (200 steps: 21 s on 2 CPU threads).
     A share `p_uncond` of the captions is replaced by the empty prompt, as when the UNet was trained (caption
     dropout): the adapter acts on the unconditional prediction too, and classifier-free guidance,
     $\\epsilon_u + w (\\epsilon_c - \\epsilon_u)$, multiplies any drift of it that is never trained by $w$.
