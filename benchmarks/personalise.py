@@ -1,13 +1,15 @@
 """Teaching the toy family a new word on a CPU: what textual inversion and LoRA learn, in how long, at what cost.
 
-Three runs on the committed offline family (`models/toy-sd`), each with `helpers.personalise` and SD's own loss:
+Four runs on the committed offline family (`models/toy-sd`), each with `helpers.personalise` and SD's own loss:
 
 - textual inversion of "<magenta>" (a colour the family never saw), initialised from "red";
 - textual inversion of "<orange>", the control: orange lies between red and yellow, which the toy VAE learned, so
   the VAE can paint it (magenta it cannot);
 - LoRA (rank 4 on to_q/to_k/to_v/to_out.0) for "star", a word in CLIP's vocabulary the UNet never saw; a quarter
   of its batch is the family's own training images (DreamBooth's prior preservation, Ruiz et al. 2022,
-  https://arxiv.org/abs/2208.12242) and 15% of its captions are empty, which hold old prompts' drift down.
+  https://arxiv.org/abs/2208.12242) and 15% of its captions are empty, which hold old prompts' drift down;
+- the upper bound beside it (`--full-steps`, 0 skips it): every weight of the UNet fine-tuned on the same pictures
+  (`P.finetune_unet`). What this does not learn, no adapter on this UNet will in as many steps.
 
 For each: training time and steps; the training loss on a fixed held-out batch before and after (same noise and
 timesteps, so comparable); the strict judge (`helpers.strict_judge`) on the new prompt over `--seeds` seeds, as
@@ -132,6 +134,40 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
     return row
 
 
+def full_run(base, base_old, args) -> dict:
+    """The upper bound beside the LoRA row: every UNet weight trained on the same star and prior pictures
+    (`P.finetune_unet`). No adapter file: "after, loaded" is the fine-tuned pipeline itself, "unloaded" a fresh one."""
+    size, prompt, seeds = P.image_size(base), RUNS[-1][2], range(args.seeds)
+    pipe = load(args.model)
+    data = P.concept_images("star", args.lora_images, 0, size)
+    held_out = P.concept_images("star", args.eval_images, 1, size)
+    family = P.family_images(args.eval_images, seed=2, size=size)
+    prior = P.family_images(args.lora_images // 3, seed=3, size=size)
+    row: dict = {"method": "full fine-tune (upper bound)", "concept": "star", "prompt": prompt,
+                 "steps": args.full_steps, "train_images": args.lora_images}  # fmt: skip
+    row["before"] = rates(pipe, prompt, seeds, args.sample_steps)[0]
+    row["loss_before"] = P.fixed_batch_loss(pipe, held_out, held_out.captions)
+    start = time.perf_counter()
+    losses = P.finetune_unet(pipe, np.concatenate([data.images, prior.images]), data.captions + prior.captions,
+                             steps=args.full_steps, lr=args.full_lr, batch_size=args.batch_size, seed=0,
+                             progress=False)  # fmt: skip
+    row["train_s"] = time.perf_counter() - start
+    row["s_per_step"] = row["train_s"] / max(1, len(losses))
+    row["loss_after"] = P.fixed_batch_loss(pipe, held_out, held_out.captions)
+    row["old_loss_before"] = P.fixed_batch_loss(base, family.images, family.captions)
+    row["old_loss_after"] = P.fixed_batch_loss(pipe, family.images, family.captions)
+    row["after"] = row["after_loaded"] = rates(pipe, prompt, seeds, args.sample_steps)[0]
+    row["loaded_max_diff"] = 0.0  # nothing saved apart: the pipeline is the result
+    row["ceiling"] = P.vae_ceiling(base, prompt, args.seeds)
+    row["old_loaded"], old_images = old_prompts(pipe, range(args.old_seeds), args.sample_steps)
+    row["old_unloaded"] = old_prompts(base, range(args.old_seeds), args.sample_steps)[0]
+    row["old_loaded_max_diff"] = float(np.abs(old_images - base_old).max())
+    row["old_unloaded_max_diff"] = 0.0
+    row["unet_params"] = row["adapter_params"] = P.parameter_counts(base.unet)["unet"]
+    row["unet_bytes"] = row["adapter_bytes"] = 4 * row["unet_params"]  # the whole UNet, float32
+    return row
+
+
 def fmt_rates(r: dict) -> str:
     return f"{r['faithful']:.0%} / {r['colour']:.0%} / {r['kind']:.0%}"
 
@@ -149,12 +185,16 @@ def main() -> None:
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--lora-images", type=int, default=96)
     ap.add_argument("--rank", type=int, default=4)
+    ap.add_argument("--full-steps", type=int, default=1600,
+                    help="then fine-tune every UNet weight on the LoRA's pictures this many steps (0: skip)")  # fmt: skip
+    ap.add_argument("--full-lr", type=float, default=2e-4)
     ap.add_argument("--eval-images", type=int, default=64, help="held-out images for the fixed-batch losses")
     ap.add_argument("--sample-steps", type=int, default=None,
                     help="sampling steps of every judged image (default: the family's own sampler's, as notebook 05)")  # fmt: skip
     args = ap.parse_args()
     if args.smoke:
         args.seeds, args.old_seeds, args.ti_steps, args.lora_steps = 2, 1, 3, 3
+        args.full_steps = min(args.full_steps, 3)
         args.ti_images, args.lora_images, args.eval_images, args.batch_size = 6, 6, 4, 4
         args.sample_steps = args.sample_steps or 2
     machine = common.machine_info()
@@ -165,6 +205,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="personalise-"))
     try:
         rows = [run(*spec, base, base_old, args, folder) for spec in RUNS]
+        if args.full_steps > 0:
+            rows.append(full_run(base, base_old, args))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     for r in rows:
@@ -206,7 +248,9 @@ def main() -> None:
             f"Textual inversion: lr {args.ti_lr}, batch {args.batch_size}, {args.ti_images} images; LoRA: rank "
             f"{args.rank}, alpha {args.rank}, lr {args.lora_lr}, batch {args.batch_size}, {args.lora_images} star "
             f"images + {args.lora_images // 3} family images (prior preservation, `P.family_images`), 15% of "
-            "captions empty (caption dropout, as in the UNet's training).",
+            "captions empty (caption dropout, as in the UNet's training). Full fine-tune: every UNet weight, "
+            f"{args.full_steps} steps at lr {args.full_lr}, the LoRA's pictures: the most any adapter could learn "
+            "from them; its 'adapter' is the whole UNet and 'after, loaded' the fine-tuned pipeline itself.",
             f"Every judged image: {type(base.scheduler).__name__}, {args.sample_steps} steps, guidance 7.5.",
         ],
     )  # fmt: skip

@@ -416,13 +416,43 @@ def train_lora(
     params = lora_parameters(pipe.unet)
     if not params:
         raise ValueError("The UNet has no LoRA adapter to train: call add_lora(pipe.unet, rank=4) first.")
+    return _train_unet_params(pipe, params, images, captions, steps, lr, batch_size, seed, progress, should_stop,
+                              callback, p_uncond, "LoRA")  # fmt: skip
+
+
+def finetune_unet(
+    pipe, images, captions: Sequence[str], steps: int = 1600, lr: float = 2e-4, batch_size: int = 16, seed: int = 0,
+    progress: bool = True, should_stop: StopCheck | None = None, callback: StepCallback | None = None,
+    p_uncond: float = P_UNCOND,
+) -> list[float]:  # fmt: skip
+    """Train *every* weight of the UNet (a full DreamBooth-style fine-tune, Ruiz et al. 2022) with the same loss,
+    data and caption dropout as `train_lora`: the most any adapter on this UNet could learn from these pictures in
+    `steps` steps. It changes the pipeline's UNet for good (load a fresh pipeline to undo it), and saves nothing
+    small: the whole UNet is the "adapter". `benchmarks/personalise.py --full-steps` measures it.
+    """
+    if lora_parameters(pipe.unet):
+        raise ValueError(
+            "This UNet has a LoRA adapter: a full fine-tune trains the UNet's own weights. Remove the adapter with "
+            "pipe.unload_lora_weights(), or load a fresh pipeline."
+        )
+    params = list(pipe.unet.parameters())
+    return _train_unet_params(pipe, params, images, captions, steps, lr, batch_size, seed, progress, should_stop,
+                              callback, p_uncond, "UNet fine-tune")  # fmt: skip
+
+
+def _train_unet_params(
+    pipe, params: list[torch.nn.Parameter], images, captions: Sequence[str], steps: int, lr: float, batch_size: int,
+    seed: int, progress: bool, should_stop: StopCheck | None, callback: StepCallback | None, p_uncond: float,
+    desc: str,
+) -> list[float]:  # fmt: skip
+    """SD's loss with caption dropout on the captions' frozen text states; only `params` (of the UNet) train."""
+    if not 0 <= p_uncond < 1:
+        raise ValueError(f"p_uncond is the share of empty captions, in [0, 1); got {p_uncond!r}.")
     images = _as_images(images)
     _check_training_inputs(pipe, images, captions, steps, lr, batch_size)
     generator = torch.Generator().manual_seed(seed)
     alphas_cumprod = noise_schedule(pipe)
     latents_mean, latents_std = encode_latents(pipe.vae, images, batch_size=64)
-    if not 0 <= p_uncond < 1:
-        raise ValueError(f"p_uncond is the share of empty captions, in [0, 1); got {p_uncond!r}.")
     with torch.no_grad():
         states = torch.cat([pipe.text_encoder(ids)[0] for ids in tokenize(pipe, captions).split(64)])  # (N, 77, D)
         uncond = pipe.text_encoder(tokenize(pipe, [""]))[0]  # (1, 77, D): the empty prompt's states
@@ -438,7 +468,7 @@ def train_lora(
 
     try:
         return _train_loop(loss_fn, params, len(images), steps, lr, batch_size, generator, progress, should_stop,
-                           callback, lambda: None, "LoRA")  # fmt: skip
+                           callback, lambda: None, desc)  # fmt: skip
     finally:
         for p in params:
             p.requires_grad_(False)

@@ -267,6 +267,21 @@ def test_family_images_are_what_the_familys_unet_trained_on(size):
         P.family_images(0, seed=0, size=size)
 
 
+def test_full_finetune_trains_the_unets_own_weights_and_refuses_an_adapted_unet(pipe):
+    before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    text_before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    data = P.concept_images("star", 4, 0, P.image_size(pipe))
+    losses = P.finetune_unet(pipe, data, data.captions, steps=2, lr=1e-3, batch_size=2, progress=False)
+    assert len(losses) == 2
+    changed = [n for n, p in pipe.unet.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) > len(before) // 2  # the UNet's own weights, not an adapter's
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight, text_before)
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+    P.add_lora(pipe.unet, rank=2)
+    with pytest.raises(ValueError, match="has a LoRA adapter"):
+        P.finetune_unet(pipe, data, data.captions, steps=1)
+
+
 def test_lora_refuses_bad_input_before_training(pipe, tmp_path):
     data = P.concept_images("star", 2, 0, P.image_size(pipe))
     with pytest.raises(ValueError, match="add_lora"):
