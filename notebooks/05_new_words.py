@@ -401,9 +401,14 @@ if TOY:
 # decoder's ceiling). The adapter's numbers sit in every attention layer and act on every prompt, so old prompts
 # drift too; here, with it loaded, they lose some faithfulness (printed above). The quarter of each batch that
 # shows the family its own pictures, and the empty captions that keep the unconditional prediction (which guidance
-# multiplies) in place, hold that drift down; they do not remove it, and longer training lets it grow. The toy
-# UNet's attention works on 8x8 and 4x4 latents, and a star's five points are finer than that; on v1-4 (64x64
-# latents, 860 M parameters) the same cells teach new objects and styles (section 5).
+# multiplies) in place, hold that drift down; they do not remove it, and longer training lets it grow.
+#
+# Is the adapter too small? `benchmarks/personalise.py` trains *every* weight of the UNet on the same pictures,
+# 1,600 steps (`P.finetune_unet`; 176 s on 2 threads of an Intel Xeon, 2026-12-06): the loss on the check batch of
+# stars falls to 0.062 (LoRA: 0.097), yet 0% of 16 seeds are judged stars, and only 34% of old prompts stay
+# faithful (`benchmarks/results/personalise-20261206-121824.json`). So the limit is the toy UNet, not LoRA's rank:
+# its attention works on 8x8 and 4x4 latents, and a star's five points are finer than that. On v1-4 (64x64 latents,
+# 860 M parameters) the same cells teach new objects and styles (section 5).
 #
 # **Save, load, remove.** The adapter is saved the way diffusers' own LoRA training script saves it
 # (`save_lora_weights`, one `pytorch_lora_weights.safetensors`). A fresh pipeline loads it with
