@@ -85,7 +85,7 @@ def concept_images(kind: str, n: int, seed: int, size: int, word: str | None = N
 
 def family_images(n: int, seed: int, size: int) -> ShapesDataset:
     """`n` of the family's own training pictures and captions, drawn as its UNet saw them: DreamBooth's prior
-    preservation images (Ruiz et al. 2022), mixed into a LoRA's batches so that old prompts keep their meaning.
+    preservation images (Ruiz et al. 2022), mixed into a LoRA's batches so that old prompts drift less.
 
     The 64 px family's UNet trained on `make_dataset_v2` with upright squares and triangles and every caption form
     (`training.V2_SCHEDULE`); the first family (32 px) on `make_dataset`. Drawing the prior from the wrong
@@ -285,7 +285,7 @@ def train_textual_inversion(
 
     `images`: uint8 (N, H, W, 3), a list of PIL images or a `ShapesDataset`; each caption must contain the token.
     Returns the loss of every step (fewer than `steps` when stopped early). The defaults are notebook 05's toy
-    settings, which `benchmarks/personalise.py` measures (250 steps of 48 images: 26 s on 2 CPU threads).
+    settings, which `benchmarks/personalise.py` measures (250 steps of 48 images: 26-30 s on 2 CPU threads).
     """
     new_id = token_id(pipe, token)
     images = _as_images(images)
@@ -408,7 +408,7 @@ def train_lora(
 
     Mixing some of the model's own training images into `images`/`captions` (DreamBooth's prior preservation,
     `family_images`) holds old prompts' drift down. The defaults are notebook 05's toy settings, which
-    `benchmarks/personalise.py` measures (200 steps: 21 s on 2 CPU threads).
+    `benchmarks/personalise.py` measures (200 steps: 21-23 s on 2 CPU threads).
     A share `p_uncond` of the captions is replaced by the empty prompt, as when the UNet was trained (caption
     dropout): the adapter acts on the unconditional prediction too, and classifier-free guidance,
     $\\epsilon_u + w (\\epsilon_c - \\epsilon_u)$, multiplies any drift of it that is never trained by $w$.
@@ -428,7 +428,8 @@ def finetune_unet(
     """Train *every* weight of the UNet (a full DreamBooth-style fine-tune, Ruiz et al. 2022) with the same loss,
     data and caption dropout as `train_lora`: the most any adapter on this UNet could learn from these pictures in
     `steps` steps. It changes the pipeline's UNet for good (load a fresh pipeline to undo it), and saves nothing
-    small: the whole UNet is the "adapter". `benchmarks/personalise.py --full-steps` measures it.
+    small: the whole UNet is the "adapter". `benchmarks/personalise.py --full-steps` measures it (1,600 steps:
+    176 s on 2 CPU threads).
     """
     if lora_parameters(pipe.unet):
         raise ValueError(
