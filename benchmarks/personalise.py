@@ -48,6 +48,8 @@ RUNS = (  # method, concept, prompt judged, init word (textual inversion)
     ("textual inversion", "orange", "a <orange> circle on a blue background", "red"),
     ("LoRA", "star", "a red star on a blue background", None),
 )
+#: the upper bound beside the LoRA row (`--full-steps`): every UNet weight trained on the LoRA's pictures
+FULL_RUN = ("full fine-tune (upper bound)", "star", "a red star on a blue background", None)
 
 
 def load(model: Path):
@@ -78,12 +80,15 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
     size = P.image_size(base)
     pipe = load(args.model)
     seeds = range(args.seeds)
-    n_train, steps = (args.ti_images, args.ti_steps) if method != "LoRA" else (args.lora_images, args.lora_steps)
+    if method == "textual inversion":
+        n_train, steps = args.ti_images, args.ti_steps
+    else:  # LoRA and its upper bound train on the same pictures
+        n_train, steps = args.lora_images, args.lora_steps if method == "LoRA" else args.full_steps
     data = P.concept_images(concept, n_train, 0, size)
     held_out = P.concept_images(concept, args.eval_images, 1, size)
     family = P.family_images(args.eval_images, seed=2, size=size)
     row: dict = {"method": method, "concept": concept, "prompt": prompt, "steps": steps, "train_images": n_train}
-    if method != "LoRA":
+    if method == "textual inversion":
         token = P.CONCEPT_WORDS[concept]
         P.add_token(pipe, token, init_word)
         row["before"] = rates(pipe, prompt, seeds, args.sample_steps)[0]
@@ -98,22 +103,28 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
         row["adapter_params"] = int(P.token_embedding(pipe, token).numel())
         row["adapter_bytes"] = path.stat().st_size
         unloaded = base  # the token changes no other prompt: the base pipeline is the "unloaded" one
-    else:
+    else:  # LoRA, or its upper bound: every UNet weight, on the same pictures
         row["before"] = rates(pipe, prompt, seeds, args.sample_steps)[0]
         row["loss_before"] = P.fixed_batch_loss(pipe, held_out, held_out.captions)
-        P.add_lora(pipe.unet, rank=args.rank, alpha=args.rank, seed=0)  # A from its own seed, as notebook 05
         prior = P.family_images(n_train // 3, seed=3, size=size)  # a quarter of the data: the family's own images
-        images = np.concatenate([data.images, prior.images])
+        images, captions = np.concatenate([data.images, prior.images]), data.captions + prior.captions
+        if method == "LoRA":
+            P.add_lora(pipe.unet, rank=args.rank, alpha=args.rank, seed=0)  # A from its own seed, as notebook 05
+        train, lr = (P.train_lora, args.lora_lr) if method == "LoRA" else (P.finetune_unet, args.full_lr)
         start = time.perf_counter()
-        losses = P.train_lora(pipe, images, data.captions + prior.captions, steps=steps, lr=args.lora_lr,
-                              batch_size=args.batch_size, seed=0, progress=False)  # fmt: skip
+        losses = train(pipe, images, captions, steps=steps, lr=lr, batch_size=args.batch_size, seed=0, progress=False)
         row["train_s"] = time.perf_counter() - start
-        P.save_lora(pipe, folder / "star-lora")
-        loaded = load(args.model)
-        loaded.load_lora_weights(folder / "star-lora", weight_name=P.LORA_WEIGHT_NAME)
-        row["adapter_params"] = P.parameter_counts(pipe.unet)["adapter"]
-        row["adapter_bytes"] = P.lora_size(folder / "star-lora")
-        unloaded = None
+        if method == "LoRA":
+            P.save_lora(pipe, folder / "star-lora")
+            loaded = load(args.model)
+            loaded.load_lora_weights(folder / "star-lora", weight_name=P.LORA_WEIGHT_NAME)
+            row["adapter_params"] = P.parameter_counts(pipe.unet)["adapter"]
+            row["adapter_bytes"] = P.lora_size(folder / "star-lora")
+            unloaded = None
+        else:  # nothing saved apart: the fine-tuned pipeline is the result, a fresh one the "unloaded" state
+            loaded, unloaded = pipe, base
+            row["adapter_params"] = P.parameter_counts(base.unet)["unet"]
+            row["adapter_bytes"] = 4 * row["adapter_params"]  # the whole UNet, float32
     row["s_per_step"] = row["train_s"] / max(1, len(losses))
     row["loss_after"] = P.fixed_batch_loss(pipe, held_out, held_out.captions)
     row["old_loss_before"] = P.fixed_batch_loss(base, family.images, family.captions)
@@ -131,40 +142,6 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
     row["old_unloaded_max_diff"] = float(np.abs(old_unloaded_images - base_old).max())
     row["unet_params"] = P.parameter_counts(base.unet)["unet"]
     row["unet_bytes"] = 4 * row["unet_params"]  # float32
-    return row
-
-
-def full_run(base, base_old, args) -> dict:
-    """The upper bound beside the LoRA row: every UNet weight trained on the same star and prior pictures
-    (`P.finetune_unet`). No adapter file: "after, loaded" is the fine-tuned pipeline itself, "unloaded" a fresh one."""
-    size, prompt, seeds = P.image_size(base), RUNS[-1][2], range(args.seeds)
-    pipe = load(args.model)
-    data = P.concept_images("star", args.lora_images, 0, size)
-    held_out = P.concept_images("star", args.eval_images, 1, size)
-    family = P.family_images(args.eval_images, seed=2, size=size)
-    prior = P.family_images(args.lora_images // 3, seed=3, size=size)
-    row: dict = {"method": "full fine-tune (upper bound)", "concept": "star", "prompt": prompt,
-                 "steps": args.full_steps, "train_images": args.lora_images}  # fmt: skip
-    row["before"] = rates(pipe, prompt, seeds, args.sample_steps)[0]
-    row["loss_before"] = P.fixed_batch_loss(pipe, held_out, held_out.captions)
-    start = time.perf_counter()
-    losses = P.finetune_unet(pipe, np.concatenate([data.images, prior.images]), data.captions + prior.captions,
-                             steps=args.full_steps, lr=args.full_lr, batch_size=args.batch_size, seed=0,
-                             progress=False)  # fmt: skip
-    row["train_s"] = time.perf_counter() - start
-    row["s_per_step"] = row["train_s"] / max(1, len(losses))
-    row["loss_after"] = P.fixed_batch_loss(pipe, held_out, held_out.captions)
-    row["old_loss_before"] = P.fixed_batch_loss(base, family.images, family.captions)
-    row["old_loss_after"] = P.fixed_batch_loss(pipe, family.images, family.captions)
-    row["after"] = row["after_loaded"] = rates(pipe, prompt, seeds, args.sample_steps)[0]
-    row["loaded_max_diff"] = 0.0  # nothing saved apart: the pipeline is the result
-    row["ceiling"] = P.vae_ceiling(base, prompt, args.seeds)
-    row["old_loaded"], old_images = old_prompts(pipe, range(args.old_seeds), args.sample_steps)
-    row["old_unloaded"] = old_prompts(base, range(args.old_seeds), args.sample_steps)[0]
-    row["old_loaded_max_diff"] = float(np.abs(old_images - base_old).max())
-    row["old_unloaded_max_diff"] = 0.0
-    row["unet_params"] = row["adapter_params"] = P.parameter_counts(base.unet)["unet"]
-    row["unet_bytes"] = row["adapter_bytes"] = 4 * row["unet_params"]  # the whole UNet, float32
     return row
 
 
@@ -204,9 +181,8 @@ def main() -> None:
     base_old = old_prompts(base, range(args.old_seeds), args.sample_steps)[1]
     folder = Path(tempfile.mkdtemp(prefix="personalise-"))
     try:
-        rows = [run(*spec, base, base_old, args, folder) for spec in RUNS]
-        if args.full_steps > 0:
-            rows.append(full_run(base, base_old, args))
+        runs = RUNS + ((FULL_RUN,) if args.full_steps > 0 else ())
+        rows = [run(*spec, base, base_old, args, folder) for spec in runs]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     for r in rows:

@@ -37,8 +37,16 @@ from torch.nn import functional as F
 
 from .diffusion import q_sample
 from .inside import decode_latents, encode_images
-from .shapes_data import TEMPLATES, ShapesDataset, concept_combos, draw_for_size
-from .training import P_UNCOND, encode_latents, to_unit_range
+from .shapes_data import (
+    IMAGE_SIZE,
+    TEMPLATES,
+    ShapesDataset,
+    concept_combos,
+    draw_for_size,
+    make_dataset,
+    make_dataset_v2,
+)
+from .training import P_UNCOND, V2_SCHEDULE, encode_latents, to_unit_range
 
 #: The word each new concept is called by in captions: textual inversion learns a new token, LoRA an old word.
 CONCEPT_WORDS = {"magenta": "<magenta>", "orange": "<orange>", "star": "star"}
@@ -91,9 +99,6 @@ def family_images(n: int, seed: int, size: int) -> ShapesDataset:
     (`training.V2_SCHEDULE`); the first family (32 px) on `make_dataset`. Drawing the prior from the wrong
     generation teaches old captions new sizes and outlines.
     """
-    from .shapes_data import IMAGE_SIZE, make_dataset, make_dataset_v2
-    from .training import V2_SCHEDULE
-
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
     if size == IMAGE_SIZE:

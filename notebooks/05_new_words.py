@@ -401,7 +401,7 @@ if TOY:
 # decoder's ceiling). The adapter's numbers sit in every attention layer and act on every prompt, so old prompts
 # drift too; here, with it loaded, they lose some faithfulness (printed above). The quarter of each batch that
 # shows the family its own pictures, and the empty captions that keep the unconditional prediction (which guidance
-# multiplies) in place, hold that drift down; they do not remove it, and longer training lets it grow.
+# multiplies) in place, hold that drift down; they do not remove it.
 #
 # Is the adapter too small? `benchmarks/personalise.py` trains *every* weight of the UNet on the same pictures,
 # 1,600 steps (`P.finetune_unet`; 176 s on 2 threads of an Intel Xeon, 2026-12-06): the loss on the check batch of

@@ -370,3 +370,24 @@ def test_decoder_reach_starts_at_the_round_trip_and_leaves_the_vae_as_it_was(pip
                for n, p in pipe.vae.named_parameters())  # fmt: skip
     with pytest.raises(ValueError, match="steps must be"):
         P.decoder_reach(pipe, prompt, 2, steps=-1)
+
+
+def test_notebook_05_cites_the_committed_personalise_results_as_measured():
+    """The figures notebook 05 quotes for the full fine-tune are the committed benchmark run's, not typed in."""
+    import json
+    import re
+
+    from helpers.paths import REPO_ROOT
+
+    text = (REPO_ROOT / "notebooks" / "05_new_words.py").read_text()
+    (name,) = set(re.findall(r"benchmarks/results/(personalise-[\d-]+\.json)", text))
+    result = json.loads((REPO_ROOT / "benchmarks" / "results" / name).read_text())
+    lora, full = (next(r for r in result["rows"] if r["method"].startswith(m)) for m in ("LoRA", "full fine-tune"))
+    quoted = (
+        f"{result['args']['full_steps']:,} steps", f"{full['train_s']:.0f} s on {result['machine']['torch_threads']} "
+        f"threads", f"falls to {full['loss_after']:.3f} (LoRA: {lora['loss_after']:.3f})",
+        f"{full['after']['kind']:.0%} of {result['args']['seeds']} seeds are judged stars",
+        f"only {full['old_loaded']['faithful']:.0%} of old prompts",
+    )  # fmt: skip
+    flat = " ".join(line.lstrip("# ") for line in text.splitlines())
+    assert all(q in flat for q in quoted), [q for q in quoted if q not in flat]
