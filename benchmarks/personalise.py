@@ -21,6 +21,15 @@ the UNet's. Generation: the family's own sampler and steps, guidance 7.5. The de
 
     python benchmarks/personalise.py --threads 2             # notebook 05's settings on 2 cores
     python benchmarks/personalise.py --smoke                 # a few steps: checks the code path only
+
+Where the star stops (`--star-radius`): at the family's sizes a star's points are under one of the 8x8 latent
+pixels wide, so the VAE's encoder hands the UNet rounded stars to learn. `--star-radius 0.35 0.44` draws the stars
+(training, held-out and ceiling pictures) larger, where the VAE keeps them; `--methods` picks the rows and
+`--lora-targets all` puts the adapter on every layer instead of the attention projections:
+
+    python benchmarks/personalise.py --threads 2 --methods lora,full --star-radius 0.35 0.44 --full-steps 800
+    python benchmarks/personalise.py --threads 2 --methods lora --star-radius 0.35 0.44 --lora-targets all \
+        --rank 16 --lora-steps 400
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ import numpy as np
 from helpers import personalise as P
 from helpers.paths import MODELS_DIR
 from helpers.pipeline import default_sampler
-from helpers.shapes_data import Combo
+from helpers.shapes_data import V2_RADIUS, Combo
 
 OLD_COMBOS = [  # training combinations of the family, every shape, colour and background at least once
     Combo("circle", "red", "blue"), Combo("square", "green", "white"), Combo("triangle", "yellow", "black"),
@@ -50,6 +59,7 @@ RUNS = (  # method, concept, prompt judged, init word (textual inversion)
 )
 #: the upper bound beside the LoRA row (`--full-steps`): every UNet weight trained on the LoRA's pictures
 FULL_RUN = ("full fine-tune (upper bound)", "star", "a red star on a blue background", None)
+METHOD_KEYS = {"textual inversion": "ti", "LoRA": "lora"}
 
 
 def load(model: Path):
@@ -84,10 +94,12 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
         n_train, steps = args.ti_images, args.ti_steps
     else:  # LoRA and its upper bound train on the same pictures
         n_train, steps = args.lora_images, args.lora_steps if method == "LoRA" else args.full_steps
-    data = P.concept_images(concept, n_train, 0, size)
-    held_out = P.concept_images(concept, args.eval_images, 1, size)
+    radius = tuple(args.star_radius) if args.star_radius and concept == "star" else None
+    data = P.concept_images(concept, n_train, 0, size, radius=radius)
+    held_out = P.concept_images(concept, args.eval_images, 1, size, radius=radius)
     family = P.family_images(args.eval_images, seed=2, size=size)
-    row: dict = {"method": method, "concept": concept, "prompt": prompt, "steps": steps, "train_images": n_train}
+    row: dict = {"method": method, "concept": concept, "prompt": prompt, "steps": steps, "train_images": n_train,
+                 "radius": list(radius) if radius else None}  # fmt: skip
     if method == "textual inversion":
         token = P.CONCEPT_WORDS[concept]
         P.add_token(pipe, token, init_word)
@@ -109,7 +121,8 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
         prior = P.family_images(n_train // 3, seed=3, size=size)  # a quarter of the data: the family's own images
         images, captions = np.concatenate([data.images, prior.images]), data.captions + prior.captions
         if method == "LoRA":
-            P.add_lora(pipe.unet, rank=args.rank, alpha=args.rank, seed=0)  # A from its own seed, as notebook 05
+            targets = P.LORA_TARGETS if args.lora_targets == "attention" else P.LORA_TARGETS_ALL
+            P.add_lora(pipe.unet, rank=args.rank, alpha=args.rank, seed=0, target_modules=targets)  # seeded A
         train, lr = (P.train_lora, args.lora_lr) if method == "LoRA" else (P.finetune_unet, args.full_lr)
         start = time.perf_counter()
         losses = train(pipe, images, captions, steps=steps, lr=lr, batch_size=args.batch_size, seed=0, progress=False)
@@ -132,7 +145,7 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
     row["after"], trained_images = rates(pipe, prompt, seeds, args.sample_steps)
     row["after_loaded"], loaded_images = rates(loaded, prompt, seeds, args.sample_steps)
     row["loaded_max_diff"] = float(np.abs(loaded_images - trained_images).max())  # the file holds what was trained
-    row["ceiling"] = P.vae_ceiling(base, prompt, args.seeds)
+    row["ceiling"] = P.vae_ceiling(base, prompt, args.seeds, radius=radius)
     row["old_loaded"], old_images = old_prompts(loaded, range(args.old_seeds), args.sample_steps)
     if unloaded is None:
         loaded.unload_lora_weights()
@@ -162,6 +175,25 @@ def main() -> None:
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--lora-images", type=int, default=96)
     ap.add_argument("--rank", type=int, default=4)
+    ap.add_argument(
+        "--lora-targets",
+        choices=("attention", "all"),
+        default="attention",
+        help="attention: to_q/to_k/to_v/to_out.0 (diffusers' default); all: every linear and conv layer",
+    )
+    ap.add_argument(
+        "--star-radius",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="draw the stars with this half-extent range (share of the image; default: the family's)",
+    )
+    ap.add_argument(
+        "--methods",
+        default="ti,lora,full",
+        help="comma-separated rows to run: ti (both textual inversions), lora, full (needs --full-steps)",
+    )
     ap.add_argument("--full-steps", type=int, default=1600,
                     help="then fine-tune every UNet weight on the LoRA's pictures this many steps (0: skip)")  # fmt: skip
     ap.add_argument("--full-lr", type=float, default=2e-4)
@@ -169,6 +201,13 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=None,
                     help="sampling steps of every judged image (default: the family's own sampler's, as notebook 05)")  # fmt: skip
     args = ap.parse_args()
+    methods = set(args.methods.split(","))
+    if not methods or methods - {"ti", "lora", "full"}:
+        ap.error(f"--methods takes a comma-separated subset of ti, lora, full; got {args.methods!r}.")
+    if args.star_radius and not 0 < args.star_radius[0] <= args.star_radius[1] <= 0.46:
+        ap.error(
+            f"--star-radius LOW HIGH needs 0 < LOW <= HIGH <= 0.46 (a share of the image); got {args.star_radius}."
+        )
     if args.smoke:
         args.seeds, args.old_seeds, args.ti_steps, args.lora_steps = 2, 1, 3, 3
         args.full_steps = min(args.full_steps, 3)
@@ -181,7 +220,8 @@ def main() -> None:
     base_old = old_prompts(base, range(args.old_seeds), args.sample_steps)[1]
     folder = Path(tempfile.mkdtemp(prefix="personalise-"))
     try:
-        runs = RUNS + ((FULL_RUN,) if args.full_steps > 0 else ())
+        runs = [r for r in RUNS if METHOD_KEYS[r[0]] in methods]
+        runs += [FULL_RUN] if args.full_steps > 0 and "full" in methods else []
         rows = [run(*spec, base, base_old, args, folder) for spec in runs]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -208,8 +248,27 @@ def main() -> None:
         "after_loaded_rates": "after, loaded from file", "loaded_max_diff": "file vs trained (max abs diff)",
         "ceiling_rates": "VAE ceiling",
     }  # fmt: skip
+    ran = {r["method"] for r in rows}
+    settings = [  # one line per kind of run that ran
+        f"Textual inversion: lr {args.ti_lr}, batch {args.batch_size}, {args.ti_images} images."
+        if "textual inversion" in ran
+        else None,
+        f"LoRA: rank {args.rank}, alpha {args.rank}, on the {args.lora_targets} layers, lr {args.lora_lr}, batch "
+        f"{args.batch_size}, {args.lora_images} star images + {args.lora_images // 3} family images (prior "
+        "preservation, `P.family_images`), 15% of captions empty (caption dropout, as in the UNet's training)."
+        if "LoRA" in ran
+        else None,
+        f"Full fine-tune: every UNet weight, {args.full_steps} steps at lr {args.full_lr}, on the LoRA's pictures "
+        "(star and family images, caption dropout): the most any adapter could learn from them; its 'adapter' is "
+        "the whole UNet and 'after, loaded' the fine-tuned pipeline itself."
+        if FULL_RUN[0] in ran
+        else None,
+    ]
+    settings = [line for line in settings if line]
+    lo, hi = args.star_radius or V2_RADIUS
+    stars = f"{lo:.0%}-{hi:.0%} of the image" + (" (the family's sizes)" if not args.star_radius else "")
     common.report(
-        "personalise",
+        "personalise" if not args.star_radius else "personalise-star-size",
         f"Teaching the toy family a new word ({args.seeds} seeds per prompt, {threads} torch thread(s))",
         rows, columns, args, machine=machine,
         notes=[
@@ -221,12 +280,8 @@ def main() -> None:
             "text encoder or the UNet cannot draw better than the decoder can paint.",
             "held-out loss: SD's training loss on drawn images of the concept, same noise and timesteps before and "
             "after. Old captions' loss: the same on the family's own images (drift of old prompts).",
-            f"Textual inversion: lr {args.ti_lr}, batch {args.batch_size}, {args.ti_images} images; LoRA: rank "
-            f"{args.rank}, alpha {args.rank}, lr {args.lora_lr}, batch {args.batch_size}, {args.lora_images} star "
-            f"images + {args.lora_images // 3} family images (prior preservation, `P.family_images`), 15% of "
-            "captions empty (caption dropout, as in the UNet's training). Full fine-tune: every UNet weight, "
-            f"{args.full_steps} steps at lr {args.full_lr}, the LoRA's pictures: the most any adapter could learn "
-            "from them; its 'adapter' is the whole UNet and 'after, loaded' the fine-tuned pipeline itself.",
+            f"Stars drawn with a half-extent of {stars}: training, held-out and VAE-ceiling pictures.",
+            *settings,
             f"Every judged image: {type(base.scheduler).__name__}, {args.sample_steps} steps, guidance 7.5.",
         ],
     )  # fmt: skip

@@ -53,6 +53,13 @@ CONCEPT_WORDS = {"magenta": "<magenta>", "orange": "<orange>", "star": "star"}
 #: The attention projections LoRA adapts (query, key, value, output), as in diffusers' LoRA training example.
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what `save_lora_weights` writes
+#: Every linear and convolution layer of the toy UNet's blocks: LoRA "everywhere", a bigger adapter for comparison.
+LORA_TARGETS_ALL = LORA_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+                                   "conv_shortcut", "time_emb_proj", "conv_in", "conv_out")  # fmt: skip
+#: Stars drawn this large (half-extent 35-44% of the image; the family's shapes are 17-29%) keep their points
+#: through the toy VAE's 8x encode -> decode; at the family's sizes a star's points are under a latent pixel wide
+#: and come back rounded (`benchmarks/personalise.py --star-radius` measures both).
+STAR_RADIUS_BIG = (0.35, 0.44)
 
 StopCheck = Callable[[], bool]
 StepCallback = Callable[[int, float], None]
@@ -66,13 +73,17 @@ def image_size(pipe) -> int:
     return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
-def concept_images(kind: str, n: int, seed: int, size: int, word: str | None = None) -> ShapesDataset:
+def concept_images(
+    kind: str, n: int, seed: int, size: int, word: str | None = None, radius: tuple[float, float] | None = None
+) -> ShapesDataset:  # fmt: skip
     """`n` training images of a new concept, drawn like the family of `size` px, with their captions.
 
     kind "magenta" (or "orange"): magenta circles, squares and triangles on each palette background, captioned
     "a <magenta> circle on a blue background" (`word` replaces "<magenta>"); kind "star": stars in each palette
     colour, captioned "a red star on a blue background". Captions use the family's three templates at random.
-    Deterministic: the same arguments give the same pixels and captions.
+    Deterministic: the same arguments give the same pixels and captions. `radius` (64 px family only): the
+    shapes' half-extent range as a share of the image, instead of the family's (`STAR_RADIUS_BIG` draws stars the
+    toy VAE gives back).
     """
     if kind not in CONCEPT_WORDS:
         raise ValueError(f"Unknown new concept {kind!r}; use one of {tuple(CONCEPT_WORDS)}.")
@@ -82,7 +93,7 @@ def concept_images(kind: str, n: int, seed: int, size: int, word: str | None = N
     rng = np.random.default_rng(seed)
     combos = concept_combos(kind)
     picks = [combos[i] for i in rng.permutation(np.arange(n) % len(combos))]  # balanced, shuffled
-    images = np.stack([np.asarray(draw_for_size(c, rng, size)) for c in picks])  # (n, size, size, 3)
+    images = np.stack([np.asarray(draw_for_size(c, rng, size, radius)) for c in picks])  # (n, size, size, 3)
     templates = rng.integers(0, len(TEMPLATES), size=n)
     captions = [
         TEMPLATES[t].format(**{k: word if v == kind else v for k, v in vars(c).items()})
@@ -484,11 +495,16 @@ def _train_unet_params(
 def save_lora(pipe, directory: Path | str) -> Path:
     """Save the UNet's adapter as diffusers' LoRA file (`pytorch_lora_weights.safetensors`), with its rank and alpha.
 
-    As diffusers' `examples/text_to_image/train_text_to_image_lora.py`; read it back with
-    `pipe.load_lora_weights(directory, weight_name=LORA_WEIGHT_NAME)` (diffusers 0.39 needs the name when offline), remove it with `pipe.unload_lora_weights()`.
+    Read it back with `pipe.load_lora_weights(directory, weight_name=LORA_WEIGHT_NAME)` (diffusers 0.39 needs the
+    name when offline), remove it with `pipe.unload_lora_weights()`.
+
+    The keys are peft's (`...to_q.lora_A.weight`), as `unet.save_lora_adapter` writes them. diffusers' training
+    example first passes them through `convert_state_dict_to_diffusers`, which renames only the attention
+    projections (`to_q.lora.down`); the loader decides from the *first* key whether to rename back, so an adapter
+    that also covers `conv_in` (`LORA_TARGETS_ALL`) came back without its attention layers (diffusers 0.42.1,
+    measured: 164 of 324 tensors loaded, with only a warning).
     """
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     if not lora_parameters(pipe.unet):
@@ -496,7 +512,7 @@ def save_lora(pipe, directory: Path | str) -> Path:
     adapter = pipe.unet.active_adapters()[0]
     StableDiffusionPipeline.save_lora_weights(
         directory,
-        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet, adapter_name=adapter)),
+        unet_lora_layers=get_peft_model_state_dict(pipe.unet, adapter_name=adapter),
         unet_lora_adapter_metadata=pipe.unet.peft_config[adapter].to_dict(),  # rank and alpha: loads at alpha / r
         safe_serialization=True,
     )
@@ -567,8 +583,11 @@ def concept_scores(images: np.ndarray, caption: str) -> dict[str, float]:
 
 
 @torch.no_grad()
-def vae_ceiling(pipe, caption: str, n: int, seed: int = 123) -> dict[str, float]:
-    """`concept_scores` of the VAE's encode -> decode of `n` drawn pictures of `caption`: the best any prompt can get.
+def vae_ceiling(
+    pipe, caption: str, n: int, seed: int = 123, radius: tuple[float, float] | None = None
+) -> dict[str, float]:  # fmt: skip
+    """`concept_scores` of the VAE's encode -> decode of `n` drawn pictures of `caption`: the best any prompt can get
+    (`radius`: draw the shapes at that size range, as `concept_images`).
 
     Textual inversion and LoRA change what the UNet is asked or how it answers; the decoder stays frozen, so a
     picture it cannot give back when handed it, no prompt makes it draw.
@@ -582,8 +601,8 @@ def vae_ceiling(pipe, caption: str, n: int, seed: int = 123) -> dict[str, float]
             f"Name a shape, its colour and the background, e.g. 'a red star on a blue background'; got {caption!r}."
         )
     rng = np.random.default_rng(seed)
-    drawn = np.stack([np.asarray(draw_for_size(Combo(want.shape, want.colour, want.background), rng, image_size(pipe)))
-                      for _ in range(n)])  # fmt: skip
+    combo = Combo(want.shape, want.colour, want.background)
+    drawn = np.stack([np.asarray(draw_for_size(combo, rng, image_size(pipe), radius)) for _ in range(n)])
     round_trip = decode_latents(pipe, encode_images(pipe, to_unit_range(drawn)))  # (n, H, W, 3) in [0, 1]
     return concept_scores(round_trip, caption)
 

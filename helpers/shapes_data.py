@@ -205,19 +205,28 @@ def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float = 0.0
 
 
 def draw_v2(
-    combo: Combo, rng: np.random.Generator, size: int = V2_IMAGE_SIZE, rotate: bool = True
-) -> tuple[Image.Image, dict]:
+    combo: Combo, rng: np.random.Generator, size: int = V2_IMAGE_SIZE, rotate: bool = True,
+    radius: tuple[float, float] = V2_RADIUS,
+) -> tuple[Image.Image, dict]:  # fmt: skip
     """Draw one second-generation image: random size, position, rotation and slight colour jitter.
 
     `rotate=False` draws squares and triangles upright (angle 0) from the same random draws, so the same seed
-    gives the same sizes, positions and colours either way.
+    gives the same sizes, positions and colours either way. `radius`: the range of the half-extent as a share of
+    `size` (the family's `V2_RADIUS` unless asked otherwise).
     Returns the image and its geometry: centre (cx, cy) in px, half-extent r in px, angle in radians.
     """
     big = size * SUPERSAMPLE
     img = Image.new("RGB", (big, big), _jitter(colour_rgb(combo.background), rng))
     pen = ImageDraw.Draw(img)
     fill = _jitter(colour_rgb(combo.colour), rng)
-    r = rng.uniform(*V2_RADIUS) * size
+    lo, hi = radius
+    top = (0.5 - 0.04) / EXTENT[combo.shape]  # the largest half-extent whose shape still clears the border
+    if not 0 < lo <= hi <= top:
+        raise ValueError(
+            f"radius is a (low, high) share of the image with 0 < low <= high <= {top:.2f} for a {combo.shape} "
+            f"(larger ones cross the border); got {radius!r}."
+        )
+    r = rng.uniform(lo, hi) * size
     margin = EXTENT[combo.shape] * r + 0.04 * size  # the shape never touches the border
     cx, cy = rng.uniform(margin, size - margin, size=2)
     angle = float(rng.uniform(0, 2 * np.pi)) if combo.shape != "circle" else 0.0
@@ -312,10 +321,17 @@ def make_dataset_v2(n: int, seed: int = 0, combos: list[Combo] | None = None, si
     return ShapesDataset(images, picks, captions, [int(f) for f in forms], [g for _, g in drawn])
 
 
-def draw_for_size(combo: Combo, rng: np.random.Generator, size: int) -> Image.Image:
+def draw_for_size(
+    combo: Combo, rng: np.random.Generator, size: int, radius: tuple[float, float] | None = None
+) -> Image.Image:  # fmt: skip
     """One image drawn as the family generation of that size draws: `draw` at the first generation's 32 px
-    (axis-aligned squares and triangles), `draw_v2` at any other size (rotated, smaller shapes)."""
-    return draw(combo, rng, size) if size == IMAGE_SIZE else draw_v2(combo, rng, size)[0]
+    (axis-aligned squares and triangles), `draw_v2` at any other size (rotated, smaller shapes). `radius` (64 px
+    only) draws the shape at another size range than the family's `V2_RADIUS`."""
+    if size == IMAGE_SIZE:
+        if radius is not None:
+            raise ValueError(f"radius applies to the {V2_IMAGE_SIZE} px family's drawings, not the {size} px one's.")
+        return draw(combo, rng, size)
+    return draw_v2(combo, rng, size, radius=radius or V2_RADIUS)[0]
 
 
 def concept_combos(concept: str) -> list[Combo]:

@@ -308,8 +308,11 @@ if TOY:
 # So the decoder draws orange circles and stars from the right latents, although the encoder's own latents lose
 # most orange (it comes back yellow) and small stars (they come back as pentagons): the round trip is only a lower
 # bound. Magenta comes back orange or yellow both ways: no word and no adapter can make this decoder paint it, which
-# is why the notebook teaches orange rather than magenta. For orange and the star the limit is the UNet: it would
-# have to produce latents it never learned to make.
+# is why the notebook teaches orange rather than magenta.
+#
+# The round trip matters more than a lower bound suggests: training never shows the UNet a picture, only the
+# encoder's latents of it (SD's loss noises $z_0 = s\,\mathcal E(x)$). What the encoder turns into pentagons, the
+# UNet is taught as pentagons. For orange and the star, the UNet would have to produce latents it is never shown.
 
 # %% [markdown]
 # ## 4. LoRA: a small change of the UNet
@@ -406,14 +409,24 @@ if TOY:
 # Is the adapter too small? `benchmarks/personalise.py` trains *every* weight of the UNet on the same pictures,
 # 1,600 steps (`P.finetune_unet`; 176 s on 2 threads of an Intel Xeon, 2026-12-06): the loss on the check batch of
 # stars falls to 0.062 (LoRA: 0.097), yet 0% of 16 seeds are judged stars, and only 34% of old prompts stay
-# faithful (`benchmarks/results/personalise-20261206-121824.json`). So the limit is the toy UNet, not LoRA's rank:
-# its attention works on 8x8 and 4x4 latents, and a star's five points are finer than that. On v1-4 (64x64 latents,
-# 860 M parameters) the same cells teach new objects and styles (section 5).
+# faithful (`benchmarks/results/personalise-20261206-121824.json`). So at these sizes the limit is not LoRA's rank.
+# It is the latents: at the family's sizes a star's points are narrower than one of the 8x8 latent pixels, and the
+# encoder gives the UNet rounded stars to learn (the round trip above).
 #
-# **Save, load, remove.** The adapter is saved the way diffusers' own LoRA training script saves it
-# (`save_lora_weights`, one `pytorch_lora_weights.safetensors`). A fresh pipeline loads it with
-# `load_lora_weights`, exactly as it would load a LoRA from the Hub, and `unload_lora_weights` removes it: the
-# UNet is then the one we started from, bit for bit.
+# Drawn larger (`--star-radius 0.35 0.44`: half-extent 35-44% of the image, against the family's 17-29%; the same
+# benchmark, one thread, 2026-12-06), the stars survive the round trip (VAE ceiling: 100% faithful), and then
+# fine-tuning every weight, 800 steps, gives stars: 88% of 16 seeds are judged stars, though with rounded points
+# (0% pass the judge's IoU >= 0.93) and with 41% of old prompts still faithful. The rank-4 LoRA on the attention
+# layers, 200 steps, still draws no star (0%; old prompts 47%); a rank-16 LoRA on every layer, 400 steps, 38% (old
+# prompts 25%) (`benchmarks/results/personalise-star-size-20261206-135611.json`,
+# `benchmarks/results/personalise-star-size-20261206-135429.json`). On this small UNet a new outline needs more than
+# the attention layers, and learning it moves every prompt. On v1-4 (64x64 latents, 860 M parameters) the same cells
+# teach new objects and styles (section 5).
+#
+# **Save, load, remove.** The adapter is saved as diffusers' LoRA file (`save_lora_weights`, one
+# `pytorch_lora_weights.safetensors`, with peft's key names, as `unet.save_lora_adapter` writes them). A fresh
+# pipeline loads it with `load_lora_weights`, exactly as it would load a LoRA from the Hub, and
+# `unload_lora_weights` removes it: the UNet is then the one we started from, bit for bit.
 
 # %%
 if TOY:

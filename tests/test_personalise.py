@@ -13,7 +13,7 @@ import torch
 from helpers import personalise as P
 from helpers import strict_judge as sj
 from helpers.paths import MODELS_DIR
-from helpers.shapes_data import COLOURS, SHAPES, Combo, draw_for_size
+from helpers.shapes_data import COLOURS, SHAPES, V2_RADIUS, Combo, draw_for_size, draw_v2
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -62,6 +62,22 @@ def test_concept_images_draw_new_concepts_with_their_word_in_the_caption():
     with pytest.raises(ValueError, match="Unknown new concept"):
         P.concept_images("purple", 2, 0, 32)
     assert P.judge_caption(NEW_PROMPT) == "a magenta circle on a blue background"
+
+
+def test_concept_images_can_draw_big_stars_and_refuse_shapes_that_cross_the_border():
+    def area(images):  # share of pixels that differ from the corner (the background), per image
+        return np.mean([(np.abs(im.astype(int) - im[0, 0].astype(int)).sum(-1) > 60).mean() for im in images])
+
+    small = P.concept_images("star", 16, 0, 64)
+    big = P.concept_images("star", 16, 0, 64, radius=P.STAR_RADIUS_BIG)
+    assert big.captions == small.captions and area(big.images) > 2 * area(small.images)
+    assert np.array_equal(P.concept_images("star", 16, 0, 64, radius=V2_RADIUS).images, small.images)  # the default
+    with pytest.raises(ValueError, match="cross the border"):
+        P.concept_images("star", 2, 0, 64, radius=(0.3, 0.5))
+    with pytest.raises(ValueError, match="cross the border"):
+        draw_v2(Combo("square", "red", "blue"), np.random.default_rng(0), radius=(0.3, 0.42))
+    with pytest.raises(ValueError, match="radius applies"):
+        P.concept_images("star", 2, 0, 32, radius=P.STAR_RADIUS_BIG)
 
 
 def test_image_size_comes_from_the_pipeline(pipe):
@@ -193,6 +209,22 @@ def test_lora_round_trip_and_unload_restore_exact_outputs(pipe, tmp_path):
     pipe.unload_lora_weights()
     assert not P.lora_parameters(pipe.unet)
     assert torch.allclose(torch.from_numpy(images_of(pipe, prompt)), torch.from_numpy(base), atol=1e-6)
+
+
+def test_lora_on_every_layer_round_trips_whole(pipe, tmp_path):
+    """An adapter on convolutions as well as attention comes back with every tensor (diffusers-renamed keys lost the
+    attention layers when the first key was a convolution's)."""
+    n_adapter = P.add_lora(pipe.unet, rank=2, target_modules=P.LORA_TARGETS_ALL, seed=0)
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01, generator=torch.Generator().manual_seed(len(name)))  # as if trained
+    trained = images_of(pipe, OLD_PROMPT)
+    P.save_lora(pipe, tmp_path / "all-lora")
+    fresh = load_toy()
+    fresh.load_lora_weights(tmp_path / "all-lora", weight_name=P.LORA_WEIGHT_NAME)
+    assert P.parameter_counts(fresh.unet)["adapter"] == n_adapter > P.add_lora(load_toy().unet, rank=2)
+    assert np.abs(images_of(fresh, OLD_PROMPT) - trained).max() <= 1e-6
 
 
 def test_lora_seed_fixes_the_start_and_leaves_the_global_generator_alone(pipe):
@@ -350,7 +382,10 @@ def test_vae_ceiling_of_the_committed_family(pipe):
     latents give orange and stars back, and magenta neither way."""
     assert P.vae_ceiling(pipe, "a <orange> circle on a blue background", 8)["colour"] <= 0.5
     assert P.vae_ceiling(pipe, "a <magenta> circle on a blue background", 8)["colour"] <= 0.1
-    assert P.vae_ceiling(pipe, "a red star on a blue background", 8)["kind"] <= 0.75
+    star = "a red star on a blue background"
+    assert P.vae_ceiling(pipe, star, 8)["kind"] <= 0.75 and P.vae_ceiling(pipe, star, 8)["faithful"] <= 0.25
+    big = P.vae_ceiling(pipe, star, 8, radius=P.STAR_RADIUS_BIG)  # points wider than a latent pixel survive
+    assert big["faithful"] >= 0.75 and big["kind"] == 1.0
     assert P.decoder_reach(pipe, "a <orange> circle on a blue background", 4)["colour"] == 1.0
     assert P.decoder_reach(pipe, "a red star on a blue background", 4)["kind"] == 1.0
     assert P.decoder_reach(pipe, "a <magenta> circle on a blue background", 4)["colour"] == 0.0
@@ -390,4 +425,33 @@ def test_notebook_05_cites_the_committed_personalise_results_as_measured():
         f"only {full['old_loaded']['faithful']:.0%} of old prompts",
     )  # fmt: skip
     flat = " ".join(line.lstrip("# ") for line in text.splitlines())
+    assert all(q in flat for q in quoted), [q for q in quoted if q not in flat]
+
+
+def test_notebook_05_cites_the_star_size_runs_as_measured():
+    """Notebook 05's figures for large stars (`--star-radius`) are the committed benchmark runs', not typed in."""
+    import json
+    import re
+
+    from helpers.paths import REPO_ROOT
+
+    text = (REPO_ROOT / "notebooks" / "05_new_words.py").read_text()
+    flat = " ".join(line.lstrip("# ") for line in text.splitlines())
+    names = sorted(set(re.findall(r"benchmarks/results/(personalise-star-size-[\d-]+\.json)", text)))
+    rows = [r for n in names for r in json.loads((REPO_ROOT / "benchmarks" / "results" / n).read_text())["rows"]]
+    assert len(names) == 2 and all(r["radius"] == list(P.STAR_RADIUS_BIG) for r in rows)
+    full = next(r for r in rows if r["method"].startswith("full fine-tune"))
+    small, every = (next(r for r in rows if r["method"] == "LoRA" and r["adapter_params"] == n)
+                    for n in sorted({r["adapter_params"] for r in rows if r["method"] == "LoRA"}))  # fmt: skip
+    assert small["after"]["kind"] == 0  # "still draws no star"
+    quoted = (
+        f"VAE ceiling: {full['ceiling']['faithful']:.0%} faithful",
+        f"{full['steps']} steps, gives stars: {full['after']['kind']:.0%} of 16 seeds are judged stars",
+        f"({full['after']['faithful']:.0%} pass the judge's IoU >= 0.93)",
+        f"with {full['old_loaded']['faithful']:.0%} of old prompts still faithful",
+        f"{small['steps']} steps, still draws no star ({small['after']['kind']:.0%}; old prompts "
+        f"{small['old_loaded']['faithful']:.0%})",
+        f"on every layer, {every['steps']} steps, {every['after']['kind']:.0%} (old prompts "
+        f"{every['old_loaded']['faithful']:.0%})",
+    )  # fmt: skip
     assert all(q in flat for q in quoted), [q for q in quoted if q not in flat]
