@@ -27,8 +27,8 @@ pixels wide, so the VAE's encoder hands the UNet rounded stars to learn. `--star
 (training, held-out and ceiling pictures) larger, where the VAE keeps them; `--methods` picks the rows and
 `--lora-targets all` puts the adapter on every layer instead of the attention projections:
 
-    python benchmarks/personalise.py --threads 2 --methods lora,full --star-radius 0.35 0.44 --full-steps 800
-    python benchmarks/personalise.py --threads 2 --methods lora --star-radius 0.35 0.44 --lora-targets all \
+    python benchmarks/personalise.py --threads 1 --methods lora,full --star-radius 0.35 0.44 --full-steps 800
+    python benchmarks/personalise.py --threads 1 --methods lora --star-radius 0.35 0.44 --lora-targets all \
         --rank 16 --lora-steps 400
 """
 
@@ -204,6 +204,8 @@ def main() -> None:
     methods = set(args.methods.split(","))
     if not methods or methods - {"ti", "lora", "full"}:
         ap.error(f"--methods takes a comma-separated subset of ti, lora, full; got {args.methods!r}.")
+    if methods == {"full"} and args.full_steps <= 0:
+        ap.error("--methods full with --full-steps 0 runs nothing: give --full-steps N (default 1600).")
     if args.star_radius and not 0 < args.star_radius[0] <= args.star_radius[1] <= 0.46:
         ap.error(
             f"--star-radius LOW HIGH needs 0 < LOW <= HIGH <= 0.46 (a share of the image); got {args.star_radius}."

@@ -455,3 +455,22 @@ def test_notebook_05_cites_the_star_size_runs_as_measured():
         f"{every['old_loaded']['faithful']:.0%})",
     )  # fmt: skip
     assert all(q in flat for q in quoted), [q for q in quoted if q not in flat]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--methods", "lora,dreambooth"], "subset of ti, lora, full"),
+        (["--methods", "full", "--full-steps", "0"], "runs nothing"),
+        (["--star-radius", "0.3", "0.6"], "--star-radius LOW HIGH needs"),
+    ],
+)
+def test_personalise_benchmark_refuses_bad_flags_before_loading_anything(flags, message):
+    import subprocess
+    import sys
+
+    from helpers.paths import REPO_ROOT
+
+    run = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "personalise.py"), *flags],
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)  # fmt: skip
+    assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
