@@ -45,7 +45,7 @@ import numpy as np
 from helpers import personalise as P
 from helpers.paths import MODELS_DIR
 from helpers.pipeline import default_sampler
-from helpers.shapes_data import V2_RADIUS, Combo
+from helpers.shapes_data import V2_RADIUS, Combo, max_radius
 
 OLD_COMBOS = [  # training combinations of the family, every shape, colour and background at least once
     Combo("circle", "red", "blue"), Combo("square", "green", "white"), Combo("triangle", "yellow", "black"),
@@ -206,17 +206,18 @@ def main() -> None:
         ap.error(f"--methods takes a comma-separated subset of ti, lora, full; got {args.methods!r}.")
     if methods == {"full"} and args.full_steps <= 0:
         ap.error("--methods full with --full-steps 0 runs nothing: give --full-steps N (default 1600).")
-    if args.star_radius and not 0 < args.star_radius[0] <= args.star_radius[1] <= 0.46:
+    top = max_radius("star")  # draw_v2's own bound: larger stars would cross the border
+    if args.star_radius and not 0 < args.star_radius[0] <= args.star_radius[1] <= top:
         ap.error(
-            f"--star-radius LOW HIGH needs 0 < LOW <= HIGH <= 0.46 (a share of the image); got {args.star_radius}."
+            f"--star-radius LOW HIGH needs 0 < LOW <= HIGH <= {top:.2f} (a share of the image); got {args.star_radius}."
         )
     if args.smoke:
         args.seeds, args.old_seeds, args.ti_steps, args.lora_steps = 2, 1, 3, 3
         args.full_steps = min(args.full_steps, 3)
         args.ti_images, args.lora_images, args.eval_images, args.batch_size = 6, 6, 4, 4
         args.sample_steps = args.sample_steps or 2
-    machine = common.machine_info()
     threads = common.apply_threads(args.threads)
+    machine = common.machine_info()  # after the threads are set: it records torch's thread count
     base = load(args.model)
     args.sample_steps = args.sample_steps or default_sampler(base).num_inference_steps
     base_old = old_prompts(base, range(args.old_seeds), args.sample_steps)[1]

@@ -66,8 +66,8 @@ def main(argv=None) -> list[dict]:
     args = ap.parse_args(argv)
     if args.smoke:
         args.steps, args.repeats = 2, 1
-    machine = common.machine_info()
     threads = common.apply_threads(args.threads)
+    machine = common.machine_info()  # after the threads are set: it records torch's thread count
     rows = ROWS[:3] if args.smoke else ROWS
     steps = []
     for _, batch, changes in rows:

@@ -181,6 +181,12 @@ V2_RADIUS = (0.17, 0.29)
 EXTENT = {"circle": 1.0, "square": 0.85 * 2**0.5, "triangle": 1.2, "star": 1.0}
 
 
+def max_radius(shape: str) -> float:
+    """The largest half-extent (share of the image) at which `draw_v2` can still place a `shape` clear of the
+    border (its 4% margin): 0.46 for a circle or a star, 0.38 for a square or a triangle."""
+    return (0.5 - 0.04) / EXTENT[shape]
+
+
 def shape_polygon(shape: str, cx: float, cy: float, r: float, angle: float = 0.0) -> np.ndarray:
     """Vertices (K, 2) of the ideal square, triangle or star of half-extent r centred (centroid) at (cx, cy).
 
@@ -220,7 +226,7 @@ def draw_v2(
     pen = ImageDraw.Draw(img)
     fill = _jitter(colour_rgb(combo.colour), rng)
     lo, hi = radius
-    top = (0.5 - 0.04) / EXTENT[combo.shape]  # the largest half-extent whose shape still clears the border
+    top = max_radius(combo.shape)
     if not 0 < lo <= hi <= top:
         raise ValueError(
             f"radius is a (low, high) share of the image with 0 < low <= high <= {top:.2f} for a {combo.shape} "

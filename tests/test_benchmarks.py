@@ -221,3 +221,15 @@ def test_cpu_speed_micro_benchmark_is_cached(tmp_path, monkeypatch):
     assert first.dtype in (torch.float32, torch.bfloat16) and first.source == "micro-benchmark"
     again = cpu_speed.from_micro_benchmark(cache_file=tmp_path / "speed.json")
     assert again == first, "the second call reads the cache instead of measuring again"
+
+
+def test_committed_results_record_the_threads_they_ran_with():
+    """`machine.torch_threads` is read after `--threads` is applied (it once was read before, and said 2 for
+    one-thread runs)."""
+    for path in sorted((BENCH / "results").glob("*.json")):
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or "machine" not in data:
+            continue
+        threads = (data.get("args") or {}).get("threads")
+        if threads:
+            assert data["machine"].get("torch_threads") == threads, path.name

@@ -383,7 +383,8 @@ def test_vae_ceiling_of_the_committed_family(pipe):
     assert P.vae_ceiling(pipe, "a <orange> circle on a blue background", 8)["colour"] <= 0.5
     assert P.vae_ceiling(pipe, "a <magenta> circle on a blue background", 8)["colour"] <= 0.1
     star = "a red star on a blue background"
-    assert P.vae_ceiling(pipe, star, 8)["kind"] <= 0.75 and P.vae_ceiling(pipe, star, 8)["faithful"] <= 0.25
+    small = P.vae_ceiling(pipe, star, 8)
+    assert small["kind"] <= 0.75 and small["faithful"] <= 0.25
     big = P.vae_ceiling(pipe, star, 8, radius=P.STAR_RADIUS_BIG)  # points wider than a latent pixel survive
     assert big["faithful"] >= 0.75 and big["kind"] == 1.0
     assert P.decoder_reach(pipe, "a <orange> circle on a blue background", 4)["colour"] == 1.0
@@ -407,16 +408,23 @@ def test_decoder_reach_starts_at_the_round_trip_and_leaves_the_vae_as_it_was(pip
         P.decoder_reach(pipe, prompt, 2, steps=-1)
 
 
-def test_notebook_05_cites_the_committed_personalise_results_as_measured():
-    """The figures notebook 05 quotes for the full fine-tune are the committed benchmark run's, not typed in."""
+def _notebook_05_and_cited(pattern: str) -> tuple[str, list[dict]]:
+    """Notebook 05's text with its comment markers and line breaks removed, and the committed results files it
+    cites whose names match `pattern` (a regex group), in the order of their names."""
     import json
     import re
 
     from helpers.paths import REPO_ROOT
 
     text = (REPO_ROOT / "notebooks" / "05_new_words.py").read_text()
-    (name,) = set(re.findall(r"benchmarks/results/(personalise-[\d-]+\.json)", text))
-    result = json.loads((REPO_ROOT / "benchmarks" / "results" / name).read_text())
+    flat = " ".join(line.lstrip("# ") for line in text.splitlines())
+    names = sorted(set(re.findall(rf"benchmarks/results/({pattern})", text)))
+    return flat, [json.loads((REPO_ROOT / "benchmarks" / "results" / n).read_text()) for n in names]
+
+
+def test_notebook_05_cites_the_committed_personalise_results_as_measured():
+    """The figures notebook 05 quotes for the full fine-tune are the committed benchmark run's, not typed in."""
+    flat, (result,) = _notebook_05_and_cited(r"personalise-[\d-]+\.json")
     lora, full = (next(r for r in result["rows"] if r["method"].startswith(m)) for m in ("LoRA", "full fine-tune"))
     quoted = (
         f"{result['args']['full_steps']:,} steps", f"{full['train_s']:.0f} s on {result['machine']['torch_threads']} "
@@ -424,27 +432,22 @@ def test_notebook_05_cites_the_committed_personalise_results_as_measured():
         f"{full['after']['kind']:.0%} of {result['args']['seeds']} seeds are judged stars",
         f"only {full['old_loaded']['faithful']:.0%} of old prompts",
     )  # fmt: skip
-    flat = " ".join(line.lstrip("# ") for line in text.splitlines())
     assert all(q in flat for q in quoted), [q for q in quoted if q not in flat]
 
 
 def test_notebook_05_cites_the_star_size_runs_as_measured():
     """Notebook 05's figures for large stars (`--star-radius`) are the committed benchmark runs', not typed in."""
-    import json
-    import re
-
-    from helpers.paths import REPO_ROOT
-
-    text = (REPO_ROOT / "notebooks" / "05_new_words.py").read_text()
-    flat = " ".join(line.lstrip("# ") for line in text.splitlines())
-    names = sorted(set(re.findall(r"benchmarks/results/(personalise-star-size-[\d-]+\.json)", text)))
-    rows = [r for n in names for r in json.loads((REPO_ROOT / "benchmarks" / "results" / n).read_text())["rows"]]
-    assert len(names) == 2 and all(r["radius"] == list(P.STAR_RADIUS_BIG) for r in rows)
+    flat, results = _notebook_05_and_cited(r"personalise-star-size-[\d-]+\.json")
+    rows = [r for result in results for r in result["rows"]]
+    assert len(results) == 2 and all(r["radius"] == list(P.STAR_RADIUS_BIG) for r in rows)
+    assert all(result["machine"]["torch_threads"] == 1 for result in results)  # "one thread"
     full = next(r for r in rows if r["method"].startswith("full fine-tune"))
     small, every = (next(r for r in rows if r["method"] == "LoRA" and r["adapter_params"] == n)
                     for n in sorted({r["adapter_params"] for r in rows if r["method"] == "LoRA"}))  # fmt: skip
     assert small["after"]["kind"] == 0  # "still draws no star"
+    (lo, hi), (flo, fhi) = P.STAR_RADIUS_BIG, V2_RADIUS
     quoted = (
+        f"half-extent {lo * 100:.0f}-{hi:.0%} of the image, against the family's {flo * 100:.0f}-{fhi:.0%}",
         f"VAE ceiling: {full['ceiling']['faithful']:.0%} faithful",
         f"{full['steps']} steps, gives stars: {full['after']['kind']:.0%} of 16 seeds are judged stars",
         f"({full['after']['faithful']:.0%} pass the judge's IoU >= 0.93)",
