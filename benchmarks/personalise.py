@@ -277,7 +277,7 @@ def main() -> None:
         notes=[
             "faithful / colour / kind: shares of images the strict judge (IoU >= 0.93 with the ideal shape, Delta E "
             "<= 25) finds faithful, with the named colour, with the named kind. The committed 64 px family draws "
-            "93% of its own prompts faithfully (scripts/quality.py), so 'faithful' is meaningful; colour and kind say "
+            "97.5% of its own prompts faithfully (scripts/quality.py), so 'faithful' is meaningful; colour and kind say "
             "which part of a new concept was learned.",
             "VAE ceiling: the judge on the toy VAE's reconstructions of drawn images of the prompt: an adapter on the "
             "text encoder or the UNet cannot draw better than the decoder can paint.",

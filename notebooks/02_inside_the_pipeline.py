@@ -81,9 +81,8 @@ print("Hub login:", log_in_if_needed(MODEL))
 #
 # `default_sampler` says which sampler the model runs with and where that choice comes from (printed below). On the
 # toy family we run its sampler, Euler ancestral, at 10 of its default 30 steps: nothing below depends on the number
-# of steps, and 10 keep the notebook quick (benchmarks/toy_family_history.md: 91.7% of the family's images are
-# prompt-faithful at 10 steps,
-# 93.2% at 30).
+# of steps, and 10 keep the notebook quick (README: 96.2% of the family's images are prompt-faithful at 10 steps,
+# 97.5% at 30).
 
 # %%
 pipe = load_pipeline(MODEL)
@@ -331,8 +330,8 @@ assert diff < (1e-4 if EXACT else 2e-2)
 # At every step the UNet's noise estimate implies a clean image $\hat x_0$ (section 5). Decoding it shows what the
 # model "has in mind": a rough, blurry guess at the first step, when $x_t$ is mostly noise, which ends on the final
 # image as $t$ falls. With an ancestral sampler it does not get there smoothly: every step adds fresh noise, and the
-# model revises its guess. On the toy family the colour of the guess flickers: in the strip seed 0's guess starts
-# yellow, turns red, is yellow again after step 6, and only the last steps settle it.
+# model revises its guess. On the toy family the guess wanders: in the strip seed 0's guess starts as an orange
+# blob, turns into a white shape, is almost black after step 6, and is the red disc only from step 8.
 
 # %%
 idx = np.unique(np.linspace(0, len(x0_hats) - 1, 6).round().astype(int))
@@ -341,10 +340,12 @@ titles = [f"x̂0 after step {i + 1}\n(t = {int(scheduler.timesteps[i])})" for i 
 show_images([*strip, images[0]], [*titles, "final image"], ncols=len(idx) + 1, size=1.8)
 
 # %% [markdown]
-# **Self-check** over all 16 seeds, at 5 points along the loop: the decoded $\hat x_0$ gets closer to the final image
-# (mean absolute pixel difference) and ends on it, but with the toy family's ancestral sampler its colour takes
-# detours: measured at 10 steps, the number of seeds whose guess is red goes 3, 8, 3, 15, 16 (steps 1, 3, 5, 8, 10).
-# And the strip's colours, as the text above reads them.
+# **Self-check** over all 16 seeds, at 5 points along the loop: the decoded $\hat x_0$ ends on the final image (mean
+# absolute pixel difference), but with the toy family's ancestral sampler not by getting closer at every step:
+# measured at 10 steps, its distance from the final image is 0.177, 0.109, 0.161, 0.020, 0.000 (steps 1, 3, 5, 8,
+# 10), and the number of seeds whose guess is red goes 0, 3, 2, 16, 16. With a deterministic sampler (a real
+# model's DPM-Solver++) the check also asks for a closer guess at every point. And the strip's colours, as the text
+# above reads them.
 
 # %%
 from helpers.strict_judge import inspect as judge_inspect
@@ -358,16 +359,18 @@ red = [sum(colour(im) == "red" for im in guesses[i]) for i in check] if MEASURED
 for k, i in enumerate(check):
     print(f"after step {i + 1:3d} (t = {int(scheduler.timesteps[i]):3d}): mean |decode(x̂0) - final| = {distance[k]:.4f}"
           + (f"; red guesses {red[k]:2d} of {N}" if red else ""))  # fmt: skip
-assert all(a > b for a, b in zip(distance, distance[1:])), distance  # closer at every point
-assert distance[-1] < 0.5 * distance[0]
+assert distance[-1] < 0.5 * distance[0] and distance[-2] < min(distance[:-2]), distance  # it ends on the image
+if not ANCESTRAL:
+    assert all(a > b for a, b in zip(distance, distance[1:])), distance  # closer at every point
 if MEASURED:
     assert distance[-1] < 0.01  # ends on the final image (measured 0.0000 after the last step)
 if ANCESTRAL and MEASURED:  # the detours (margins for other machines' rounding)
-    assert max(a - b for a, b in zip(red, red[1:])) >= 3 and red[-1] >= 14  # measured: 8 -> 3 red at step 5; 16 at the end
     strip_colours = [colour(im) for im in strip]
     print("the strip's guesses:", strip_colours, "| final:", colour(images[0]))
-    assert strip_colours[0] == "yellow" and "red" in strip_colours[1:3] and strip_colours[3] == "yellow"  # idx 5 = step 6
-    assert strip_colours[-1] == colour(images[0]) == "red" and idx[3] == 5
+    assert max(b - a for a, b in zip(distance, distance[1:])) > 0.02  # a detour: farther at step 5 than at step 3
+    assert red[0] <= 2 and red[-2] >= 14 and red[-1] >= 14  # measured 0 red at step 1; 16 from step 8
+    assert "red" not in strip_colours[:4] and strip_colours[4:] == ["red", "red"] and idx[3] == 5  # idx 5 = step 6
+    assert strip_colours[-1] == colour(images[0]) == "red"
 
 # %% [markdown]
 # ## 8. Where each word looks: cross-attention maps

@@ -471,24 +471,23 @@ assert min(change) > 1e-3  # guidance visibly changes the image at every scale w
 # What the row shows, measured with the trained toy model on the shown seed and over 16 seeds (0 to 15, Euler
 # ancestral, 30 steps) by the strict judge (`helpers/strict_judge.py`):
 #
-# - **Guidance fixes the colour.** At $s = 1$ 2 of the 16 discs come out in another colour (the shown seed and
-#   seed 4: a greenish disc in a red rim), so 14 of 16 images are prompt-faithful; at 7.5 and at 12 all 16 are red.
-#   Over the family's whole test set the gap is larger: 71.2% prompt-faithful at $s = 1$, 93.2% at 7.5 (396 images,
+# - **Guidance fixes the colour.** At $s = 1$ 2 of the 16 discs come out in another colour (the shown seed among
+#   them: a greenish disc in a red rim), so 14 of 16 images are prompt-faithful; at 7.5 and at 12 all 16 are red.
+#   Over the family's whole test set the gap is larger: 77.3% prompt-faithful at $s = 1$, 97.5% at 7.5 (396 images,
 #   README).
 # - **It does not change the shape**: a crisp disc at every scale (mean IoU with an ideal circle 0.98 at 1, 7.5
 #   and 12; the strict judge asks for 0.93).
-# - **It makes the seeds more alike, in size**: the discs grow (mean size, the square root of the area, 26 px at
-#   $s = 1$, 31 at 7.5, 32 at 12) and their sizes spread less (standard deviation 3.5, 1.7, 1.3 px), while their
-#   places spread as much as before (8.3 px at $s = 1$ and at 7.5).
-# - **Too much guidance pushes colours off the palette**: the background darkens away from its blue and a dark
-#   halo rings the disc (the shown row at $s = 12$); the background's mean CIELAB Delta E from the palette's blue
-#   is 2.1 at $s = 1$, 7.5 at $s = 7.5$ and 16.4 at $s = 12$, and the judge rejects 1 of 16 images at 7.5 and 2 at
-#   12 for it.
+# - **It makes the seeds more alike, in size**: the discs grow (mean size, the square root of the area, 27 px at
+#   $s = 1$, 31 at 7.5, 32 at 12) and their sizes spread less (standard deviation 3.1, 1.3, 1.1 px), while their
+#   places spread about as much as before (7.7 px at $s = 1$, 7.2 at 7.5).
+# - **More guidance pushes the background off the palette**, a little: its mean CIELAB Delta E from the palette's
+#   blue is 1.8 at $s = 1$, 7.4 at $s = 7.5$ and 10.8 at $s = 12$, a shift the eye barely sees in the row and the
+#   judge still accepts (all 16 images pass at 7.5 and at 12; it allows 25).
 #
-# What the toy model cannot show: over-saturation. On the real v1-4 large guidance over-saturates colours and makes
-# images less natural (Saharia et al. 2022, Imagen, arXiv 2205.11487, section 2.3); here the disc at $s = 12$ is no
-# more saturated than at 7.5 (CIELAB chroma 83.3 and 85.4; the family only ever saw six flat palette colours); it
-# drifts from red towards orange instead (its green channel rises from 42 to 53) and its background drifts as above.
+# What the toy model cannot show: the harm of too much guidance. On the real v1-4 large guidance over-saturates
+# colours and makes images less natural (Saharia et al. 2022, Imagen, arXiv 2205.11487, section 2.3); here the disc
+# at $s = 12$ is no more saturated than at 7.5 (CIELAB chroma 87.3 and 88.0; the family only ever saw six flat
+# palette colours) and keeps its red (the shape's green channel 26 at both); only the background drifts, as above.
 # Not measured here on v1-4.
 
 # %%
@@ -515,16 +514,15 @@ if TRAINED:  # the judge reads the toy family's prompts; the random-weight model
               f"chroma {chroma[s]:.1f}, green channel {green[s]:.0f}")  # fmt: skip
     # Self-check: the sentences above, on the shown seed and over 16 seeds (margins for other machines' rounding)
     assert not shown[1.0].faithful and shown[1.0].inspection.colour != "red" and shown[7.5].faithful  # the figure
-    assert shown[12.0].inspection.background_delta_e > 3 * shown[1.0].inspection.background_delta_e  # its halo, drift
+    assert shown[12.0].inspection.background_delta_e > 3 * shown[1.0].inspection.background_delta_e  # its background drifts
     assert red[1.0] <= 15 / 16 and red[7.5] == red[12.0] == 1  # measured 14 of 16 red at s = 1, all 16 at 7.5 and 12
-    assert faithful[1.0] <= 15 / 16 and faithful[7.5] >= faithful[1.0]  # measured 14 and 15 of 16
+    assert faithful[1.0] <= 15 / 16 and faithful[7.5] >= faithful[1.0]  # measured 14 and 16 of 16
     assert min(roundness.values()) > 0.95 and max(roundness.values()) - min(roundness.values()) < 0.02  # 0.98 each
     assert size_mean[7.5] > size_mean[1.0] + 2 and size_std[7.5] < 0.7 * size_std[1.0]  # bigger, more alike in size
-    assert place_std[7.5] > 0.8 * place_std[1.0]  # ...but not in place (8.3 and 8.3 px)
-    assert background_de[1.0] < 4 and background_de[7.5] > 2 * background_de[1.0] and background_de[12.0] > 1.5 * background_de[7.5]  # fmt: skip
-    rejected = [v for s in (7.5, 12.0) for v in verdicts[s] if not v.faithful]  # measured: 1 at 7.5, 2 at 12
-    assert faithful[12.0] < 1 and all(any("background" in r for r in v.reasons) for v in rejected)  # all for it
-    assert chroma[12.0] < chroma[7.5] + 3 and green[12.0] > green[7.5] + 5  # no over-saturation; towards orange
+    assert place_std[7.5] > 0.8 * place_std[1.0]  # ...but not in place (7.7 and 7.2 px)
+    assert background_de[1.0] < 4 and background_de[7.5] > 2 * background_de[1.0] and background_de[12.0] > 1.2 * background_de[7.5]  # fmt: skip
+    assert faithful[7.5] == faithful[12.0] == 1  # measured 1.8, 7.4, 10.8: within the judge's 25, all 16 pass
+    assert chroma[12.0] < chroma[7.5] + 3 and abs(green[12.0] - green[7.5]) < 5  # no over-saturation, still red
 
 # %% [markdown]
 # ## Summary
@@ -541,8 +539,8 @@ if TRAINED:  # the judge reads the toy family's prompts; the random-weight model
 #   $\epsilon_\theta$, guidance, $\hat x_0$ and a sampler step, then the VAE decoder.
 # - Classifier-free guidance is one line: $\epsilon_\varnothing + s(\epsilon_c - \epsilon_\varnothing)$.
 #   On the trained toy model (16 seeds) it fixes wrong colours (14 of 16 discs red at $s = 1$, all 16 at 7.5) and
-#   makes the discs more alike in size without changing their shape; too much of it pushes colours off the palette,
-#   but the toy model cannot show v1-4's over-saturation at high $s$.
+#   makes the discs more alike in size without changing their shape; more of it moves the background a little off
+#   the palette, but the toy model cannot show v1-4's over-saturation at high $s$.
 
 # %% [markdown]
 # ## Exercises

@@ -14,13 +14,15 @@ What it does, in the order Stable Diffusion v1 was built:
   7. the quality measurement (scripts/quality.py, strict judge) and a model card in each folder
 Seeds are fixed; the same command on the same machine gives the same weights.
 The v2 stages took, on a 2-core Intel Xeon with 1 torch thread (2026-12-04 to 06): CLIP ~3 min, each VAE phase ~0.27 s
-a step (10,000 + 4,000 + 6,000 steps, plus 3,000 for each first phase stopped early), UNet ~59 min (13,500
-steps), decoder ~23 min, inpainting UNet ~45 min (8,000 steps, 2,673 s beside another run).
+a step (10,000 + 4,000 + 6,000 steps, plus 3,000 for each first phase stopped early), UNet ~73 + 35 min (9,000
+steps on 2 threads, then 4,500 on 1), decoder ~23 min, inpainting UNet ~45 min (8,000 steps from the narrower UNet of
+2026-12-06, 2,673 s beside another run).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -248,6 +250,10 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
             ),
         )
         if on
+    ) + "".join(
+        f"; then {steps} more steps at lr {lr} on {sch['unet_images']:,} new images, from the EMA weights, with a "
+        "fresh warm-up and cosine decay"
+        for steps, lr, _ in sch.get("unet_refine") or ()
     )
     decoder = (
         f"Then the decoder alone: {sch['decoder_steps']} steps fine-tuned to give drawn images back from the UNet's own "
@@ -569,6 +575,20 @@ def train_v2(args) -> dict:
         seed=args.seed, template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32),
         snr_gamma=sched.unet_snr_gamma, agreement_weight=sched.unet_agreement,
     )  # fmt: skip
+    for steps, lr, seed_offset in sched.unet_refine:  # more phases on new images, from the EMA weights
+        more = tr.v2_unet_inputs(
+            clip, vae, tokenizer, scaled(sched.unet_images), seed=args.seed + seed_offset + 1,
+            rotate=not sched.unet_upright,
+        )  # fmt: skip
+        vae.register_to_config(scaling_factor=scaling_factor)  # the first phase's factor stays the family's
+        ema, losses = tr.train_unet(
+            copy.deepcopy(ema).train().requires_grad_(True), more.latents_mean, more.latents_std, scaling_factor,
+            more.combo_index, more.cond_states, more.uncond_state, steps=scaled(steps), batch_size=sched.unet_batch, lr=lr,
+            ema_decay=sched.ema_decay, seed=args.seed + seed_offset,
+            template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32), snr_gamma=sched.unet_snr_gamma,
+            agreement_weight=sched.unet_agreement,
+        )  # fmt: skip
+        unet_losses += losses
     times["mini UNet"] = time.perf_counter() - t0
     stats["unet_loss_first"] = float(np.mean(unet_losses[:20]))
     stats["unet_loss_last"] = float(np.mean(unet_losses[-100:]))
@@ -608,6 +628,8 @@ def train_v2(args) -> dict:
     if sd_dir.exists():
         shutil.rmtree(sd_dir)
     pipe.save_pretrained(sd_dir, safe_serialization=True)
+    for name in ("unet", "vae"):  # half the bytes (the 30 MB budget); they load back in float32
+        tr.save_half(getattr(pipe, name), sd_dir / name)
     write_tokenizer_files(sd_dir / "tokenizer")
     (sd_dir / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # 3.6 MB; vocab.json + merges.txt suffice
     if inpaint_unet is not None:
