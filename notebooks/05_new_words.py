@@ -407,8 +407,9 @@ if TOY:
 # shows the family its own pictures, and the empty captions that keep the unconditional prediction (which guidance
 # multiplies) in place, hold that drift down; they do not remove it.
 #
-# Is the adapter too small? Measured on the family's previous, narrower UNet (blocks 32, 64, 64; 1.7 M parameters),
-# `benchmarks/personalise.py` trains *every* weight of the UNet on the same pictures, 1,600 steps (`P.finetune_unet`; 176 s on 2 threads of an Intel Xeon, 2026-12-06): the loss on the check batch of
+# Is the adapter too small? Measured on the family's previous, narrower UNet (blocks 32, 64, 64; 1.7 M
+# parameters), `benchmarks/personalise.py` trains *every* weight of the UNet on the same pictures, 1,600 steps
+# (`P.finetune_unet`; 176 s on 2 threads of an Intel Xeon, 2026-12-06): the loss on the check batch of
 # stars falls to 0.062 (LoRA: 0.097), yet 0% of 16 seeds are judged stars, and only 34% of old prompts stay
 # faithful (`benchmarks/results/personalise-20261206-121824.json`). So at these sizes the limit is not LoRA's rank.
 # It is the latents: at the family's sizes a star's points are narrower than one of the 8x8 latent pixels, and the
@@ -423,8 +424,8 @@ if TOY:
 # `benchmarks/results/personalise-star-size-20261206-135429.json`). On the committed, wider UNet the rank-4 LoRA on
 # the attention layers, 200 steps, still draws no large star (0% of 16 seeds, judged at 10 steps; measured on its
 # 9,000-step stage, `benchmarks/results/personalise-star-size-wide48-9k-20261206-164311.json`). On these small UNets
-# a new outline needs more than the attention layers, and learning it moves every prompt. On v1-4 (64x64 latents, 860 M parameters) the same cells
-# teach new objects and styles (section 5).
+# a new outline needs more than the attention layers, and learning it moves every prompt. On v1-4 (64x64 latents,
+# 860 M parameters) the same cells teach new objects and styles (section 5).
 #
 # **Save, load, remove.** The adapter is saved as diffusers' LoRA file (`save_lora_weights`, one
 # `pytorch_lora_weights.safetensors`, with peft's key names, as `unet.save_lora_adapter` writes them). A fresh
@@ -480,7 +481,7 @@ if TOY:
 #   differ in which numbers may move.
 # - Textual inversion trains one row of the token table. Nothing else changes, so every other prompt gives the very
 #   same images; the word is a file of a few hundred bytes, loaded with `load_textual_inversion`.
-# - LoRA trains $B A$ beside each attention projection: about 1% of the toy UNet (1/1000 of v1-4's: 3.29 MB),
+# - LoRA trains $B A$ beside each attention projection: 1.4% of the toy UNet's bytes (1/1000 of v1-4's: 3.29 MB),
 #   saved apart, loaded with `load_lora_weights` and removed with `unload_lora_weights` to the exact original.
 # - Neither can go past what the frozen parts can draw. Searching the latents shows the toy decoder can draw orange
 #   circles and stars but not magenta; the frozen toy UNet does not produce the orange or star latents, so here both
