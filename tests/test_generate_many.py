@@ -26,7 +26,7 @@ from helpers import generate_many as gm
 from helpers import saving
 from helpers.generate_many import MARKERS, done_jobs, read_jobs
 from helpers.pipeline import generate, offline_model_dir
-from helpers.saving import read_manifest, read_metadata
+from helpers.saving import TEMP_PREFIX, read_manifest, read_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "generate_many.py"
@@ -132,12 +132,14 @@ def test_killed_run_resumes_without_redoing_or_losing_images(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), *args], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    # saved images only: a kill can land while a PNG is still being written under a hidden `.tmp-*.png` name
+    saved = lambda: {p.name for p in out.glob("*.png") if not p.name.startswith(TEMP_PREFIX)}  # noqa: E731
     deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and len(list(out.glob("*.png"))) < 2:
+    while time.time() < deadline and proc.poll() is None and len(saved()) < 2:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # no clean-up: whatever was half done stays half done
     proc.wait()
-    before = {p.name for p in out.glob("*.png")}
+    before = saved()
     assert before, "the run was killed before saving anything"
     # The window between saving a PNG and writing its done-marker: make it certain in one image.
     victim = read_metadata(out / sorted(before)[0])["job_id"]
