@@ -159,8 +159,8 @@ V2_SCHEDULE = Schedule(
 #: The second generation's default sampler, saved as its scheduler and recorded in its `training_summary.json`
 #: (`helpers.pipeline.family_sampler`). Chosen on the 13,500-step family (blocks 32, 64, 64), 396 images at guidance
 #: 7.5, strict judge (2026-12-06, 2-core Xeon): Euler ancestral 10 steps 91.7% faithful (held-out 94.4%), 15 steps
-#: 92.4%, 20 steps 92.2%, 30 steps 93.2% (held-out 90.3%); DDIM 10 steps 79.8%, DPM-Solver++ 2M 10 steps 88.6%; PNDM 50 steps (SD
-#: v1's default) 85.4%. Every one of those Euler ancestral settings beats PNDM-50 (the rule that chose DDIM-10 for
+#: 92.4%, 20 steps 92.2%, 30 steps 93.2% (held-out 90.3%); DDIM 10 steps 79.8%, DPM-Solver++ 2M 10 steps 88.6%;
+#: PNDM 50 steps (SD v1's default) 85.4%. Every one of those Euler ancestral settings beats PNDM-50 (the rule that chose DDIM-10 for
 #: the first family); 30 steps is taken because the negative-prompt lesson holds there and not at 10: negative "red"
 #: leaves 1.7% of colourless prompts' shapes red at 30 steps, 10.6% at 10 (target at most 10%; quality.py).
 #: On the wider UNet committed since (2026-12-06): Euler ancestral 30 steps 97.5% (held-out 98.6%), 20 steps 95.5%,

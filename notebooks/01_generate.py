@@ -212,8 +212,8 @@ assert np.abs(np.asarray(other.images[0], float) - np.asarray(result.images[0], 
 # $\hat\epsilon = \epsilon_\theta(x_t, \varnothing) + s\,(\epsilon_\theta(x_t, c) - \epsilon_\theta(x_t, \varnothing))$:
 # $s=1$ is the plain conditional model, larger $s$ goes further in the direction the prompt pushes.
 # The number of steps decides how finely the sampler follows the reverse process. Same seed in every cell, so only
-# the knobs change; the seed is one where guidance 1 misses the prompt (on the toy family at 10 steps 4 of the first
-# 64 seeds do, none of the first 16), so that what guidance fixes is visible. The sampler is the model's own (on the toy family Euler
+# the knobs change; the seed is one where guidance 1 misses the prompt (on the toy family at 10 steps none of the 16
+# seeds measured below does; seed 29 is one of the few later ones), so that what guidance fixes is visible. The sampler is the model's own (on the toy family Euler
 # ancestral), at the step counts of each row. Then we measure over 16 seeds.
 
 # %%
@@ -265,7 +265,7 @@ if is_toy_family(pipe):
 # %% [markdown]
 # **Guidance, measured on the toy family** (10 steps, 16 seeds): this prompt names a combination the family saw in
 # training, and every one of the 16 images is prompt-faithful at every scale, $s = 1$ included. Misses at $s = 1$
-# are rare here (4 of the first 64 seeds: a square or a wrong colour; the shown seed: a red square with rounded
+# are rare here (none of these 16; the shown seed, found among later ones, draws a red square with rounded
 # corners), and guidance fixes them (the shown seed is a red circle at 4, 7.5 and 12). On the unseen combination
 # the difference is large: 50% faithful at $s = 1$, 100% at 7.5 (on the README's 396 images, held-out
 # combinations: 49% and 99%). Without guidance the model draws what it has seen most with these words; guidance
@@ -297,7 +297,7 @@ if is_toy_family(pipe):
     verdicts = {s: judge_many([shown[10, s]], [prompt])[0] for s in scales}  # the shown seed at 10 steps
     assert not verdicts[1.0].faithful and verdicts[1.0].inspection.kind == "square"  # the figure: a square at s = 1...
     assert verdicts[4.0].faithful and verdicts[7.5].faithful and verdicts[12.0].faithful  # ...a red circle at 4, 7.5, 12
-    assert faithful[1.0] <= faithful[7.5] and min(faithful[4.0], faithful[7.5]) >= 0.85  # measured 1.0 at every scale
+    assert faithful[1.0] <= faithful[7.5] and min(faithful[1.0], faithful[4.0], faithful[7.5]) >= 15 / 16  # all 16 at every scale
     assert unseen[7.5] >= unseen[1.0] + 0.3  # unseen combination: measured 0.5 vs 1.0
     assert faithful[12.0] >= 0.85  # the toy shows no harm at 12 (measured 1.0)...
     assert abs(look[12.0][0] - look[4.0][0]) < 15 and look[12.0][1] < look[4.0][1] + 3  # ...no drift, no over-saturation
