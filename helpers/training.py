@@ -725,13 +725,19 @@ class UNetInputs:
     forms: torch.Tensor | None = None  # (N,) the caption form of each image
 
 
-def v2_unet_inputs(clip, vae, tokenizer, n_images: int, seed: int, rotate: bool = True) -> UNetInputs:
+def v2_unet_inputs(
+    clip, vae, tokenizer, n_images: int, seed: int, rotate: bool = True, scaling_factor: float | None = None
+) -> UNetInputs:
     """Draw `n_images` second-generation training images, encode them once, set the VAE's `scaling_factor`
-    (1 / std of the latents, as SD v1's 0.18215 was found) and compute the text states of every caption."""
+    (1 / std of the latents, as SD v1's 0.18215 was found) and compute the text states of every caption.
+
+    `scaling_factor`: keep this one instead (a later training phase keeps the first phase's, which the UNet
+    learned on; new images would give a factor a hair apart)."""
     combos = train_combos()
     data = make_dataset_v2(n_images, seed=seed, combos=combos, rotate=rotate)
     means, stds = encode_latents(vae, data.images)
-    scaling_factor = latent_scaling_factor(means, stds)
+    if scaling_factor is None:
+        scaling_factor = latent_scaling_factor(means, stds)
     vae.register_to_config(scaling_factor=scaling_factor)
     text_encoder = text_encoder_from_clip(clip)
     n_forms = len(V2_CAPTION_FORMS)
@@ -914,13 +920,28 @@ def train_inpainting_unet(
     return ema, losses
 
 
-def save_half(model, folder: Path | str) -> Path:
-    """Save a diffusers model's weights in half precision under the usual file name (half the bytes: the family's
-    budget). `from_pretrained` loads them back in float32 unless told otherwise (diffusers 0.39 and 0.42 alike)."""
-    import copy
+def halve_weights(folder: Path | str) -> Path:
+    """Rewrite every `*.safetensors` in `folder` in half precision, in place (half the bytes: the family's budget);
+    the config stays as saved. Integer tensors and the file's metadata are kept."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
-    copy.deepcopy(model).half().save_pretrained(folder, safe_serialization=True)
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(path, "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata()
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, path, metadata=metadata)
     return Path(folder)
+
+
+def save_half(model, folder: Path | str) -> Path:
+    """Save a float32 model with `save_pretrained`, then store its weights in half precision under the usual file
+    name. Both libraries load them back in float32: diffusers' `from_pretrained` casts to float32 unless told
+    otherwise, and transformers 5's default `dtype="auto"` follows the config's `"dtype": "float32"`, which
+    `save_pretrained` wrote from the float32 model (checked on diffusers 0.39 and 0.42, transformers 5.15 and 5.24).
+    Saving `model.half()` instead would write `"float16"` there, and a text encoder would then load in float16."""
+    model.save_pretrained(folder, safe_serialization=True)
+    return halve_weights(folder)
 
 
 def save_inpainting_unet(unet, pipeline_dir: Path | str) -> Path:

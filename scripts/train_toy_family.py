@@ -204,6 +204,13 @@ CLIP's whole 49,408-token table, but only ~20 tokens were ever trained). A teach
 generator."""
 
 
+V2_STORAGE = (
+    "Weights are stored in half precision (float16 on disk: half the bytes, for the family's 30 MB budget) and load "
+    "back in float32 with a plain `from_pretrained`: diffusers casts to float32 unless told otherwise, and the "
+    'transformers configs keep `"dtype": "float32"`, which transformers 5 follows (`training.save_half`).'
+)
+
+
 def render_cards_v2(summary: dict) -> dict[str, str]:
     """The three model cards of the second generation, from `training_summary.json`."""
     p, t, sch, sz = summary["params"], summary["times_s"], summary["schedule"], summary["sizes"]
@@ -302,6 +309,8 @@ image = pipe("a red circle on a blue background", num_inference_steps={own["num_
 | unet | `UNet2DConditionModel` | {p["unet"]:,} | channels {tuple(sz["unet_channels"])}, cross-attention to the text states, EMA weights |
 | scheduler | `{sampler_class}` | - | on SD v1's schedule (scaled_linear betas 0.00085 -> 0.012, 1000 steps); the family's default sampler: {sampler_text} |
 
+{V2_STORAGE}
+
 {data}
 
 Training: {command}. {vae_recipe}.
@@ -320,6 +329,8 @@ form, replaced by "" 15% of the time so classifier-free guidance works. {decoder
 `CLIPModel` ({p["clip_total"]:,} parameters) with the real CLIP tokenizer and 77 text positions; its text tower
 is `toy-sd`'s text encoder. Vision tower: ViT, {sz["vision_layers"]} layers, width {sz["vision_width"]}, patch
 {sz["patch_size"]} on 64x64 images ({p["clip_vision"]:,} parameters). Projection dim {sz["projection_dim"]}.
+
+{V2_STORAGE}
 
 {data}
 
@@ -520,6 +531,8 @@ def train_v2(args) -> dict:
     if clip_dir.exists():
         shutil.rmtree(clip_dir)
     tr.save_clip(clip, clip_dir)
+    tr.halve_weights(clip_dir)  # stored in half precision (the budget); loads back in float32
+    clip = clip.half().float()  # the weights as stored: the UNet learns on the text states the family ships
     times["mini CLIP"] = time.perf_counter() - t0
     stats["clip_loss_first"], stats["clip_loss_last"] = clip_losses[0], float(np.mean(clip_losses[-20:]))
     print(f"mini CLIP: loss {clip_losses[0]:.3f} -> {stats['clip_loss_last']:.4f}", flush=True)
@@ -578,9 +591,8 @@ def train_v2(args) -> dict:
     for steps, lr, seed_offset in sched.unet_refine:  # more phases on new images, from the EMA weights
         more = tr.v2_unet_inputs(
             clip, vae, tokenizer, scaled(sched.unet_images), seed=args.seed + seed_offset + 1,
-            rotate=not sched.unet_upright,
+            rotate=not sched.unet_upright, scaling_factor=scaling_factor,  # the first phase's factor stays
         )  # fmt: skip
-        vae.register_to_config(scaling_factor=scaling_factor)  # the first phase's factor stays the family's
         ema, losses = tr.train_unet(
             copy.deepcopy(ema).train().requires_grad_(True), more.latents_mean, more.latents_std, scaling_factor,
             more.combo_index, more.cond_states, more.uncond_state, steps=scaled(steps), batch_size=sched.unet_batch, lr=lr,
@@ -628,7 +640,7 @@ def train_v2(args) -> dict:
     if sd_dir.exists():
         shutil.rmtree(sd_dir)
     pipe.save_pretrained(sd_dir, safe_serialization=True)
-    for name in ("unet", "vae"):  # half the bytes (the 30 MB budget); they load back in float32
+    for name in ("text_encoder", "unet", "vae"):  # half the bytes (the 30 MB budget); they load back in float32
         tr.save_half(getattr(pipe, name), sd_dir / name)
     write_tokenizer_files(sd_dir / "tokenizer")
     (sd_dir / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # 3.6 MB; vocab.json + merges.txt suffice

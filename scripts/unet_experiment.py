@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--init", type=Path, default=None,
         help="continue from a saved UNet folder (e.g. models/toy-sd/unet) instead of a new one; --channels and "
-        "--heads are then its own",
+        "--heads are then its own, and so is --vae's scaling_factor (the one that UNet learned on)",
     )  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--save", type=Path, default=None, help="save the pipeline at each evaluation under this folder")
@@ -126,7 +126,10 @@ def main(argv=None) -> list[dict]:
     tokenizer = load_clip_tokenizer()
     clip = CLIPModel.from_pretrained(args.clip).eval()
     vae = AutoencoderKL.from_pretrained(args.vae).eval()
-    inputs = tr.v2_unet_inputs(clip, vae, tokenizer, args.images, seed=args.seed + 1, rotate=not args.upright)
+    keep = vae.config.scaling_factor if args.init is not None else None  # --init's UNet learned on the VAE's own
+    inputs = tr.v2_unet_inputs(
+        clip, vae, tokenizer, args.images, seed=args.seed + 1, rotate=not args.upright, scaling_factor=keep
+    )
     text_encoder, scaling_factor = inputs.text_encoder, inputs.scaling_factor
     heads = tuple(int(h) for h in args.heads.split(","))
     sizes = replace(

@@ -173,6 +173,32 @@ def test_unet_heads_reach_every_attention_layer():
     assert {m.heads for m in default.modules() if type(m).__name__ == "Attention"} == {8}
 
 
+def test_v2_unet_inputs_measure_the_scaling_factor_or_keep_a_given_one(tokenizer):
+    clip, vae = tr.build_mini_clip(TINY), tr.build_mini_vae(TINY)
+    first = tr.v2_unet_inputs(clip, vae, tokenizer, 8, seed=1)
+    assert first.scaling_factor == pytest.approx(tr.latent_scaling_factor(first.latents_mean, first.latents_std))
+    assert vae.config.scaling_factor == first.scaling_factor  # 1 / std of these latents, set on the VAE
+    later = tr.v2_unet_inputs(clip, vae, tokenizer, 8, seed=2, scaling_factor=first.scaling_factor)
+    assert later.scaling_factor == vae.config.scaling_factor == first.scaling_factor  # a later phase keeps it
+    assert tr.latent_scaling_factor(later.latents_mean, later.latents_std) != first.scaling_factor  # new images
+
+
+def test_save_half_stores_float16_that_loads_back_in_float32(tmp_path):
+    from safetensors import safe_open
+    from transformers import CLIPTextModel
+
+    text_encoder = tr.text_encoder_from_clip(tr.build_mini_clip(TINY))
+    tr.save_half(text_encoder, tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+        assert f.metadata() == {"format": "pt"}
+    assert {v.dtype for k, v in stored.items() if "position_ids" not in k} == {torch.float16}
+    loaded = CLIPTextModel.from_pretrained(tmp_path)  # transformers 5's default dtype="auto": the config's float32
+    assert loaded.dtype == torch.float32
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, text_encoder.state_dict()[k].half().to(v.dtype)), k  # the rounding, nothing else
+
+
 @pytest.mark.slow
 def test_unet_experiment_trains_judges_at_each_evaluation_and_refuses_bad_folders(tokenizer, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("unet_experiment", REPO_ROOT / "scripts" / "unet_experiment.py")
@@ -578,13 +604,20 @@ def test_training_script_rehearsal_v2(tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
 
     loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "toy-sd")
-    # the UNet and the VAE are stored in half precision (the budget) and load back in float32, the UNet at V2's width
+    # every weight is stored in half precision (the budget) and loads back in float32, the UNet at V2's width
     from safetensors import safe_open
+    from transformers import CLIPModel
 
-    for name in ("unet", "vae"):
-        with safe_open(tmp_path / "toy-sd" / name / "diffusion_pytorch_model.safetensors", "pt") as f:
-            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}, name
+    files = {"text_encoder": "model.safetensors", "unet": "diffusion_pytorch_model.safetensors",
+             "vae": "diffusion_pytorch_model.safetensors"}  # fmt: skip
+    for name, file in files.items():
+        with safe_open(tmp_path / "toy-sd" / name / file, "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys() if "position_ids" not in k} == {torch.float16}, name
         assert getattr(loaded, name).dtype == torch.float32, name
+    with safe_open(tmp_path / "toy-clip" / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if "position_ids" not in k} == {torch.float16}
+    assert CLIPModel.from_pretrained(tmp_path / "toy-clip").dtype == torch.float32
+    assert "stored in half precision" in card
     assert tuple(loaded.unet.config.block_out_channels) == tr.V2_SIZES.unet_channels
     assert (default_sampler(loaded).scheduler, default_sampler(loaded).num_inference_steps) == (
         own["scheduler"], own["num_inference_steps"])  # fmt: skip
