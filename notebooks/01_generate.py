@@ -335,7 +335,7 @@ assert negative.records[0]["negative_prompt"] == NEGATIVE
 # circle, but the background drifts from blue towards teal (the bottom row), so the judge names it blue in only 9
 # of 16 (16 without) and finds 5 of 16 faithful to the rest of the prompt (10 without). On this prompt the push
 # takes the background with it; the README measured 180 images of colourless prompts: red shapes 32.2% without,
-# 1.7% with negative "red", and 73% faithful to the rest of the prompt (81% without). The model learned "red", not
+# 1.7% with negative "red", and 72% faithful to the rest of the prompt (80% without). The model learned "red", not
 # "anything but red": the negative prompt removes a colour, and where the image goes instead is up to the model. On the real v1-4 negative
 # prompts are used the same way, to remove what you do not want (a colour, "blurry", extra limbs); diffusers
 # documents `negative_prompt` as what to leave out. Not measured here.
@@ -592,7 +592,7 @@ assert has_checker or is_toy_family(pipe) or Path(MODEL).expanduser().is_dir()
 #   14 turn white, and the blue background drifts with them). Schedulers swap without retraining, but not every one
 #   works at every step count (toy: PNDM at 20 steps is faithful for none of 16 seeds). Defaults depend on the
 #   model: Euler ancestral at 30 steps on the toy family (measured more faithful than the blog's PNDM-50 there,
-#   97.5% against 90.7%), DPM-Solver++ at 25 steps on real models (diffusers' docs and Lu et al. 2022; not measured
+#   97.5% against 90.4%), DPM-Solver++ at 25 steps on real models (diffusers' docs and Lu et al. 2022; not measured
 #   here).
 # - Seeds differ: on the toy family the shape sits elsewhere (and its size varies a little); on v1-4 the whole
 #   composition changes.

@@ -383,11 +383,12 @@ else:
 # shape there too in most seeds (14 of 16), but the strict judge accepts only 8 of 16: the others have a bent or cut
 # outline or the wrong colour. This mask is a friendly
 # one: it is the kind the inpainting UNet was trained on (a box around the shape). Over 300 random masks on plain
-# backgrounds the family's quality run found the named shape inside the mask 70% of the time with the inpainting UNet
-# and 19% by blending (`benchmarks/toy_family_history.md`, "Inpainting with a 9-channel UNet"). So the toy's
-# inpainting UNet does not do all a
-# real inpainting model does. One flaw shows in the picture above: once the original is pasted back, the mask's edge
-# is visible, because the UNet paints the hole's background in a slightly different blue from the picture's.
+# backgrounds the family's quality run found the named shape inside the mask 74% of the time with the inpainting UNet
+# and 19% by blending (`models/training_summary.json`; `benchmarks/toy_family_history.md`, "Inpainting with a
+# 9-channel UNet"). So the toy's inpainting UNet does not do all a real inpainting model does. One flaw shows in the
+# picture above: once the original is pasted back, the mask's edge is visible, because the UNet paints the hole's
+# background in a slightly different blue from the picture's: a colour step across the edge above the
+# just-noticeable Delta E of 2.3, and larger than blending leaves (printed below).
 
 # %%
 from scipy import ndimage
@@ -404,7 +405,7 @@ if TOY:
     for k in kinds:
         print(f"{names[k]}, original pasted back: colour step across the mask's edge, Delta E {np.median(seams[k]):.1f} "
               f"(median of {N} seeds), {seams[k][0]:.1f} in the image shown (2.3 is just noticeable)")  # fmt: skip
-    assert seams["9ch"][0] > 2.3 and np.median(seams["9ch"]) > max(2.3, np.median(seams["blend"]) + 2.0)
+    assert seams["9ch"][0] > 2.3 and np.median(seams["9ch"]) > max(2.3, np.median(seams["blend"]))
 
 # %% [markdown]
 # **Pasting back.** With the original pasted back outside the mask (diffusers'

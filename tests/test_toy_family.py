@@ -368,9 +368,17 @@ def test_toy_sd_loads_and_generates_at_training_resolution(toy_pipe):
     assert toy_pipe.safety_checker is None
     assert toy_pipe.vae.config.scaling_factor == pytest.approx(summary["scaling_factor"])  # measured, not SD's 0.18215
     # stored in half precision, loaded in float32; the UNet is the width the summary records
-    assert toy_pipe.unet.dtype == toy_pipe.vae.dtype == torch.float32
+    from safetensors import safe_open
+
+    for name in ("text_encoder", "unet", "vae", "unet_inpainting"):
+        (weights,) = (MODELS / "toy-sd" / name).glob("*.safetensors")
+        with safe_open(weights, "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys() if "position_ids" not in k} == {torch.float16}, name
+    assert toy_pipe.unet.dtype == toy_pipe.vae.dtype == toy_pipe.text_encoder.dtype == torch.float32
     assert list(toy_pipe.unet.config.block_out_channels) == summary["sizes"]["unet_channels"]
     assert sum(p.numel() for p in toy_pipe.unet.parameters()) == summary["params"]["unet"]
+    unet9 = load_inpainting_unet(MODELS / "toy-sd")  # fine-tuned from this UNet, as the recipe does: the same blocks
+    assert unet9.dtype == torch.float32 and unet9.config.block_out_channels == toy_pipe.unet.config.block_out_channels
     gen = torch.Generator().manual_seed(0)
     image = toy_pipe("a red circle on a blue background", num_inference_steps=25, generator=gen).images[0]
     assert image.size == (64, 64) == (summary["sizes"]["image_size"],) * 2  # the size it was trained at
@@ -387,6 +395,7 @@ def test_toy_clip_loads_in_torch_and_flax_with_the_same_scores():
     from helpers.clip_model import load_flax_clip, logits_per_image
 
     clip = CLIPModel.from_pretrained(MODELS / "toy-clip").eval()
+    assert clip.dtype == torch.float32  # stored in half precision; the config's float32 is what transformers 5 loads
     processor = load_processor(MODELS / "toy-clip")
     data = make_dataset_v2(4, seed=9, combos=held_out_combos())  # 64 px, as the committed CLIP was trained
     captions = [c.caption() for c in held_out_combos()]
@@ -546,9 +555,12 @@ def test_v2_img2img_changes_the_colour_and_keeps_the_place(v2_pipe):
 def test_v2_inpainting_draws_inside_the_mask_and_keeps_the_rest(v2_pipe):
     q = _quality_module()
     unet = load_inpainting_unet(V2_DIR / "toy-sd")  # the family's inpainting UNet; else the UNet, blending latents
-    r = q.inpaint_rows(v2_pipe, quick=True, n=8, unet=unet)
-    assert r["shape_inside_mask_faithful"] >= 0.75, r
-    assert r["outside_change_pasted_255"] <= 1.0 and r["outside_change_raw_255"] <= 8.0, r
+    r = q.inpaint_rows(v2_pipe, quick=True, n=24, unet=unet)
+    blend = q.inpaint_rows(v2_pipe, quick=True, n=24)  # the same masks, the 4-channel UNet blending latents
+    # over 300 masks (quality.py): 74.3% with the inpainting UNet, 19.3% blending; raw change outside 7.5 and 15.5 /255
+    assert r["shape_inside_mask_faithful"] >= max(0.6, blend["shape_inside_mask_faithful"] + 0.2), (r, blend)
+    assert r["outside_change_pasted_255"] <= 1.0 and r["outside_change_raw_255"] <= 10.0, r
+    assert r["outside_change_raw_255"] < blend["outside_change_raw_255"], (r, blend)
 
 
 @pytest.mark.slow
