@@ -409,19 +409,19 @@ if TOY:
 #
 # Is the adapter too small? On this family's UNet (3.8 M parameters), `benchmarks/personalise.py` trains *every*
 # weight of the UNet on the same pictures, 1,600 steps (`P.finetune_unet`; 374 s on 1 thread of an Intel Xeon,
-# beside a test run, 2026-12-06): the loss on the check batch of stars falls to 0.066 (the LoRA's: 0.081), yet 0%
-# of 16 seeds are judged stars, and only 38% of old prompts stay faithful
+# beside a test run, 2026-12-06): the loss on the check batch of stars falls to 0.066 (LoRA: 0.081), yet 0% of 16
+# seeds are judged stars, and only 38% of old prompts stay faithful
 # (`benchmarks/results/personalise-wide48-13k-20261206-183732.json`; on the previous, narrower UNet, 0% and 34%).
-# So at these sizes the limit is not LoRA's rank.
-# It is the latents: at the family's sizes a star's points are narrower than one of the 8x8 latent pixels, and the
-# encoder gives the UNet rounded stars to learn (the round trip above).
+# So at these sizes the limit is not LoRA's rank. It is the latents: at the family's sizes a star's points are
+# narrower than one of the 8x8 latent pixels, and the encoder gives the UNet rounded stars to learn (the round trip
+# above).
 #
 # Drawn larger (`--star-radius 0.35 0.44`: half-extent 35-44% of the image, against the family's 17-29%; the same
 # benchmark on this family, one thread, 2026-12-06), the stars survive the round trip (VAE ceiling: 100% faithful),
-# and then fine-tuning every weight, 800 steps (199 s), gives star outlines: 81% of 16 seeds are judged stars,
-# though with rounded points (0% pass the judge's IoU >= 0.93) and with 38% of old prompts still faithful. The
-# rank-4 LoRA on the attention layers, 200 steps (42 s), still draws no star (0%; old prompts 22%); a rank-16 LoRA
-# on every layer, 400 steps (127 s), 69% stars, none faithful (old prompts 28%)
+# and then fine-tuning every weight, 800 steps, gives stars: 81% of 16 seeds are judged stars, though with rounded
+# points (0% pass the judge's IoU >= 0.93) and with 38% of old prompts still faithful (199 s). The rank-4 LoRA on
+# the attention layers, 200 steps, still draws no star (0%; old prompts 22%; 42 s); a rank-16 LoRA on every layer,
+# 400 steps, 69% (old prompts 28%; 127 s), none of them faithful
 # (`benchmarks/results/personalise-star-size-wide48-13k-20261206-201425.json`,
 # `benchmarks/results/personalise-star-size-wide48-13k-20261206-201748.json`; the previous, narrower UNet gave 88%,
 # 0% and 38%). On these small UNets a new outline needs more than the attention layers, and learning it moves
