@@ -938,24 +938,21 @@ def halve_weights(folder: Path | str) -> Path:
     return Path(folder)
 
 
-def save_half(model, folder: Path | str) -> Path:
+def save_half(model, folder: Path | str, variant: str | None = None) -> Path:
     """Save a float32 model with `save_pretrained`, then store its weights in half precision under the usual file
     name. Both libraries load them back in float32: diffusers' `from_pretrained` casts to float32 unless told
     otherwise, and transformers 5's default `dtype="auto"` follows the config's `"dtype": "float32"`, which
     `save_pretrained` wrote from the float32 model (checked on diffusers 0.39 and 0.42, transformers 5.15 and 5.24).
-    Saving `model.half()` instead would write `"float16"` there, and a text encoder would then load in float16."""
-    model.save_pretrained(folder, safe_serialization=True)
+    Saving `model.half()` instead would write `"float16"` there, and a text encoder would then load in float16.
+    `variant="fp16"`: the Hub's name for such files (`*.fp16.safetensors`), which `from_pretrained` then needs too."""
+    model.save_pretrained(folder, variant=variant, safe_serialization=True)
     return halve_weights(folder)
 
 
 def save_inpainting_unet(unet, pipeline_dir: Path | str) -> Path:
     """Save the inpainting UNet into the pipeline folder's `unet_inpainting/` in half precision (the Hub's "fp16"
     variant: `diffusion_pytorch_model.fp16.safetensors`, half the bytes); it loads back in float32."""
-    import copy
-
-    out = Path(pipeline_dir) / INPAINT_UNET_SUBFOLDER
-    copy.deepcopy(unet).half().save_pretrained(out, variant="fp16", safe_serialization=True)
-    return out
+    return save_half(unet, Path(pipeline_dir) / INPAINT_UNET_SUBFOLDER, variant="fp16")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ What it does, in the order Stable Diffusion v1 was built:
 Seeds are fixed; the same command on the same machine gives the same weights.
 The v2 stages took, on a 2-core Intel Xeon with 1 torch thread (2026-12-04 to 06): CLIP ~3 min, each VAE phase ~0.27 s
 a step (10,000 + 4,000 + 6,000 steps, plus 3,000 for each first phase stopped early), UNet ~73 + 35 min (9,000
-steps on 2 threads, then 4,500 on 1), decoder ~23 min, inpainting UNet ~45 min (8,000 steps from the narrower UNet of
-2026-12-06, 2,673 s beside another run).
+steps on 2 threads, then 4,500 on 1), decoder ~23 min, inpainting UNet ~55 min (8,000 steps from that UNet, 3,288 s
+beside another run).
 """
 
 from __future__ import annotations
@@ -581,25 +581,26 @@ def train_v2(args) -> dict:
     print(f"latents: {tuple(means.shape)}, scaling_factor {scaling_factor:.4f}", flush=True)
 
     t0 = time.perf_counter()
-    unet = tr.build_mini_unet(text_encoder.config.hidden_size, sizes, seed=args.seed)
-    ema, unet_losses = tr.train_unet(
-        unet, means, inputs.latents_std, scaling_factor, inputs.combo_index, inputs.cond_states, inputs.uncond_state,
-        steps=scaled(sched.unet_steps), batch_size=sched.unet_batch, lr=sched.unet_lr, ema_decay=sched.ema_decay,
-        seed=args.seed, template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32),
-        snr_gamma=sched.unet_snr_gamma, agreement_weight=sched.unet_agreement,
+    shared = dict(
+        batch_size=sched.unet_batch, ema_decay=sched.ema_decay, snr_gamma=sched.unet_snr_gamma,
+        template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32), agreement_weight=sched.unet_agreement,
     )  # fmt: skip
+
+    def unet_phase(unet, data: tr.UNetInputs, steps: int, lr: float, seed: int):
+        return tr.train_unet(
+            unet, data.latents_mean, data.latents_std, scaling_factor, data.combo_index, data.cond_states,
+            data.uncond_state, steps=scaled(steps), lr=lr, seed=seed, **shared,
+        )  # fmt: skip
+
+    unet = tr.build_mini_unet(text_encoder.config.hidden_size, sizes, seed=args.seed)
+    ema, unet_losses = unet_phase(unet, inputs, sched.unet_steps, sched.unet_lr, args.seed)
     for steps, lr, seed_offset in sched.unet_refine:  # more phases on new images, from the EMA weights
         more = tr.v2_unet_inputs(
             clip, vae, tokenizer, scaled(sched.unet_images), seed=args.seed + seed_offset + 1,
             rotate=not sched.unet_upright, scaling_factor=scaling_factor,  # the first phase's factor stays
         )  # fmt: skip
-        ema, losses = tr.train_unet(
-            copy.deepcopy(ema).train().requires_grad_(True), more.latents_mean, more.latents_std, scaling_factor,
-            more.combo_index, more.cond_states, more.uncond_state, steps=scaled(steps), batch_size=sched.unet_batch, lr=lr,
-            ema_decay=sched.ema_decay, seed=args.seed + seed_offset,
-            template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32), snr_gamma=sched.unet_snr_gamma,
-            agreement_weight=sched.unet_agreement,
-        )  # fmt: skip
+        warm = copy.deepcopy(ema).train().requires_grad_(True)  # the EMA weights, trainable
+        ema, losses = unet_phase(warm, more, steps, lr, args.seed + seed_offset)
         unet_losses += losses
     times["mini UNet"] = time.perf_counter() - t0
     stats["unet_loss_first"] = float(np.mean(unet_losses[:20]))
