@@ -9,6 +9,7 @@ pooling follows transformers 5's rule for both kinds of config; float16/bfloat16
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +72,8 @@ def vit_b32_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vit-b32")
     CLIPModel(CLIPConfig.from_pretrained(CONFIGS_DIR / "clip-vit-base-patch32")).eval().save_pretrained(folder)
     clip_loading.processor_for(configs_dir=CONFIGS_DIR / "clip-vit-base-patch32").save_pretrained(folder)
-    return folder
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)  # 605 MB: gone once this module is done
 
 
 def test_toy_clip_flax_equals_torch():

@@ -8,6 +8,7 @@ checker's 224 px CLIP inputs, 4-channel latents at 1/8 of the image size.
 
 import gc
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -30,7 +31,8 @@ def saved_real(tmp_path_factory):
     pipe.to(torch.float16).save_pretrained(folder, variant="fp16")
     del pipe
     gc.collect()
-    return folder, counts
+    yield folder, counts
+    shutil.rmtree(folder, ignore_errors=True)  # 2.7 GB: gone once this module is done, not at the session's end
 
 
 def test_parameter_counts_match_the_published_model(saved_real):

@@ -106,6 +106,13 @@ def install_from_wheelhouse() -> tuple[Path, dict, subprocess.CompletedProcess]:
 
 def test_setup_installs_from_the_wheelhouse_without_network(wheelhouse):
     clone, env, run = background.result("wheelhouse-install", install_from_wheelhouse)
+    try:
+        check_the_wheelhouse_install(clone, env, run)
+    finally:
+        shutil.rmtree(clone.parent, ignore_errors=True)  # a whole venv (GBs): gone now, not at the session's end
+
+
+def check_the_wheelhouse_install(clone: Path, env: dict, run: subprocess.CompletedProcess) -> None:
     print(run.stdout[-3000:], run.stderr[-3000:])
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "installing from the wheelhouse" in run.stdout and "built for another requirements.lock" not in run.stderr
