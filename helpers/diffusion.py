@@ -262,6 +262,22 @@ def ddim_step(
     return x_prev
 
 
+def sigma_from_alpha_bar(alpha_bar):
+    """The noise level of the rescaled sample $x_t / \\sqrt{\\bar\\alpha_t} = x_0 + \\sigma_t \\epsilon$ (Euler's sigmas)."""
+    # $\sigma_t = \sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}$
+    return ((1 - alpha_bar) / alpha_bar) ** 0.5
+
+
+def euler_step(eps: torch.Tensor, sigma, sigma_next, sample: torch.Tensor) -> torch.Tensor:
+    """One step of Euler's method on $d\\tilde x / d\\sigma = \\hat\\epsilon$: `EulerDiscreteScheduler.step` (no churn).
+
+    `sample` is $\\tilde x_t = x_t / \\sqrt{\\bar\\alpha_t}$, the variable Euler-type schedulers keep. Dividing the eta = 0
+    `ddim_step` by $\\sqrt{\\bar\\alpha_{t'}}$ gives this same update (Karras et al. 2022, arXiv 2206.00364, section 3).
+    """
+    # $\tilde x_{t'} = \tilde x_t + (\sigma_{t'} - \sigma_t)\,\hat\epsilon$
+    return sample + (sigma_next - sigma) * eps
+
+
 # ---------------------------------------------------------------------------------------------- guidance and latents
 
 

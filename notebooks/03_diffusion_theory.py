@@ -45,12 +45,14 @@ if importlib.util.find_spec("helpers") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", spec], check=True)
 
 # %%
+import json
+
 import helpers  # first: it quietens diffusers' and transformers' import-time log messages
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 from IPython.display import display
 
 from helpers import diffusion as d
@@ -58,6 +60,7 @@ from helpers import strict_judge
 from helpers.claims import shape_chroma, shape_colour
 from helpers.manual_loop import capture_guidance, manual_generate
 from helpers.offline import sd_scheduler
+from helpers.paths import RESULTS_DIR
 from helpers.pipeline import TOY_MODEL_DIR, default_sampler, load_pipeline, offline_model_dir
 from helpers.plotting import show_images
 from helpers.toy_ddpm import (
@@ -268,6 +271,66 @@ for t in ddim.timesteps[[0, 25, -1]].tolist():
         )
         assert (ours - theirs).abs().max() < 1e-5, (t, eta)
 print("DDIM steps (eta 0 and 1) match DDIMScheduler.step")
+
+# %% [markdown]
+# **DDIM is Euler's method.** Keep the sample at the scale Euler-type samplers use,
+# $\tilde x_t = x_t / \sqrt{\bar\alpha_t} = x_0 + \sigma_t \epsilon$ with $\sigma_t = \sqrt{(1 - \bar\alpha_t)/\bar\alpha_t}$
+# (`d.sigma_from_alpha_bar`). Divide the $\eta = 0$ DDIM step by $\sqrt{\bar\alpha_{t'}}$ and use
+# $\hat x_0 = \tilde x_t - \sigma_t \hat\epsilon$:
+#
+# $$\tilde x_{t'} = \hat x_0 + \sigma_{t'}\,\hat\epsilon = \tilde x_t + (\sigma_{t'} - \sigma_t)\,\hat\epsilon,$$
+#
+# one step of Euler's method on $d\tilde x / d\sigma = \hat\epsilon$ (`d.euler_step`), which is what diffusers'
+# `EulerDiscreteScheduler` does (Karras et al. 2022, arXiv 2206.00364, section 3). On the same timesteps the two
+# samplers are one, except at the end: Euler's last step goes to $\sigma = 0$, the clean $\hat x_0$, while Stable
+# Diffusion's config (`set_alpha_to_one=False`) ends DDIM at $\bar\alpha_0 = 1 - \beta_0$ instead of 1, so its output
+# keeps $\sqrt{1 - \bar\alpha_0} \approx 0.029$ of the last $\hat\epsilon$.
+#
+# **Self-check**: 20 steps of both schedulers, on the same timesteps and the same "model" (a fixed function of $x_t$
+# and $t$): our `euler_step` is `EulerDiscreteScheduler.step`; DDIM with `set_alpha_to_one=True` lands on Euler's
+# latents; with SD's config, on $\sqrt{\bar\alpha_0}\,\hat x_0 + \sqrt{1 - \bar\alpha_0}\,\hat\epsilon$.
+
+# %%
+def fake_unet(x, t):  # any fixed function of the (variance-preserving) x_t and t plays the model
+    return 0.3 * x + 0.05 * torch.sin(x * float(t) / 100)
+
+
+leading = dict(timestep_spacing="leading")  # the same timesteps for both (the toy family's saved config says so)
+euler = EulerDiscreteScheduler.from_config(scheduler.config, **leading)
+ddims = {one: DDIMScheduler.from_config(scheduler.config, set_alpha_to_one=one, **leading) for one in (True, False)}
+for s in (euler, *ddims.values()):
+    s.set_timesteps(20)
+x_euler = ours = x_t * euler.init_noise_sigma
+x_ddim = {one: x_t.clone() for one in ddims}
+for i, t in enumerate(euler.timesteps):
+    eps_hat = fake_unet(euler.scale_model_input(x_euler, t), t)
+    x_euler = euler.step(eps_hat, t, x_euler).prev_sample
+    ours = d.euler_step(eps_hat, euler.sigmas[i], euler.sigmas[i + 1], ours)
+    last_eps = fake_unet(x_ddim[False], t)
+    for one, s in ddims.items():
+        x_ddim[one] = s.step(fake_unet(x_ddim[one], t), int(t), x_ddim[one]).prev_sample
+a0 = ddims[False].alphas_cumprod[0]
+gap = {
+    "euler_step vs EulerDiscreteScheduler": (ours - x_euler).abs().max(),
+    "DDIM (set_alpha_to_one=True) vs Euler": (x_ddim[True] - x_euler).abs().max(),
+    "DDIM (SD's config) vs Euler": (x_ddim[False] - x_euler).abs().max(),
+    "DDIM (SD's config) vs its formula": (x_ddim[False] - (a0**0.5 * x_euler + (1 - a0) ** 0.5 * last_eps)).abs().max(),
+}
+print({k: f"{v:.1e}" for k, v in gap.items()}, f"| sqrt(1 - alpha_bar_0) = {(1 - a0) ** 0.5:.3f}")
+assert max(gap[k] for k in gap if "SD's config) vs Euler" not in k) < 1e-4 and gap["DDIM (SD's config) vs Euler"] > 1e-2
+
+# %% [markdown]
+# **What that last step costs, measured on the toy family** (`python scripts/quality.py`: 396 prompts and seeds, the
+# same for every row, guidance 7.5, strict judge, 20 steps). The leftover noise is small; what it costs depends on
+# how the VAE decoder takes it. On the toy family it is a few points of prompt-faithfulness (printed below); we have
+# not measured it on v1-4.
+
+# %%
+quality = json.loads(sorted(RESULTS_DIR.glob("toy_quality_v2-wide48-13k-*euler_a30-*.json"))[-1].read_text())
+faithful = {k: quality[k]["faithful"] for k in ("ddim_20", "ddim_alpha_to_one_20", "euler_20")}
+print({k: f"{100 * v:.1f}%" for k, v in faithful.items()})
+# Self-check: ending at alpha-bar 1 DDIM draws Euler's images (the same verdicts), and SD's ending is the less faithful
+assert abs(faithful["ddim_alpha_to_one_20"] - faithful["euler_20"]) <= 1 / 396 < faithful["euler_20"] - faithful["ddim_20"]
 
 # %% [markdown]
 # ## 5. A diffusion model trained live on your CPU
@@ -532,6 +595,8 @@ if TRAINED:  # the judge reads the toy family's prompts; the random-weight model
 #   fast the picture disappears. Stable Diffusion uses `scaled_linear` 0.00085 → 0.012 over 1,000 steps.
 # - Training is regression: predict the added noise, mean squared error. Sampling runs the posterior backwards
 #   with the predicted $\hat x_0$: DDPM adds fresh noise each step, DDIM ($\eta = 0$) is deterministic and can skip steps.
+#   DDIM is Euler's method on $\tilde x = x_t/\sqrt{\bar\alpha_t}$; it differs from diffusers' Euler only in its last
+#   step, which SD's config ends at $\bar\alpha_0$, not 1 (on the toy family that costs a few points at 20 steps).
 # - Stable Diffusion does all this on $64\times64\times4$ latents: 48x fewer values than the image and, for the UNet,
 #   hundreds of times fewer FLOPs per step than pixel space; latents are scaled by 0.18215. The toy family does the
 #   same at 64 px: $8\times8\times4$ latents, scaled by 0.5616 (both factors are 1/std of the training latents).

@@ -10,7 +10,8 @@ The judge is `helpers.strict_judge` (classical image analysis: no learned model,
 - prompt-faithful at guidance 1.0 and 7.5 with the default sampler (every one of the 90 combinations,
   training and held-out apart), mean shape IoU, median colour Delta E, and diversity: the spread across
   seeds of the shape's centre and size, against the spread in the training data;
-- PNDM at 50 steps (SD v1's default) and every sampler of the notebooks' table at 20 steps;
+- PNDM at 50 steps (SD v1's default) and every sampler of the notebooks' table at 20 steps, and DDIM ending its last
+  step at alpha-bar 1 (`set_alpha_to_one=True`) beside SD's own config;
 - negative prompts: "red" against prompts that leave the colour unnamed (how often the shape is still
   red, and faithful to the rest), and a negative naming a colour the prompt does not use;
 - img2img (`StableDiffusionImg2ImgPipeline(**pipe.components)`): change one attribute, keep the place;
@@ -38,6 +39,7 @@ from helpers import training as tr
 from helpers.editing import load_inpainting_unet
 from helpers.paths import MODELS_DIR as _MODELS_DIR
 from helpers.paths import OUTPUTS_DIR
+from helpers.saving import public_name
 from helpers.shapes_data import (
     COLOURS,
     HELD_OUT,
@@ -200,6 +202,14 @@ def faithful_rows(pipe, quick: bool) -> dict:
         pipe.scheduler = with_scheduler(pipe, name)
         images = generate(pipe, prompts, seeds, GUIDANCE, steps=4 if quick else steps)
         out[f"{name}_{steps}"], _ = grade(images, prompts, held)
+    # DDIM's last step: SD's config (set_alpha_to_one=False) ends it at alphas_cumprod[0], leaving
+    # sqrt(1 - alphas_cumprod[0]) = 0.029 of the predicted noise in the latents; ending at 1 makes DDIM (eta 0) exactly
+    # Euler's method (notebook 03, section 4), so this row tells how much of DDIM's gap to Euler is that last step.
+    from diffusers import DDIMScheduler
+
+    pipe.scheduler = DDIMScheduler.from_config(default.config, set_alpha_to_one=True)
+    images = generate(pipe, prompts, seeds, GUIDANCE, steps=4 if quick else 20)
+    out["ddim_alpha_to_one_20"], _ = grade(images, prompts, held)
     pipe.scheduler = default
     return out
 
@@ -430,7 +440,7 @@ def _measure(models_dir: Path, quick: bool) -> dict:
     pipe, clip, tokenizer = load_family(models_dir)
     pipe.scheduler = with_scheduler(pipe, default_scheduler())  # the negative, img2img and inpainting rows use it
     t0 = time.perf_counter()
-    result = {"models_dir": str(models_dir), "smoke": quick, "image_size": image_size(pipe)}
+    result = {"models_dir": public_name(models_dir), "smoke": quick, "image_size": image_size(pipe)}
     result["vae_scaling_factor"] = pipe.vae.config.scaling_factor
     result |= faithful_rows(pipe, quick)
     result["negative"] = negative_rows(pipe, quick)
@@ -472,6 +482,9 @@ def markdown_table(r: dict) -> str:
     rows += [
         (f"Prompt-faithful, {s} 20 steps", both(r[f"{s}_20"]), sample(r[f"{s}_20"]), ">= 90%") for s in TABLE_SAMPLERS
     ]
+    if "ddim_alpha_to_one_20" in r:
+        rows.append(("Prompt-faithful, ddim 20 steps ending at alpha-bar 1 (set_alpha_to_one=True; SD's config: False)",
+                     both(r["ddim_alpha_to_one_20"]), sample(r["ddim_alpha_to_one_20"]), ""))  # fmt: skip
     rows += [
         ("Shape is red, prompts without a colour: no negative / negative 'red' / negative 'a red shape'",
          f"{pct(neg['without']['red_rate'])} / {pct(neg['negative_red']['red_rate'])} / "

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
 from diffusers.training_utils import compute_snr
 
 from helpers import diffusion as d
@@ -176,6 +176,55 @@ def test_ddim_trajectory_matches_ddim_scheduler():
         theirs = scheduler.step(eps, t, theirs, eta=0.0).prev_sample
         ours = d.ddim_step(eps, int(t), ours, alphas_cumprod, int(t) - stride, eta=0.0, final_alpha_cumprod=final)
         _close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def _model(x_t: torch.Tensor, t) -> torch.Tensor:
+    """Plays the UNet: any fixed function of the (variance-preserving) x_t and t."""
+    return 0.3 * x_t + 0.05 * torch.sin(x_t * float(t) / 100)
+
+
+def test_euler_step_and_sigmas_match_euler_discrete_scheduler():
+    scheduler = EulerDiscreteScheduler.from_config(sd_scheduler().config)  # Euler's own "linspace" timesteps
+    scheduler.set_timesteps(20)
+    alphas_cumprod = d.alphas_cumprod_from_betas(d.make_betas("scaled_linear"))
+    leading = EulerDiscreteScheduler.from_config(sd_scheduler().config, timestep_spacing="leading")
+    leading.set_timesteps(20)  # training timesteps (951, 901, ... 1): no interpolation between them
+    _close(d.sigma_from_alpha_bar(alphas_cumprod[leading.timesteps.long()]), leading.sigmas[:-1], rtol=1e-5)
+    g = torch.Generator().manual_seed(4)
+    ours = theirs = torch.randn((1, 4, 8, 8), generator=g) * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        eps = _model(scheduler.scale_model_input(theirs, t), t)
+        theirs = scheduler.step(eps, t, theirs).prev_sample
+        ours = d.euler_step(eps, scheduler.sigmas[i], scheduler.sigmas[i + 1], ours)
+        _close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_ddim_is_euler_until_its_last_step():
+    """DDIM (eta 0) and Euler, same timesteps and 'model': the same run, but for where SD's config ends DDIM."""
+    config = sd_scheduler().config
+    # the same timesteps for both: "leading", as the toy family's saved config says for every sampler (SD's config
+    # leaves the spacing to each scheduler's default, and Euler's is "linspace")
+    euler = EulerDiscreteScheduler.from_config(config, timestep_spacing="leading")
+    ddim = {
+        one: DDIMScheduler.from_config(config, set_alpha_to_one=one, timestep_spacing="leading")
+        for one in (True, False)
+    }
+    for scheduler in (euler, *ddim.values()):
+        scheduler.set_timesteps(20)
+    assert euler.timesteps.long().tolist() == ddim[True].timesteps.tolist() == ddim[False].timesteps.tolist()
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    x_euler, x_ddim = noise * euler.init_noise_sigma, {one: noise.clone() for one in ddim}
+    for t in euler.timesteps:
+        x_euler = euler.step(_model(euler.scale_model_input(x_euler, t), t), t, x_euler).prev_sample
+        last_eps = _model(x_ddim[False], t)
+        for one, scheduler in ddim.items():
+            x_ddim[one] = scheduler.step(_model(x_ddim[one], t), int(t), x_ddim[one]).prev_sample
+    _close(x_ddim[True], x_euler, atol=1e-4, rtol=1e-4)  # set_alpha_to_one=True: Euler's method exactly
+    # SD's config (set_alpha_to_one=False) stops at alphas_cumprod[0]: Euler's x_0, re-noised by the last eps guess
+    a0 = ddim[False].alphas_cumprod[0]
+    assert not config.set_alpha_to_one
+    _close(x_ddim[False], a0**0.5 * x_euler + (1 - a0) ** 0.5 * last_eps, atol=1e-4, rtol=1e-4)
+    assert (x_ddim[False] - x_euler).abs().max() > 0.01
 
 
 def test_ddim_step_with_eta():

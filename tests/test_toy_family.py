@@ -431,8 +431,11 @@ def test_quality_script_smoke(tmp_path, monkeypatch, capsys):
     assert (q.default_steps(), q.default_scheduler()) == (DEFAULT_STEPS, "ddim")  # restored after the measurement
     assert "| VAE round trip of drawn images (its ceiling)" in table
     assert "| CLIP's best of 2, guidance 1.0: faithful top-1 / average / bottom-1 image" in table
+    assert "| Prompt-faithful, ddim 20 steps ending at alpha-bar 1 (set_alpha_to_one=True" in table
     saved = list((tmp_path / "benchmarks").glob("toy_quality_smoke_*.json"))
     assert len(saved) == 1
+    result = json.loads(saved[0].read_text())
+    assert result["models_dir"] == "models", result["models_dir"]  # the project's folder, never the absolute path
 
 
 # -- the second generation (64 px, 8x VAE): each lesson guarded on a small sample --------------------------
