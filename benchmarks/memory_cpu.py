@@ -28,6 +28,8 @@ from pathlib import Path
 
 import common
 
+from helpers.saving import public_name
+
 GiB = 2**30
 MEASUREMENTS = ("import", "load_fp32", "load_bf16", "generate_fp32", "generate_bf16")
 
@@ -155,7 +157,7 @@ def main(argv=None) -> dict:
         },
         args,
         notes=[f"Model: {kind}; generation: {args.steps} steps at {args.size}x{args.size}, guidance 7.5, PNDM."],
-        extra={"model": str(model_dir)},
+        extra={"model": "the real architecture, in a temporary folder" if tmp else public_name(model_dir)},
         machine=machine,
         formats={k: "{:.2f}" for k in ("weights_gib", "peak_rss_gib", "above_import_gib", "rss_after_gib")},
     )

@@ -29,3 +29,7 @@ MODELS_DIR = _DATA_ROOT / "models"
 
 #: Model configs kept in the repo (the public SD v1-4 and CLIP ViT-B/32 configs).
 CONFIGS_DIR = _DATA_ROOT / "configs"
+
+#: The committed benchmark results (`benchmarks/results/*.json`) that the notebooks quote and check; the wheel
+#: carries them too (package data `helpers.results`), so a notebook on Colab reads the same figures.
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results" if IN_CHECKOUT else Path(__file__).resolve().parent / "results"

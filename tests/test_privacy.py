@@ -117,7 +117,21 @@ def test_benchmark_results_record_no_cache_paths(monkeypatch):
     assert user not in json.dumps(common.machine_info()["env"])
 
 
+def absolute_paths(value) -> list[str]:
+    """Every string in a JSON value that is, or holds, an absolute path (a temporary folder's included)."""
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in absolute_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in absolute_paths(v)]
+    return (
+        [value]
+        if isinstance(value, str) and re.search(r"(^|[\s'\"(])/(tmp|home|root|work|Users|var|content)/", value)
+        else []
+    )
+
+
 def test_committed_benchmark_results_hold_no_user_paths():
     for path in sorted((REPO_ROOT / "benchmarks" / "results").glob("*.json")):
         text = path.read_text()
         assert "torchinductor_" not in text and not identifying(text), path.name
+        assert not absolute_paths(json.loads(text)), (path.name, absolute_paths(json.loads(text)))

@@ -14,7 +14,7 @@ from pathlib import Path
 import background
 import pytest
 
-from helpers.paths import REPO_ROOT
+from helpers.paths import REPO_ROOT, RESULTS_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +30,8 @@ OUTSIDE = textwrap.dedent(
     assert not paths.IN_CHECKOUT, "the installed package must not think it is in a checkout"
     model, clip_dir = offline_model_dir(), offline_clip_dir()
     assert here in model.resolve().parents and here in Path(clip_dir).resolve().parents, (model, clip_dir)
+    runs = sorted(paths.RESULTS_DIR.glob("toy_quality_v2-wide48-13k-*euler_a30-*.json"))  # what notebook 01 reads
+    assert runs and json.loads(runs[-1].read_text())["guidance_7.5"]["faithful"] > 0.9, paths.RESULTS_DIR
     pipe = load_pipeline(model, device="cpu")
     result = generate(pipe, "a red circle on a blue background", n_images=2, num_inference_steps=3, show_progress=False)
     clip = load_clip(clip_dir)
@@ -64,6 +66,7 @@ def test_wheel_carries_models_and_configs(wheel):
         "helpers/models/toy-clip/merges.txt",
         "helpers/configs/clip-vit-base-patch32/config.json",
         "helpers/configs/sd-v1-4/unet/config.json",
+        *(f"helpers/results/{p.name}" for p in RESULTS_DIR.glob("*.json")),  # notebook 01 and 03 read them
         "login.py",
     ):
         assert required in names, required
