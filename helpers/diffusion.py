@@ -272,7 +272,7 @@ def euler_step(eps: torch.Tensor, sigma, sigma_next, sample: torch.Tensor) -> to
     """One step of Euler's method on $d\\tilde x / d\\sigma = \\hat\\epsilon$: `EulerDiscreteScheduler.step` (no churn).
 
     `sample` is $\\tilde x_t = x_t / \\sqrt{\\bar\\alpha_t}$, the variable Euler-type schedulers keep. Dividing the eta = 0
-    `ddim_step` by $\\sqrt{\\bar\\alpha_{t'}}$ gives this same update (Karras et al. 2022, arXiv 2206.00364, section 3).
+    `ddim_step` by $\\sqrt{\\bar\\alpha_{t'}}$ gives this same update (the DDIM paper, section 4.3, eq. 13-14).
     """
     # $\tilde x_{t'} = \tilde x_t + (\sigma_{t'} - \sigma_t)\,\hat\epsilon$
     return sample + (sigma_next - sigma) * eps

@@ -280,9 +280,11 @@ print("DDIM steps (eta 0 and 1) match DDIMScheduler.step")
 #
 # $$\tilde x_{t'} = \hat x_0 + \sigma_{t'}\,\hat\epsilon = \tilde x_t + (\sigma_{t'} - \sigma_t)\,\hat\epsilon,$$
 #
-# one step of Euler's method on $d\tilde x / d\sigma = \hat\epsilon$ (`d.euler_step`), which is what diffusers'
-# `EulerDiscreteScheduler` does (Karras et al. 2022, arXiv 2206.00364, section 3). On the same timesteps the two
-# samplers are one, except at the end: Euler's last step goes to $\sigma = 0$, the clean $\hat x_0$, while Stable
+# one step of Euler's method on $d\tilde x / d\sigma = \hat\epsilon$ (`d.euler_step`; the DDIM paper, Song et al. 2021,
+# arXiv 2010.02502, section 4.3), which is what diffusers' `EulerDiscreteScheduler` does (Karras et al. 2022's
+# sampler, without its extra noise). On the same timesteps the two samplers are one (the toy family's config gives
+# every sampler "leading" timesteps; SD v1-4's leaves each its own default, "leading" for DDIM, "linspace" for
+# Euler), except at the end: Euler's last step goes to $\sigma = 0$, the clean $\hat x_0$, while Stable
 # Diffusion's config (`set_alpha_to_one=False`) ends DDIM at $\bar\alpha_0 = 1 - \beta_0$ instead of 1, so its output
 # keeps $\sqrt{1 - \bar\alpha_0} \approx 0.029$ of the last $\hat\epsilon$.
 #
