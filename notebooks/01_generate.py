@@ -438,7 +438,9 @@ if own_sampler is not None:
 # `"default_sampler"`, read by `family_sampler`) and saves it as its pipeline's own scheduler. Why an ancestral
 # sampler: it adds fresh noise after every step, which drowns part of the error the UNet made in the step before,
 # where a deterministic sampler carries it to the end (Karras et al. 2022, arXiv 2206.00364, section 4); a UNet as
-# small as the toy family's makes plenty. On the real v1-4 we could not measure (no GPU, no weights here), so its
+# small as the toy family's makes plenty. Of the deterministic ones, DDIM and Euler take the same steps here; DDIM's
+# lower row comes from its last step alone, which SD's config ends a little short of the clean image (notebook 03,
+# section 4, with the run that ends it at the clean image: Euler's figure). On the real v1-4 we could not measure (no GPU, no weights here), so its
 # default comes from the literature: DPM-Solver++ 2M (Lu et al. 2022,
 # [arXiv 2211.01095](https://arxiv.org/abs/2211.01095), a second-order solver designed for guided sampling) at 25
 # steps. diffusers' documentation of `DPMSolverMultistepScheduler` says 20 steps give high-quality samples; we keep a
