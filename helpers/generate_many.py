@@ -547,13 +547,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     from accelerate import PartialState
 
-    from .pipeline import apply_memory_preset, choose_model, load_pipeline, make_scheduler
-
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise SystemExit("--batch-size must be at least 1.")
-    use_cuda = torch.cuda.is_available()
-    state = PartialState(cpu=not use_cuda)  # cpu=True: a process group over gloo; without it, one process on CPU
+    state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: a process group over gloo, else 1 process
+    try:
+        return _main(args, state)
+    finally:
+        # Tear the process group down before the interpreter exits: left to exit, gloo's threads were once destroyed
+        # still running and aborted a finished 2-process run ("terminate called without an active exception").
+        state.destroy_process_group()
+
+
+def _main(args, state) -> dict:
+    """main's work, in the process group `state` (accelerate's `PartialState`)."""
+    from .pipeline import apply_memory_preset, choose_model, load_pipeline, make_scheduler
+
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     model, reason = choose_model(args.model)
     try:
