@@ -431,6 +431,8 @@ assert max(r["red_rate"] for r in negative_red.values()) <= 0.10
 assert pick["faithful"] > runs_v2[10]["guidance_7.5"]["faithful"] and negative_red[30]["faithful"] > negative_red[10]["faithful"]  # fmt: skip
 if own_sampler is not None:
     assert (own_sampler.scheduler, own_sampler.num_inference_steps) == ("euler_a", 30)
+# DDIM below Euler by its last step alone: ended at the clean image, it draws Euler's images (at most 1 verdict apart)
+assert abs(bench["ddim_alpha_to_one_20"]["faithful"] - bench["euler_20"]["faithful"]) <= 1 / 396 < bench["euler_20"]["faithful"] - bench["ddim_20"]["faithful"]  # fmt: skip
 
 # %% [markdown]
 # **Defaults depend on the model.** The table above was measured on the toy family only, so Euler ancestral at 30

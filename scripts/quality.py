@@ -197,19 +197,18 @@ def faithful_rows(pipe, quick: bool) -> dict:
         "size_ratio": generated["size_std_px"] / max(reference["size_std_px"], 1e-9),
         "n": len(d_prompts),
     }
-    cells = [("pndm", 50)] + [(s, 20) for s in TABLE_SAMPLERS]
-    for name, steps in cells:
-        pipe.scheduler = with_scheduler(pipe, name)
-        images = generate(pipe, prompts, seeds, GUIDANCE, steps=4 if quick else steps)
-        out[f"{name}_{steps}"], _ = grade(images, prompts, held)
+    from diffusers import DDIMScheduler
+
+    cells = [("pndm", with_scheduler(pipe, "pndm"), 50)]
+    cells += [(s, with_scheduler(pipe, s), 20) for s in TABLE_SAMPLERS]
     # DDIM's last step: SD's config (set_alpha_to_one=False) ends it at alphas_cumprod[0], leaving
     # sqrt(1 - alphas_cumprod[0]) = 0.029 of the predicted noise in the latents; ending at 1 makes DDIM (eta 0) exactly
     # Euler's method (notebook 03, section 4), so this row tells how much of DDIM's gap to Euler is that last step.
-    from diffusers import DDIMScheduler
-
-    pipe.scheduler = DDIMScheduler.from_config(default.config, set_alpha_to_one=True)
-    images = generate(pipe, prompts, seeds, GUIDANCE, steps=4 if quick else 20)
-    out["ddim_alpha_to_one_20"], _ = grade(images, prompts, held)
+    cells += [("ddim_alpha_to_one", DDIMScheduler.from_config(default.config, set_alpha_to_one=True), 20)]
+    for name, scheduler, steps in cells:
+        pipe.scheduler = scheduler
+        images = generate(pipe, prompts, seeds, GUIDANCE, steps=4 if quick else steps)
+        out[f"{name}_{steps}"], _ = grade(images, prompts, held)
     pipe.scheduler = default
     return out
 
