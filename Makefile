@@ -22,7 +22,7 @@ run: setup
 test: setup
 	@bash scripts/setup_browser.sh
 	@$(PY) -m ruff check .
-	@$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider $(PYTEST_ARGS)
+	@$(PY) scripts/run_tests.py $(PYTEST_ARGS)  # two pytest sessions side by side: tests, notebooks
 
 lint: setup
 	@$(PY) -m ruff check . && $(PY) -m ruff format --check helpers tests scripts benchmarks login.py

@@ -1,0 +1,79 @@
+"""`make test`: the tests and the notebooks as two pytest sessions side by side, one per core.
+
+    python scripts/run_tests.py [pytest options]     # what `make test` runs (PYTEST_ARGS are the options)
+    python scripts/run_tests.py tests/test_pipeline.py -k seed   # a path given: one session, just that
+
+Why two sessions: the suite's own work is single-threaded (the tiny models run fastest on one torch thread, and
+nbval runs one notebook kernel at a time), so one session kept a core idle for most of its run once the background
+set-up (tests/background.py) was done. Measured on the 2-core build machine on 2026-12-07, sampling /proc/stat
+every 5 s through a fresh `make test`: 26 minutes of wall time, 1,990 CPU-seconds, both cores busy for the first
+6 minutes and one core idle for the remaining 20. Here the notebooks and the site test (which renders the notebooks
+as nbval executed them, so it belongs to their session) run in one session, and every other test in the other.
+
+Options (-m, -k, -x, --durations, ...) go to both sessions. The tests' output streams as it comes; the notebooks'
+is printed once the tests are done, then one line with both outcomes. The exit status is 0 only if both pass; a
+session whose filter selected nothing (pytest's status 5) counts as passed when the other ran tests.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+COMMON = ["--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider"]
+NOTEBOOKS = ["notebooks", "tests/test_site.py"]  # the site test reads nbval's own run of the notebooks
+TESTS = ["tests", "--ignore=tests/test_site.py"]
+NO_TESTS_COLLECTED = 5  # pytest's exit status when the selection is empty
+
+
+def names_a_path(args: list[str]) -> bool:
+    """Does the command line name a test file, folder or node id (then it is run as given, in one session)?"""
+    return any(not a.startswith("-") and (REPO / a.split("::")[0]).exists() for a in args)
+
+
+def sessions(args: list[str]) -> dict[str, list[str]]:
+    """The pytest command line of each session, by name."""
+    pytest = [sys.executable, "-m", "pytest"]
+    if names_a_path(args):
+        return {"selected": [*pytest, *COMMON, *args]}
+    return {"tests": [*pytest, *TESTS, *COMMON, *args], "notebooks": [*pytest, *NOTEBOOKS, *COMMON, *args]}
+
+
+def combined_status(codes: dict[str, int]) -> int:
+    """0 when every session passed; an empty selection (5) is fine as long as some session ran tests."""
+    if all(c == NO_TESTS_COLLECTED for c in codes.values()):
+        return NO_TESTS_COLLECTED
+    bad = [c for c in codes.values() if c not in (0, NO_TESTS_COLLECTED)]
+    return bad[0] if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    commands = sessions(args)
+    if len(commands) == 1:
+        return subprocess.call(commands["selected"], cwd=REPO)
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as log:
+        beside = subprocess.Popen(commands["notebooks"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(commands["tests"], cwd=REPO)
+        try:
+            codes = {"tests": first.wait()}
+            codes["notebooks"] = beside.wait()
+        except KeyboardInterrupt:
+            for proc in (first, beside):
+                proc.send_signal(signal.SIGINT)
+            for proc in (first, beside):
+                proc.wait()
+            raise
+        log.seek(0)
+        print("\n" + " the notebooks' session (ran beside the tests) ".center(100, "="), flush=True)
+        sys.stdout.write(log.read())
+    print(f"\nmake test: tests exit {codes['tests']}, notebooks exit {codes['notebooks']}", flush=True)
+    return combined_status(codes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""`make test` runs two pytest sessions side by side (scripts/run_tests.py): every test and every notebook is in
+exactly one of them, options reach both, and the exit status fails when either session fails."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from helpers.paths import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import run_tests  # noqa: E402
+
+
+def test_the_two_sessions_cover_the_configured_test_paths_once():
+    """Every path pytest is configured to collect (pyproject's testpaths) is in one session; the site test, which
+    renders nbval's run of the notebooks, is in theirs and not in the other."""
+    import tomllib
+
+    testpaths = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["testpaths"]
+    both = run_tests.sessions([])
+    assert sorted(testpaths) == ["notebooks", "tests"]
+    assert "tests" in both["tests"] and "notebooks" not in both["tests"]
+    assert "notebooks" in both["notebooks"] and "tests" not in both["notebooks"]
+    assert "tests/test_site.py" in both["notebooks"] and "--ignore=tests/test_site.py" in both["tests"]
+
+
+def test_options_go_to_both_sessions_and_a_path_runs_alone():
+    both = run_tests.sessions(["-m", "not slow", "-x"])
+    for command in both.values():
+        assert command[-3:] == ["-m", "not slow", "-x"]
+    assert not run_tests.names_a_path(["-m", "not slow", "-k", "seed"])
+    one = run_tests.sessions(["tests/test_pipeline.py::test_load_from_a_local_folder", "-x"])
+    assert list(one) == ["selected"] and one["selected"][-2:] == [
+        "tests/test_pipeline.py::test_load_from_a_local_folder",
+        "-x",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [
+        ({"tests": 0, "notebooks": 0}, 0),
+        ({"tests": 1, "notebooks": 0}, 1),
+        ({"tests": 0, "notebooks": 1}, 1),
+        ({"tests": 0, "notebooks": 5}, 0),  # a filter that selects no notebook cell
+        ({"tests": 5, "notebooks": 5}, 5),  # nothing selected anywhere
+        ({"tests": 5, "notebooks": 2}, 2),  # interrupted
+    ],
+)
+def test_exit_status_fails_when_either_session_fails(codes, expected):
+    assert run_tests.combined_status(codes) == expected
+
+
+def test_both_sessions_run_and_report():
+    """A real run: a filter that selects one quick test here and no notebook cell."""
+    run = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "run_tests.py"), "-k", "exit_status_fails_when_either", "-q"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "6 passed" in run.stdout
+    assert "the notebooks' session (ran beside the tests)" in run.stdout
+    assert "tests exit 0, notebooks exit 5" in run.stdout
