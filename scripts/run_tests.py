@@ -11,7 +11,8 @@ every 5 s through a fresh `make test`: 26 minutes of wall time, 1,990 CPU-second
 as nbval executed them, so it belongs to their session) run in one session, and every other test in the other.
 
 Options (-m, -k, -x, --durations, ...) go to both sessions. The tests' output streams as it comes; the notebooks'
-is printed once the tests are done, then one line with both outcomes. The exit status is 0 only if both pass; a
+is printed once the tests are done, then, when the tests failed, their short summary again (so that the tail of a
+CI log shows every failure), then one line with both outcomes. The exit status is 0 only if both pass; a
 session whose filter selected nothing (pytest's status 5) counts as passed when the other ran tests.
 """
 
@@ -51,6 +52,12 @@ def combined_status(codes: dict[str, int]) -> int:
     return bad[0] if bad else 0
 
 
+def summary(lines: list[str], keep: int = 200) -> str:
+    """pytest's short summary (from its "short test summary info" line), else the last `keep` lines."""
+    marks = [i for i, line in enumerate(lines) if "short test summary info" in line]
+    return "".join(lines[marks[-1] :] if marks else lines[-keep:])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     commands = sessions(args)
@@ -58,8 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call(commands["selected"], cwd=REPO)
     with tempfile.TemporaryFile("w+", encoding="utf-8") as log:
         beside = subprocess.Popen(commands["notebooks"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        first = subprocess.Popen(commands["tests"], cwd=REPO)
+        first = subprocess.Popen(
+            commands["tests"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        shown = []
         try:
+            for line in first.stdout:  # stream it, and keep it for the summary at the end
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                shown.append(line)
             codes = {"tests": first.wait()}
             codes["notebooks"] = beside.wait()
         except KeyboardInterrupt:
@@ -71,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         log.seek(0)
         print("\n" + " the notebooks' session (ran beside the tests) ".center(100, "="), flush=True)
         sys.stdout.write(log.read())
+    if codes["tests"] not in (0, NO_TESTS_COLLECTED):  # its failures again, last, where a log's tail shows them
+        print("\n" + " the tests' session, again: ".center(100, "=") + "\n" + summary(shown), flush=True)
     print(f"\nmake test: tests exit {codes['tests']}, notebooks exit {codes['notebooks']}", flush=True)
     return combined_status(codes)
 

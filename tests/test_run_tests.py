@@ -64,3 +64,18 @@ def test_both_sessions_run_and_report():
     assert "6 passed" in run.stdout
     assert "the notebooks' session (ran beside the tests)" in run.stdout
     assert "tests exit 0, notebooks exit 5" in run.stdout
+
+
+def test_a_failing_tests_session_shows_its_summary_last(monkeypatch, capsys):
+    """The notebooks' log comes after the tests' stream; a failure of the tests is repeated at the very end, where the
+    tail of a CI log shows it, and the exit status is the failing session's."""
+    tests = (
+        "print('collected 2 items'); print('=== short test summary info ==='); print('FAILED tests/t.py::a'); exit(1)"
+    )
+    fake = {"tests": [sys.executable, "-c", tests], "notebooks": [sys.executable, "-c", "print('notebooks: 3 passed')"]}
+    monkeypatch.setattr(run_tests, "sessions", lambda args: fake)
+    assert run_tests.main([]) == 1
+    out = capsys.readouterr().out
+    assert out.index("collected 2 items") < out.index("notebooks: 3 passed") < out.rindex("FAILED tests/t.py::a")
+    assert out.rstrip().endswith("make test: tests exit 1, notebooks exit 0")
+    assert run_tests.summary(["a\n", "b\n"], keep=1) == "b\n"
