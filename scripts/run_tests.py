@@ -10,7 +10,8 @@ every 5 s through a fresh `make test`: 26 minutes of wall time, 1,990 CPU-second
 6 minutes and one core idle for the remaining 20. Here the notebooks and the site test (which renders the notebooks
 as nbval executed them, so it belongs to their session) run in one session, and every other test in the other.
 Split that way, a fresh clone's `make setup && make test` took 1,457 s, the tests' session 1,313 s and the notebooks'
-718 s; so the toy family's training tests (232 s in the single session) moved to the notebooks' session.
+718 s; so the toy family's training tests (232 s in the single session) moved to the notebooks' session. Now the
+whole command took 1,234 s (setup 149 s, the tests' session 1,068 s, the notebooks' 1,021 s).
 
 Options (-m, -k, -x, --durations, ...) go to both sessions. The tests' output streams as it comes; the notebooks'
 is printed once the tests are done, then, when the tests failed, their short summary again (so that the tail of a
