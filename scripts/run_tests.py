@@ -16,7 +16,8 @@ whole command took 1,234 s (setup 149 s, the tests' session 1,068 s, the noteboo
 Options (-m, -k, -x, --durations, ...) go to both sessions. The tests' output streams as it comes; the notebooks'
 is printed once the tests are done, then, when the tests failed, their short summary again (so that the tail of a
 CI log shows every failure), then one line with both outcomes. The exit status is 0 only if both pass; a
-session whose filter selected nothing (pytest's status 5) counts as passed when the other ran tests.
+session whose filter selected nothing (pytest's status 5) counts as passed when the other ran tests. Interrupted
+(Ctrl-C, or `kill -INT` of this process alone), it stops both sessions and exits 130.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +37,7 @@ BESIDE = ["tests/test_site.py", "tests/test_toy_family.py"]
 NOTEBOOKS = ["notebooks", *BESIDE]
 TESTS = ["tests", *(f"--ignore={path}" for path in BESIDE)]
 NO_TESTS_COLLECTED = 5  # pytest's exit status when the selection is empty
+GRACE_S = 15.0  # after an interrupt, how long the sessions get to stop on their own before it is passed on
 
 
 def names_a_path(args: list[str]) -> bool:
@@ -82,12 +85,16 @@ def main(argv: list[str] | None = None) -> int:
                 shown.append(line)
             codes = {"tests": first.wait()}
             codes["notebooks"] = beside.wait()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C reaches both sessions too (one process group): let them stop cleanly
+            deadline = time.monotonic() + GRACE_S
             for proc in (first, beside):
-                proc.send_signal(signal.SIGINT)
-            for proc in (first, beside):
-                proc.wait()
-            raise
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:  # interrupted on its own (kill -INT): pass it on
+                    proc.send_signal(signal.SIGINT)
+                    proc.wait()
+            print("\nmake test: interrupted; both sessions stopped", flush=True)
+            return 130  # the shell's status for a command stopped by Ctrl-C
         log.seek(0)
         print("\n" + " the notebooks' session (ran beside the tests) ".center(100, "="), flush=True)
         sys.stdout.write(log.read())

@@ -3,8 +3,10 @@ exactly one of them, options reach both, and the exit status fails when either s
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +82,36 @@ def test_a_failing_tests_session_shows_its_summary_last(monkeypatch, capsys):
     assert out.index("collected 2 items") < out.index("notebooks: 3 passed") < out.rindex("FAILED tests/t.py::a")
     assert out.rstrip().endswith("make test: tests exit 1, notebooks exit 0")
     assert run_tests.summary(["a\n", "b\n"], keep=1) == "b\n"
+
+
+def test_an_interrupted_run_stops_both_sessions():
+    """`kill -INT` of the runner alone (Ctrl-C also reaches the sessions themselves): it passes the interrupt on,
+    leaves no session running and exits 130."""
+    import signal
+    import tempfile
+    import time
+
+    code = (
+        "import sys; sys.path.insert(0, 'scripts'); import run_tests\n"
+        "nap = [sys.executable, '-c', 'import time, os; open(os.environ[\"MARK\"] + str(os.getpid()), \"w\"); time.sleep(300)']\n"
+        "run_tests.sessions = lambda args: {'tests': nap, 'notebooks': nap}; run_tests.GRACE_S = 1.0\n"
+        "sys.exit(run_tests.main([]))\n"
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as marks:
+        env = {**os.environ, "MARK": f"{marks}/session-"}
+        runner = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        deadline = time.time() + 60
+        while len(list(Path(marks).iterdir())) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        pids = [int(p.name.split("-")[1]) for p in Path(marks).iterdir()]
+        assert len(pids) == 2
+        runner.send_signal(signal.SIGINT)
+        out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 130
+    assert "interrupted; both sessions stopped" in out
+    for pid in pids:  # the runner waited for both: gone, not left running
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
