@@ -92,7 +92,8 @@ def test_an_interrupted_run_stops_both_sessions():
     import time
 
     code = (
-        "import sys; sys.path.insert(0, 'scripts'); import run_tests\n"
+        "import signal, sys; sys.path.insert(0, 'scripts'); import run_tests\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the shell ignores it (a background job)\n"
         "nap = [sys.executable, '-c', 'import time, os; open(os.environ[\"MARK\"] + str(os.getpid()), \"w\"); time.sleep(300)']\n"
         "run_tests.sessions = lambda args: {'tests': nap, 'notebooks': nap}; run_tests.GRACE_S = 1.0\n"
         "sys.exit(run_tests.main([]))\n"
@@ -101,7 +102,6 @@ def test_an_interrupted_run_stops_both_sessions():
         env = {**os.environ, "MARK": f"{marks}/session-"}
         runner = subprocess.Popen(
             [sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         deadline = time.time() + 60
         while len(list(Path(marks).iterdir())) < 2 and time.time() < deadline:
