@@ -30,6 +30,9 @@ pixels wide, so the VAE's encoder hands the UNet rounded stars to learn. `--star
     python benchmarks/personalise.py --threads 1 --methods lora,full --star-radius 0.35 0.44 --full-steps 800
     python benchmarks/personalise.py --threads 1 --methods lora --star-radius 0.35 0.44 --lora-targets all \
         --rank 16 --lora-steps 400
+
+`--model` runs it on another family folder (a candidate retrain); `--lora-targets cross` puts the adapter on the
+cross-attention's keys and values only (Custom Diffusion's choice, `P.LORA_TARGETS_CROSS`).
 """
 
 from __future__ import annotations
@@ -121,7 +124,9 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
         prior = P.family_images(n_train // 3, seed=3, size=size)  # a quarter of the data: the family's own images
         images, captions = np.concatenate([data.images, prior.images]), data.captions + prior.captions
         if method == "LoRA":
-            targets = P.LORA_TARGETS if args.lora_targets == "attention" else P.LORA_TARGETS_ALL
+            targets = {"attention": P.LORA_TARGETS, "cross": P.LORA_TARGETS_CROSS, "all": P.LORA_TARGETS_ALL}[
+                args.lora_targets
+            ]
             P.add_lora(pipe.unet, rank=args.rank, alpha=args.rank, seed=0, target_modules=targets)  # seeded A
         train, lr = (P.train_lora, args.lora_lr) if method == "LoRA" else (P.finetune_unet, args.full_lr)
         start = time.perf_counter()
@@ -177,9 +182,10 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument(
         "--lora-targets",
-        choices=("attention", "all"),
+        choices=("attention", "cross", "all"),
         default="attention",
-        help="attention: to_q/to_k/to_v/to_out.0 (diffusers' default); all: every linear and conv layer",
+        help="attention: to_q/to_k/to_v/to_out.0 (diffusers' default); cross: the cross-attention's to_k/to_v "
+        "(Custom Diffusion's choice); all: every linear and conv layer",
     )
     ap.add_argument(
         "--star-radius",

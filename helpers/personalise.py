@@ -53,6 +53,11 @@ CONCEPT_WORDS = {"magenta": "<magenta>", "orange": "<orange>", "star": "star"}
 #: The attention projections LoRA adapts (query, key, value, output), as in diffusers' LoRA training example.
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what `save_lora_weights` writes
+#: Only the keys and values the UNet computes from the text (the cross-attention `attn2`): what Custom Diffusion
+#: fine-tunes for a new concept (Kumari et al. 2022, https://arxiv.org/abs/2212.04488). They act on the text states
+#: alone, so a prompt whose states the adapter's A barely sees (one without the new word) should move least
+#: (`benchmarks/personalise.py --lora-targets cross`; toy_family_history.md, 2026-12-07).
+LORA_TARGETS_CROSS = ("attn2.to_k", "attn2.to_v")
 #: Every linear and convolution layer of the toy UNet's blocks: LoRA "everywhere", a bigger adapter for comparison.
 LORA_TARGETS_ALL = LORA_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
                                    "conv_shortcut", "time_emb_proj", "conv_in", "conv_out")  # fmt: skip

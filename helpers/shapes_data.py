@@ -57,6 +57,14 @@ EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {"magenta": (240, 30, 200), "or
 EXTRA_SHAPES = ("star",)
 STAR_INNER = 0.5  # inner/outer radius; a regular pentagram's 0.38 leaves arms ~2 px wide at 32 px
 
+#: What a family trained with the recipe's unnamed-concept phases draws but has no word for (issue 16;
+#: `training.Schedule.unet_concepts`): magenta shapes and stars among its UNet's training pictures, only under
+#: captions that leave that attribute unnamed (`unnamed_form`: "a circle on a blue background", "a red shape").
+#: Such a model can draw them and no word asks for them: textual inversion and LoRA then have something to find,
+#: as on Stable Diffusion, which has seen nearly everything a learner wants to name (Gal et al. 2022). The
+#: committed family has not been through these phases yet (benchmarks/toy_family_history.md, 2026-12-07).
+UNNAMED_CONCEPTS = ("magenta", "star")
+
 #: Caption templates of the first generation. The shape's colour always comes before the background's colour.
 TEMPLATES = (
     "a {colour} {shape} on a {background} background",
@@ -153,6 +161,25 @@ def parse_prompt(prompt: str) -> Combo | None:
 def v2_caption(combo: Combo, form: int) -> str:
     """The caption of `combo` in `V2_CAPTION_FORMS[form]` (which may leave attributes unnamed)."""
     return V2_CAPTION_FORMS[form][0].format(shape=combo.shape, colour=combo.colour, background=combo.background)
+
+
+#: For a picture of an unnamed concept: caption form -> the form that says the same but for that attribute.
+_UNNAMING = {
+    "colour": {0: 6, 1: 6, 2: 6, 3: 6, 4: 6, 5: 8, 7: 6, 9: 8},  # "a magenta circle on ..." -> "a circle on ..."
+    "shape": {0: 7, 1: 7, 2: 7, 3: 7, 4: 7, 5: 9, 6: 7, 8: 9},  # "a red star on ..." -> "a red shape on ..."
+}
+
+
+def unnamed_form(combo: Combo, form: int) -> int:
+    """The caption form a training picture of `combo` gets in place of `form`: `form` itself, unless the picture
+    shows one of `UNNAMED_CONCEPTS` and the form would name it; then the form that names everything else it can
+    (a magenta circle on blue in form 0 is captioned "a circle on a blue background", a red star "a red shape on
+    a blue background"). Pictures the family has no word for are never captioned with one."""
+    if combo.colour in UNNAMED_CONCEPTS:
+        return _UNNAMING["colour"].get(form, form)
+    if combo.shape in UNNAMED_CONCEPTS:
+        return _UNNAMING["shape"].get(form, form)
+    return form
 
 
 def v2_form_weights() -> np.ndarray:

@@ -47,6 +47,7 @@ from .shapes_data import (
     SHAPES,
     STAR_INNER,
     SUPERSAMPLE,
+    UNNAMED_CONCEPTS,
     V2_IMAGE_SIZE,
     Combo,
     _jitter,
@@ -387,13 +388,19 @@ def inspect(image, kinds: tuple[str, ...] = SHAPES, colours: tuple[str, ...] | N
 
 
 def inspect_options(caption: str | Request) -> dict:
-    """The `inspect` arguments a caption needs: the new concepts it names join the kinds and colours considered.
+    """The `inspect` arguments a caption needs: the new concepts it names join the kinds and colours considered,
+    and so do `UNNAMED_CONCEPTS` where the caption leaves that attribute open: a magenta circle is a clean answer to
+    "a circle on a blue background", a star to "a red shape" (a family trained with them draws such pictures).
 
-    For every caption without "star" or "magenta" this is the default inspection, so old results are unchanged.
+    For every caption that names a palette colour and a kind, this is the default inspection, so those results are
+    unchanged.
     """
     want = parse_caption(caption) if isinstance(caption, str) else caption
-    kinds = SHAPES + tuple(k for k in EXTRA_SHAPES if k == want.shape)
-    extra = tuple(c for c in EXTRA_COLOURS if c in (want.colour, want.background))
+    kinds = SHAPES + tuple(k for k in EXTRA_SHAPES if k == want.shape or (want.shape is None and k in UNNAMED_CONCEPTS))
+    extra = tuple(
+        c for c in EXTRA_COLOURS
+        if c in (want.colour, want.background) or (want.colour is None and c in UNNAMED_CONCEPTS)
+    )  # fmt: skip
     return {"kinds": kinds, "colours": tuple(COLOURS) + extra if extra else None}
 
 

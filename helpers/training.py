@@ -32,10 +32,12 @@ from .shapes_data import (
     V2_CAPTION_FORMS,
     V2_IMAGE_SIZE,
     Combo,
+    concept_combos,
     draw,
     draw_v2,
     make_dataset_v2,
     train_combos,
+    unnamed_form,
     v2_caption,
     v2_form_weights,
 )
@@ -114,6 +116,16 @@ class Schedule:
     #: their predecessor on new data: https://huggingface.co/CompVis/stable-diffusion-v1-4); the first phase's
     #: scaling_factor is kept
     unet_refine: tuple[tuple[int, float, int], ...] = ()
+    #: then what the family draws without a word for it (`shapes_data.UNNAMED_CONCEPTS`, issue 16): more VAE phases,
+    #: each (steps, lr, seed offset), on the palette's pictures and those of `vae_concepts` (each combination
+    #: equally often), encoder and decoder; then more UNet phases, each (steps, lr, seed offset), from the EMA
+    #: weights on the new VAE's latents, with the pictures of `unet_concepts` captioned so as never to name them
+    #: (`v2_unet_inputs(concepts=...)`); the first phase's scaling_factor is kept
+    vae_extend: tuple[tuple[int, float, int], ...] = ()
+    vae_concepts: tuple[str, ...] = ()
+    unet_extend: tuple[tuple[int, float, int], ...] = ()
+    unet_concepts: tuple[str, ...] = ()
+    unet_concept_boost: float = 1.0  # pictures of each concept per palette picture (`v2_unet_inputs`)
     #: then fine-tune the decoder on the UNet's own img2img latents (`finetune_decoder`); 0 steps: skip
     decoder_steps: int = 0
     decoder_clean: float = 0.3
@@ -156,7 +168,18 @@ V2_SCHEDULE = Schedule(
     # UNet, as the recipe does (8,000 steps at lr 1e-3, 3,288 s, 1 thread): 74.3% (30 steps), outside the mask 7.5/255
     # as decoded (was 8.3).
     inpaint_steps=8000, inpaint_lr=1e-3,
+    # Unnamed concepts (issue 16; `vae_extend`, `unet_extend`: not in this schedule yet). Measured on the committed
+    # family (2026-12-07, 1 thread, benchmarks/toy_family_history.md): the VAE cannot give magenta back (Delta E 127)
+    # until it sees it; VAE_EXTEND on the palette plus magenta, orange and stars gives magenta back at Delta E 4,
+    # orange 97%, stars 88% judged stars, the old round trip 94.7% (was 96.3%); the decoder alone (encoder frozen)
+    # stays at Delta E 67. Then 3,000 UNet steps at lr 3e-4 with the concepts' pictures as often as a palette
+    # picture (`unet_concept_boost` 1) draw them almost never, and neither word is learned (textual inversion 0%,
+    # LoRA 0%); with every caption form of theirs mapped to an unnamed one (about 12x as often), textual inversion
+    # reaches 75% and a cross-attention LoRA 100% stars with old prompts 94%, but "a circle on a blue background"
+    # is then always magenta. The boost in between is what the next retrain must pick.
 )  # fmt: skip
+#: The unnamed-concept phases measured on the committed family (the comment above): 3 x 1,000 VAE steps at lr 1e-4.
+VAE_EXTEND = ((1000, 1e-4, 100), (1000, 1e-4, 1100), (1000, 1e-4, 2100))
 
 #: The second generation's default sampler, saved as its scheduler and recorded in its `training_summary.json`
 #: (`helpers.pipeline.family_sampler`). Chosen on the 13,500-step family (blocks 32, 64, 64), 396 images at guidance
@@ -645,7 +668,9 @@ def train_unet(
     latents_mean/std: (N, 4, 8, 8) VAE posteriors; combo_index: (N,) row of `cond_states`;
     cond_states: (C, T, 77, D) frozen text states of every combination x template;
     uncond_state: (77, D) the states of "" (what the pipeline uses as the negative prompt);
-    template_weights: (T,) how often each template/caption form is drawn (default: uniformly);
+    template_weights: (T,) how often each template/caption form is drawn (default: uniformly), or (C, T): per
+    row of `cond_states` (pictures of a concept the family has no word for draw only the forms that leave it
+    unnamed, `UNetInputs.form_weights`);
     snr_gamma: Min-SNR weighting (Hang et al. 2023, https://arxiv.org/abs/2303.09556): each sample's loss is
     weighted by $\\min(\\mathrm{SNR}_t, \\gamma) / \\mathrm{SNR}_t$, which stops the nearly clean steps from
     dominating the gradient (diffusers' train_text_to_image.py `--snr_gamma`, 5 recommended). None: plain MSE.
@@ -687,8 +712,10 @@ def train_unet(
         noisy = scheduler.add_noise(latents, noise, t)
         if template_weights is None:
             template = torch.randint(0, n_templates, (batch_size,), generator=gen)
-        else:
+        elif template_weights.dim() == 1:
             template = torch.multinomial(template_weights, batch_size, replacement=True, generator=gen)
+        else:  # one draw per sample from its combination's row
+            template = torch.multinomial(template_weights[combo_index[idx]], 1, generator=gen)[:, 0]
         states = cond_states[combo_index[idx], template].clone()  # (B, 77, D)
         drop = torch.rand(batch_size, generator=gen) < p_uncond  # caption dropout -> unconditional model
         states[drop] = uncond_state
@@ -728,36 +755,65 @@ class UNetInputs:
     images: np.ndarray | None = None  # (N, H, W, 3) uint8, the drawn images (the inpainting UNet masks them)
     geometry: list[dict] | None = None  # each image's shape centre, half-extent and angle
     forms: torch.Tensor | None = None  # (N,) the caption form of each image
+    form_weights: torch.Tensor | None = None  # (C, F) each row's caption forms' weights (None: v2_form_weights)
 
 
 def v2_unet_inputs(
-    clip, vae, tokenizer, n_images: int, seed: int, rotate: bool = True, scaling_factor: float | None = None
-) -> UNetInputs:
+    clip, vae, tokenizer, n_images: int, seed: int, rotate: bool = True, scaling_factor: float | None = None,
+    concepts: tuple[str, ...] = (), concept_boost: float = 1.0, text_encoder=None,
+) -> UNetInputs:  # fmt: skip
     """Draw `n_images` second-generation training images, encode them once, set the VAE's `scaling_factor`
     (1 / std of the latents, as SD v1's 0.18215 was found) and compute the text states of every caption.
 
     `scaling_factor`: keep this one instead (a later training phase keeps the first phase's, which the UNet
-    learned on; new images would give a factor a hair apart)."""
+    learned on; new images would give a factor a hair apart).
+    `concepts` (of `shapes_data.UNNAMED_CONCEPTS`): add pictures of each (drawn from `seed + 100`), captioned only
+    in the forms that leave the concept unnamed, each as often as a palette picture is: a combination of the
+    concept gets that share of a palette combination's pictures (`form_weights`: the forms' own weights there, 0
+    elsewhere). A magenta circle on blue is then one of six colours "a circle on a blue background" draws, not
+    the answer to it. The caption table maps every other form to its unnamed one too (`unnamed_form`).
+    `concept_boost`: that many times as many pictures of each concept (1: as often as a palette picture).
+    `text_encoder`: the family's own (a saved pipeline's) instead of the one `clip`'s text tower gives.
+    """
+    weights = v2_form_weights()
     combos = train_combos()
     data = make_dataset_v2(n_images, seed=seed, combos=combos, rotate=rotate)
-    means, stds = encode_latents(vae, data.images)
+    images, picked, geometry, forms = data.images, list(data.combos), list(data.geometry), list(data.forms)
+    form_weights = [weights] * len(combos)
+    new = []
+    for concept in concepts:
+        combo = concept_combos(concept)
+        unnamed = np.array([unnamed_form(combo[0], f) == f for f in range(len(weights))])
+        per_combo = max(1, round(n_images / len(train_combos()) * weights[unnamed].sum() * concept_boost))
+        extra = make_dataset_v2(per_combo * len(combo), seed=seed + 100 + len(new), combos=combo, rotate=rotate)
+        rng = np.random.default_rng(seed + 100 + len(new))
+        own = weights * unnamed / weights[unnamed].sum()
+        images = np.concatenate([images, extra.images])
+        picked, geometry = picked + list(extra.combos), geometry + list(extra.geometry)
+        forms = forms + [int(f) for f in rng.choice(len(weights), size=len(extra.images), p=own)]
+        form_weights += [own] * len(combo)
+        new += combo
+    combos = combos + new
+    means, stds = encode_latents(vae, images)
     if scaling_factor is None:
         scaling_factor = latent_scaling_factor(means, stds)
     vae.register_to_config(scaling_factor=scaling_factor)
-    text_encoder = text_encoder_from_clip(clip)
+    text_encoder = text_encoder if text_encoder is not None else text_encoder_from_clip(clip)
     n_forms = len(V2_CAPTION_FORMS)
-    cond = text_states(text_encoder, tokenizer, [v2_caption(c, f) for c in combos for f in range(n_forms)])
+    captions = [v2_caption(c, unnamed_form(c, f)) for c in combos for f in range(n_forms)]
+    cond = text_states(text_encoder, tokenizer, captions)
     return UNetInputs(
         text_encoder=text_encoder,
         latents_mean=means,
         latents_std=stds,
         scaling_factor=scaling_factor,
-        combo_index=torch.tensor([combos.index(c) for c in data.combos]),
+        combo_index=torch.tensor([combos.index(c) for c in picked]),
         cond_states=cond.view(len(combos), n_forms, *cond.shape[1:]),
         uncond_state=text_states(text_encoder, tokenizer, [""])[0],
-        images=data.images,
-        geometry=data.geometry,
-        forms=torch.tensor(data.forms),
+        images=images,
+        geometry=geometry,
+        forms=torch.tensor(forms),
+        form_weights=torch.tensor(np.stack(form_weights), dtype=torch.float32) if concepts else None,
     )
 
 

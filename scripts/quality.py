@@ -133,7 +133,7 @@ def spread(inspections: list[sj.Inspection], groups: list) -> dict[str, float]:
 
 def grade(images: np.ndarray, prompts: list[str], held: np.ndarray | None = None) -> dict:
     """Strict-judge figures of one row: faithful (all / training combos / held-out), IoU, Delta E."""
-    inspections = [sj.inspect(im) for im in images]
+    inspections = [sj.inspect(im, **sj.inspect_options(p)) for im, p in zip(images, prompts)]
     ok = np.array([sj.verdict(s, p).faithful for s, p in zip(inspections, prompts)])
     found = [s for s in inspections if s.found]
     row = {

@@ -44,7 +44,7 @@ from helpers import judge as judge_mod
 from helpers import training as tr
 from helpers.paths import REPO_ROOT
 from helpers.pipeline import SCHEDULERS, make_scheduler
-from helpers.shapes_data import HELD_OUT, TEMPLATES, make_dataset, train_combos
+from helpers.shapes_data import HELD_OUT, TEMPLATES, concept_combos, make_dataset, train_combos
 from helpers.tokenizer import load_clip_tokenizer, write_tokenizer_files
 
 COMMAND = "python scripts/train_toy_family.py"
@@ -262,6 +262,18 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
         "fresh warm-up and cosine decay"
         for steps, lr, _ in sch.get("unet_refine") or ()
     )
+    if sch.get("vae_extend") or sch.get("unet_extend"):  # what it draws without a word for it
+        unet_extras += (
+            f". Then what the family draws but has no word for (`shapes_data.UNNAMED_CONCEPTS`): the VAE, encoder and "
+            f"decoder, {' + '.join(str(n) for n, _, _ in sch.get('vae_extend') or ())} more steps at lr "
+            f"{', '.join(sorted({str(lr) for _, lr, _ in sch.get('vae_extend') or ()}))} on the palette's pictures and "
+            f"those of {', '.join(sch.get('vae_concepts') or ())}; then the UNet, "
+            + ", ".join(f"{n} more steps at lr {lr}" for n, lr, _ in sch.get("unet_extend") or ())
+            + f", on the new VAE's latents, with pictures of {' and '.join(sch.get('unet_concepts') or ())} captioned "
+            'only in the forms that leave them unnamed ("a circle on a blue background", "a red shape"), '
+            f"{sch.get('unet_concept_boost', 1.0):g} x as often as a palette picture: it draws them, and no caption "
+            "asks for them (textual inversion and LoRA can find the words)"
+        )
     decoder = (
         f"Then the decoder alone: {sch['decoder_steps']} steps fine-tuned to give drawn images back from the UNet's own "
         f"img2img latents (strength {sch['decoder_strength'][0]}-{sch['decoder_strength'][1]}, "
@@ -583,13 +595,15 @@ def train_v2(args) -> dict:
     t0 = time.perf_counter()
     shared = dict(
         batch_size=sched.unet_batch, ema_decay=sched.ema_decay, snr_gamma=sched.unet_snr_gamma,
-        template_weights=torch.tensor(v2_form_weights(), dtype=torch.float32), agreement_weight=sched.unet_agreement,
+        agreement_weight=sched.unet_agreement,
     )  # fmt: skip
+    weights = torch.tensor(v2_form_weights(), dtype=torch.float32)
 
     def unet_phase(unet, data: tr.UNetInputs, steps: int, lr: float, seed: int):
         return tr.train_unet(
             unet, data.latents_mean, data.latents_std, scaling_factor, data.combo_index, data.cond_states,
             data.uncond_state, steps=scaled(steps), lr=lr, seed=seed, **shared,
+            template_weights=weights if data.form_weights is None else data.form_weights,
         )  # fmt: skip
 
     unet = tr.build_mini_unet(text_encoder.config.hidden_size, sizes, seed=args.seed)
@@ -603,6 +617,27 @@ def train_v2(args) -> dict:
         ema, losses = unet_phase(warm, more, steps, lr, args.seed + seed_offset)
         unet_losses += losses
     times["mini UNet"] = time.perf_counter() - t0
+    if sched.vae_extend or sched.unet_extend:  # what it draws without a word for it (shapes_data.UNNAMED_CONCEPTS)
+        t0 = time.perf_counter()
+        vae_combos = train_combos() + [c for concept in sched.vae_concepts for c in concept_combos(concept)]
+        for steps, lr, seed_offset in sched.vae_extend:  # encoder and decoder, each combination equally often
+            vae_losses += tr.train_vae(
+                vae, steps=scaled(steps), batch_size=sched.vae_batch, lr=lr, kl_weight=sched.vae_kl_weight,
+                seed=args.seed + seed_offset, combos=vae_combos, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
+            )  # fmt: skip
+        vae.eval()
+        times["mini VAE, unnamed concepts"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for steps, lr, seed_offset in sched.unet_extend:  # the UNet relearns the moved latents, and the new pictures
+            inputs = tr.v2_unet_inputs(
+                clip, vae, tokenizer, scaled(sched.unet_images), seed=args.seed + seed_offset,
+                rotate=not sched.unet_upright, scaling_factor=scaling_factor, concepts=sched.unet_concepts,
+                concept_boost=sched.unet_concept_boost,
+            )  # fmt: skip
+            warm = copy.deepcopy(ema).train().requires_grad_(True)
+            ema, losses = unet_phase(warm, inputs, steps, lr, args.seed + seed_offset)
+            unet_losses += losses
+        times["mini UNet, unnamed concepts"] = time.perf_counter() - t0
     stats["unet_loss_first"] = float(np.mean(unet_losses[:20]))
     stats["unet_loss_last"] = float(np.mean(unet_losses[-100:]))
     print(f"mini UNet: loss {stats['unet_loss_first']:.4f} -> {stats['unet_loss_last']:.4f}", flush=True)
@@ -624,7 +659,7 @@ def train_v2(args) -> dict:
     if sched.inpaint_steps:  # SD-inpainting's recipe: the UNet with 5 more input channels (mask, masked image)
         t0 = time.perf_counter()
         inpaint_unet, inpaint_losses = tr.train_inpainting_unet(
-            tr.inpainting_unet(ema), vae, inputs.images, inputs.geometry, means, inputs.latents_std,
+            tr.inpainting_unet(ema), vae, inputs.images, inputs.geometry, inputs.latents_mean, inputs.latents_std,
             inputs.combo_index, inputs.cond_states, inputs.uncond_state, forms=inputs.forms,
             steps=scaled(sched.inpaint_steps), batch_size=sched.unet_batch, lr=sched.inpaint_lr,
             ema_decay=sched.ema_decay, snr_gamma=sched.unet_snr_gamma, seed=args.seed + 13,

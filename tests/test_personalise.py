@@ -227,6 +227,26 @@ def test_lora_on_every_layer_round_trips_whole(pipe, tmp_path):
     assert np.abs(images_of(fresh, OLD_PROMPT) - trained).max() <= 1e-6
 
 
+def test_lora_on_the_cross_attention_reads_only_the_text_and_round_trips(pipe, tmp_path):
+    """Custom Diffusion's choice (`LORA_TARGETS_CROSS`): only attn2's to_k and to_v, which act on the text states."""
+    n_adapter = P.add_lora(pipe.unet, rank=2, target_modules=P.LORA_TARGETS_CROSS, seed=0)
+    wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in pipe.unet.named_parameters() if "lora_" in n}
+    assert wrapped and all(n.endswith(("attn2.to_k", "attn2.to_v")) for n in wrapped)
+    text_width = pipe.unet.config.cross_attention_dim
+    by_hand = sum(2 * (text_width + m.out_features) for n, m in pipe.unet.named_modules() if n in wrapped)
+    assert n_adapter == by_hand < P.add_lora(load_toy().unet, rank=2)  # smaller than on every projection
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01, generator=torch.Generator().manual_seed(len(name)))  # as if trained
+    trained = images_of(pipe, OLD_PROMPT)
+    P.save_lora(pipe, tmp_path / "cross-lora")
+    fresh = load_toy()
+    fresh.load_lora_weights(tmp_path / "cross-lora", weight_name=P.LORA_WEIGHT_NAME)
+    assert P.parameter_counts(fresh.unet)["adapter"] == n_adapter
+    assert np.abs(images_of(fresh, OLD_PROMPT) - trained).max() <= 1e-6
+
+
 def test_lora_seed_fixes_the_start_and_leaves_the_global_generator_alone(pipe):
     P.add_lora(pipe.unet, rank=2, seed=3)
     first = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if "lora_A" in n}
@@ -352,6 +372,19 @@ def test_the_judge_reads_new_concepts_only_when_the_caption_names_them():
     assert P.judge_rates(np.stack([np.asarray(magenta)]), "a <magenta> square on a green background") == {
         "faithful": 1.0, "colour": 1.0, "kind": 1.0,
     }  # fmt: skip
+
+
+def test_the_judge_accepts_unnamed_concepts_where_the_caption_leaves_the_attribute_open():
+    rng = np.random.default_rng(4)
+    magenta = draw_for_size(Combo("circle", "magenta", "blue"), rng, 64)
+    star = draw_for_size(Combo("star", "red", "blue"), rng, 64)
+    assert sj.judge(magenta, "a circle on a blue background")  # the family draws these under such captions
+    assert not sj.judge(magenta, "a red circle on a blue background")
+    assert sj.inspect(magenta, **sj.inspect_options("a circle on a blue background")).colour == "magenta"
+    assert sj.judge(star, "a red shape on a blue background")
+    assert not sj.judge(star, "a red circle on a blue background")
+    assert sj.inspect_options("a circle on a blue background")["kinds"] == SHAPES  # the kind is named
+    assert sj.inspect_options("a red shape")["colours"] is None  # the colour is named
 
 
 @pytest.mark.parametrize("size", [32, 64])

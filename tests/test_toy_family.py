@@ -183,6 +183,61 @@ def test_v2_unet_inputs_measure_the_scaling_factor_or_keep_a_given_one(tokenizer
     assert tr.latent_scaling_factor(later.latents_mean, later.latents_std) != first.scaling_factor  # new images
 
 
+def test_unnamed_concepts_are_drawn_but_never_named_in_the_unet_captions(tokenizer):
+    from helpers.shapes_data import (
+        UNNAMED_CONCEPTS,
+        V2_CAPTION_FORMS,
+        concept_combos,
+        unnamed_form,
+        v2_caption,
+        v2_form_weights,
+    )
+
+    assert set(UNNAMED_CONCEPTS) == {"magenta", "star"}
+    for form in range(len(V2_CAPTION_FORMS)):
+        for combo in train_combos():
+            assert unnamed_form(combo, form) == form  # the palette's captions are unchanged
+        for combo in concept_combos("magenta") + concept_combos("star"):
+            caption = v2_caption(combo, unnamed_form(combo, form))
+            assert "magenta" not in caption and "star" not in caption, caption
+            # everything else the form names, it still names where a form can: the kind or colour, the background
+            if "{background}" in V2_CAPTION_FORMS[form][0] and form != 10:
+                assert f"{combo.background} background" in caption
+    assert v2_caption(Combo("circle", "magenta", "blue"), unnamed_form(Combo("circle", "magenta", "blue"), 0)) == (
+        "a circle on a blue background"
+    )
+    assert v2_caption(Combo("star", "red", "blue"), unnamed_form(Combo("star", "red", "blue"), 3)) == (
+        "a red shape on a blue background"
+    )
+    clip, vae = tr.build_mini_clip(TINY), tr.build_mini_vae(TINY)
+    plain = tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1)  # 10 pictures per palette combination
+    both = tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1, concepts=("magenta", "star"))
+    # a concept's pictures show up in the forms that leave it unnamed (weight 0.18 of 1) as often as a palette
+    # picture does: 10 x 0.18 -> 2 per combination of the concept
+    n_new = 2 * (len(concept_combos("magenta")) + len(concept_combos("star")))
+    assert len(both.latents_mean) == len(plain.latents_mean) + n_new == len(both.images) == len(both.geometry)
+    assert torch.equal(both.latents_mean[:810], plain.latents_mean)  # the palette's pictures are the same
+    assert plain.form_weights is None and both.form_weights.shape == (81 + 48, len(V2_CAPTION_FORMS))
+    assert torch.allclose(both.form_weights[:81], torch.tensor(v2_form_weights(), dtype=torch.float32).expand(81, -1))
+    for row, combo in enumerate(concept_combos("magenta") + concept_combos("star"), start=81):
+        named = [f for f in range(len(V2_CAPTION_FORMS)) if unnamed_form(combo, f) != f]
+        assert both.form_weights[row, named].sum() == 0 and both.form_weights[row].sum() == pytest.approx(1)
+    assert all(unnamed_form(c, f) == f for c, f in zip(both_combos(both), both.forms.tolist()))
+    assert both.cond_states.shape[0] == plain.cond_states.shape[0] + 48
+    assert torch.equal(both.cond_states[:81], plain.cond_states)
+    magenta_row = 81 + concept_combos("magenta").index(Combo("circle", "magenta", "blue"))
+    circle_on_blue = tr.text_states(both.text_encoder, tokenizer, ["a circle on a blue background"])[0]
+    assert torch.allclose(both.cond_states[magenta_row, 0], circle_on_blue, atol=1e-6)
+    assert set(both.combo_index[810:].tolist()) == set(range(81, 81 + 48))
+
+
+def both_combos(inputs):
+    from helpers.shapes_data import concept_combos
+
+    rows = train_combos() + concept_combos("magenta") + concept_combos("star")
+    return [rows[i] for i in inputs.combo_index.tolist()]
+
+
 def test_save_half_stores_float16_that_loads_back_in_float32(tmp_path):
     from safetensors import safe_open
     from transformers import CLIPTextModel
@@ -578,6 +633,13 @@ def test_training_script_rehearsal_v2(tmp_path, monkeypatch):
     monkeypatch.setattr(
         tr, "vae_colour_failures", lambda vae: measured.append(real(vae)) or (0.5 if len(measured) == 1 else 0.0)
     )
+    from dataclasses import replace
+
+    unnamed = dict(  # the unnamed-concept phases (issue 16), not yet in the committed schedule: rehearsed here
+        vae_extend=tr.VAE_EXTEND, vae_concepts=("magenta", "orange", "star"), unet_extend=((3000, 3e-4, 2),),
+        unet_concepts=("magenta", "star"), unet_concept_boost=3.0,
+    )  # fmt: skip
+    monkeypatch.setattr(tr, "V2_SCHEDULE", replace(tr.V2_SCHEDULE, **unnamed))
     summary = module.main(
         ["--family", "v2", "--scale", "0.002", "--out", str(tmp_path), "--threads", "1", "--quality-smoke"]
     )
@@ -603,6 +665,16 @@ def test_training_script_rehearsal_v2(tmp_path, monkeypatch):
     # the UNet's second phase (new images, from the EMA weights) ran and is on the card
     assert [tuple(p) for p in summary["schedule"]["unet_refine"]] == list(tr.V2_SCHEDULE.unet_refine)
     assert "then 4500 more steps at lr 0.0003 on" in card
+    # then the unnamed concepts: the VAE sees them, the UNet draws them under captions that never name them
+    assert (
+        summary["times_s"]["mini VAE, unnamed concepts"] > 0 and summary["times_s"]["mini UNet, unnamed concepts"] > 0
+    )
+    assert (
+        "1000 + 1000 + 1000 more steps at lr 0.0001 on the palette's pictures and those of magenta, orange, star"
+        in card
+    )
+    assert "3000 more steps at lr 0.0003, on the new VAE's latents, with pictures of magenta and star" in card
+    assert "3 x as often as a palette picture" in card
     # the inpainting UNet: trained, saved in half precision beside the pipeline, loaded back as a 9-channel float32 UNet
     assert summary["times_s"]["inpainting UNet"] > 0 and "inpaint_loss_last" in summary["stats"]
     assert (tmp_path / "toy-sd" / "unet_inpainting" / "diffusion_pytorch_model.fp16.safetensors").exists()
