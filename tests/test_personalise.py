@@ -211,18 +211,25 @@ def test_lora_round_trip_and_unload_restore_exact_outputs(pipe, tmp_path):
     assert torch.allclose(torch.from_numpy(images_of(pipe, prompt)), torch.from_numpy(base), atol=1e-6)
 
 
-def test_lora_on_every_layer_round_trips_whole(pipe, tmp_path):
-    """An adapter on convolutions as well as attention comes back with every tensor (diffusers-renamed keys lost the
-    attention layers when the first key was a convolution's)."""
-    n_adapter = P.add_lora(pipe.unet, rank=2, target_modules=P.LORA_TARGETS_ALL, seed=0)
+def _as_if_trained_then_reloaded(pipe, folder):
+    """Give the adapter's B random values (as if trained), save it, load it into a fresh pipeline: (fresh, trained
+    images of OLD_PROMPT)."""
     with torch.no_grad():
         for name, p in pipe.unet.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.01, generator=torch.Generator().manual_seed(len(name)))  # as if trained
     trained = images_of(pipe, OLD_PROMPT)
-    P.save_lora(pipe, tmp_path / "all-lora")
+    P.save_lora(pipe, folder)
     fresh = load_toy()
-    fresh.load_lora_weights(tmp_path / "all-lora", weight_name=P.LORA_WEIGHT_NAME)
+    fresh.load_lora_weights(folder, weight_name=P.LORA_WEIGHT_NAME)
+    return fresh, trained
+
+
+def test_lora_on_every_layer_round_trips_whole(pipe, tmp_path):
+    """An adapter on convolutions as well as attention comes back with every tensor (diffusers-renamed keys lost the
+    attention layers when the first key was a convolution's)."""
+    n_adapter = P.add_lora(pipe.unet, rank=2, target_modules=P.LORA_TARGETS_ALL, seed=0)
+    fresh, trained = _as_if_trained_then_reloaded(pipe, tmp_path / "all-lora")
     assert P.parameter_counts(fresh.unet)["adapter"] == n_adapter > P.add_lora(load_toy().unet, rank=2)
     assert np.abs(images_of(fresh, OLD_PROMPT) - trained).max() <= 1e-6
 
@@ -235,14 +242,7 @@ def test_lora_on_the_cross_attention_reads_only_the_text_and_round_trips(pipe, t
     text_width = pipe.unet.config.cross_attention_dim
     by_hand = sum(2 * (text_width + m.out_features) for n, m in pipe.unet.named_modules() if n in wrapped)
     assert n_adapter == by_hand < P.add_lora(load_toy().unet, rank=2)  # smaller than on every projection
-    with torch.no_grad():
-        for name, p in pipe.unet.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.01, generator=torch.Generator().manual_seed(len(name)))  # as if trained
-    trained = images_of(pipe, OLD_PROMPT)
-    P.save_lora(pipe, tmp_path / "cross-lora")
-    fresh = load_toy()
-    fresh.load_lora_weights(tmp_path / "cross-lora", weight_name=P.LORA_WEIGHT_NAME)
+    fresh, trained = _as_if_trained_then_reloaded(pipe, tmp_path / "cross-lora")
     assert P.parameter_counts(fresh.unet)["adapter"] == n_adapter
     assert np.abs(images_of(fresh, OLD_PROMPT) - trained).max() <= 1e-6
 
