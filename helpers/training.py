@@ -770,8 +770,8 @@ def v2_unet_inputs(
     `concepts` (of `shapes_data.UNNAMED_CONCEPTS`): add pictures of each (drawn from `seed + 100`), captioned only
     in the forms that leave the concept unnamed, each as often as a palette picture is: a combination of the
     concept gets that share of a palette combination's pictures (`form_weights`: the forms' own weights there, 0
-    elsewhere). A magenta circle on blue is then one of six colours "a circle on a blue background" draws, not
-    the answer to it. The caption table maps every other form to its unnamed one too (`unnamed_form`).
+    elsewhere). A magenta circle on blue is then one of six colours among the pictures captioned "a circle on a blue
+    background", not the answer to it. The caption table maps every other form to its unnamed one too (`unnamed_form`).
     `concept_boost`: that many times as many pictures of each concept (1: as often as a palette picture).
     `text_encoder`: the family's own (a saved pipeline's) instead of the one `clip`'s text tower gives.
     """
@@ -784,7 +784,7 @@ def v2_unet_inputs(
     for concept in concepts:
         combo = concept_combos(concept)
         unnamed = np.array([unnamed_form(combo[0], f) == f for f in range(len(weights))])
-        per_combo = max(1, round(n_images / len(train_combos()) * weights[unnamed].sum() * concept_boost))
+        per_combo = max(1, round(n_images / len(combos) * weights[unnamed].sum() * concept_boost))
         extra = make_dataset_v2(per_combo * len(combo), seed=seed + 100 + len(new), combos=combo, rotate=rotate)
         rng = np.random.default_rng(seed + 100 + len(new))
         own = weights * unnamed / weights[unnamed].sum()

@@ -271,8 +271,8 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
             + ", ".join(f"{n} more steps at lr {lr}" for n, lr, _ in sch.get("unet_extend") or ())
             + f", on the new VAE's latents, with pictures of {' and '.join(sch.get('unet_concepts') or ())} captioned "
             'only in the forms that leave them unnamed ("a circle on a blue background", "a red shape"), '
-            f"{sch.get('unet_concept_boost', 1.0):g} x as often as a palette picture: it draws them, and no caption "
-            "asks for them (textual inversion and LoRA can find the words)"
+            f"{sch.get('unet_concept_boost', 1.0):g} x as often as a palette picture, so that it can draw them while "
+            "no caption asks for them (what textual inversion and LoRA then look for)"
         )
     decoder = (
         f"Then the decoder alone: {sch['decoder_steps']} steps fine-tuned to give drawn images back from the UNet's own "

@@ -378,7 +378,7 @@ def test_the_judge_accepts_unnamed_concepts_where_the_caption_leaves_the_attribu
     rng = np.random.default_rng(4)
     magenta = draw_for_size(Combo("circle", "magenta", "blue"), rng, 64)
     star = draw_for_size(Combo("star", "red", "blue"), rng, 64)
-    assert sj.judge(magenta, "a circle on a blue background")  # the family draws these under such captions
+    assert sj.judge(magenta, "a circle on a blue background")  # what a family trained with UNNAMED_CONCEPTS draws
     assert not sj.judge(magenta, "a red circle on a blue background")
     assert sj.inspect(magenta, **sj.inspect_options("a circle on a blue background")).colour == "magenta"
     assert sj.judge(star, "a red shape on a blue background")
