@@ -1,19 +1,22 @@
 """Teach the model a new word on a CPU: textual inversion and LoRA, with Stable Diffusion's own training loss.
 
-The toy family (`models/toy-sd`) knows 3 shapes in 6 colours. Two new concepts it never saw:
+The toy family (`models/toy-sd`) knows 3 shapes in 6 colours by name. Its concept sibling (`load_concept_family`:
+the family with the VAE from `vae_concepts/` and the LoRA from `concepts_lora/` fused into its UNet) was also shown
+magenta shapes and stars, but only under captions that leave them unnamed (`shapes_data.UNNAMED_CONCEPTS`): it can
+draw them, with no word for them. Two new words:
 
-- **magenta** (a colour, `shapes_data.EXTRA_COLOURS`) is taught by *textual inversion* (Gal et al. 2022,
-  https://arxiv.org/abs/2208.01618): a new token "<magenta>" gets one new row in the text encoder's token
-  table, and only that row (32 numbers in the toy, 768 in SD v1) is trained. UNet, VAE and text encoder stay
-  frozen, so every prompt without the token gives bit-identical images. "<orange>" is the control: the toy
-  decoder can draw orange (between red and yellow, which it learned) from searched latents but not magenta, and
-  no new word fixes a decoder that cannot draw the concept (`vae_ceiling` and `decoder_reach` measure that
-  ceiling).
-- **star** (a shape, `shapes_data.EXTRA_SHAPES`) is taught by *LoRA* (Hu et al. 2021,
-  https://arxiv.org/abs/2106.09685): "star" is already a word in CLIP's vocabulary, but the UNet never saw one.
-  Each attention projection $W$ gets a low-rank update, $W' = W + \\frac{\\alpha}{r} B A$, and only $A$ and $B$
-  train. diffusers' peft integration adds, saves, loads and removes them (`unet.add_adapter`,
-  `save_lora_weights`, `load_lora_weights`, `unload_lora_weights`).
+- **"<magenta>"** (a colour, `shapes_data.EXTRA_COLOURS`) is taught by *textual inversion* (Gal et al. 2022,
+  https://arxiv.org/abs/2208.01618): a new token gets one new row in the text encoder's token table, and only that
+  row (32 numbers in the toy, 768 in SD v1) is trained. UNet, VAE and text encoder stay frozen, so every prompt
+  without the token gives bit-identical images. "<orange>" is the control: the VAE gives orange back, but the UNet
+  never drew it, and a new word only finds what the frozen model can draw (`vae_ceiling` and `decoder_reach`
+  measure the decoder's part of that ceiling).
+- **"star"** (a shape, `shapes_data.EXTRA_SHAPES`) is taught by *LoRA* (Hu et al. 2021,
+  https://arxiv.org/abs/2106.09685): "star" is already a word in CLIP's vocabulary that no caption used. Chosen
+  linear layers $W$ get a low-rank update, $W' = W + \\frac{\\alpha}{r} B A$, and only $A$ and $B$ train
+  (`LORA_TARGETS`: every attention projection, diffusers' examples; `LORA_TARGETS_CROSS`: the keys and values the
+  cross-attention reads from the text, Custom Diffusion's choice). diffusers' peft integration adds, saves, loads
+  and removes them (`unet.add_adapter`, `save_lora_weights`, `load_lora_weights`, `unload_lora_weights`).
 
 Both minimise the loss the UNet was trained with (Ho et al. 2020; Rombach et al. 2022):
 
@@ -40,11 +43,15 @@ from .inside import decode_latents, encode_images
 from .shapes_data import (
     IMAGE_SIZE,
     TEMPLATES,
+    V2_IMAGE_SIZE,
     ShapesDataset,
     concept_combos,
     draw_for_size,
     make_dataset,
     make_dataset_v2,
+    train_combos,
+    unnamed_form,
+    v2_caption,
 )
 from .training import P_UNCOND, V2_SCHEDULE, encode_latents, to_unit_range
 
@@ -86,6 +93,7 @@ def concept_images(
     kind "magenta" (or "orange"): magenta circles, squares and triangles on each palette background, captioned
     "a <magenta> circle on a blue background" (`word` replaces "<magenta>"); kind "star": stars in each palette
     colour, captioned "a red star on a blue background". Captions use the family's three templates at random.
+    Drawn as the family's UNet saw its training shapes: upright on the 64 px family (`V2_SCHEDULE.unet_upright`).
     Deterministic: the same arguments give the same pixels and captions. `radius` (64 px family only): the
     shapes' half-extent range as a share of the image, instead of the family's (`STAR_RADIUS_BIG` draws stars the
     toy VAE gives back).
@@ -98,7 +106,8 @@ def concept_images(
     rng = np.random.default_rng(seed)
     combos = concept_combos(kind)
     picks = [combos[i] for i in rng.permutation(np.arange(n) % len(combos))]  # balanced, shuffled
-    images = np.stack([np.asarray(draw_for_size(c, rng, size, radius)) for c in picks])  # (n, size, size, 3)
+    upright = size != IMAGE_SIZE and V2_SCHEDULE.unet_upright  # as the family's UNet saw its shapes
+    images = np.stack([np.asarray(draw_for_size(c, rng, size, radius, rotate=not upright)) for c in picks])
     templates = rng.integers(0, len(TEMPLATES), size=n)
     captions = [
         TEMPLATES[t].format(**{k: word if v == kind else v for k, v in vars(c).items()})
@@ -107,19 +116,31 @@ def concept_images(
     return ShapesDataset(images, picks, captions)
 
 
-def family_images(n: int, seed: int, size: int) -> ShapesDataset:
+def family_images(n: int, seed: int, size: int, concepts: Sequence[str] = ()) -> ShapesDataset:
     """`n` of the family's own training pictures and captions, drawn as its UNet saw them: DreamBooth's prior
     preservation images (Ruiz et al. 2022), mixed into a LoRA's batches so that old prompts drift less.
 
     The 64 px family's UNet trained on `make_dataset_v2` with upright squares and triangles and every caption form
     (`training.V2_SCHEDULE`); the first family (32 px) on `make_dataset`. Drawing the prior from the wrong
-    generation teaches old captions new sizes and outlines.
+    generation teaches old captions new sizes and outlines. `concepts` (the concept sibling's,
+    `shapes_data.UNNAMED_CONCEPTS`): their pictures too, each combination as often as a palette one, captioned as
+    the sibling's LoRA saw them (`unnamed_form`: never named). Without them, "a red shape" would be taught back to
+    the palette's shapes only, and "a red star", which the sibling reads much like it, with it.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
     if size == IMAGE_SIZE:
+        if concepts:
+            raise ValueError(f"Only the {V2_IMAGE_SIZE} px family has a concept sibling; the {size} px one has none.")
         return make_dataset(n, seed=seed, size=size)
-    return make_dataset_v2(n, seed=seed, size=size, rotate=not V2_SCHEDULE.unet_upright)
+    if not concepts:
+        return make_dataset_v2(n, seed=seed, size=size, rotate=not V2_SCHEDULE.unet_upright)
+    combos = train_combos() + [c for concept in concepts for c in concept_combos(concept)]
+    combos = [combos[i] for i in np.random.default_rng(seed).permutation(len(combos))]  # n < len: a fair subset
+    data = make_dataset_v2(n, seed=seed, size=size, rotate=not V2_SCHEDULE.unet_upright, combos=combos)
+    forms = [unnamed_form(c, f) for c, f in zip(data.combos, data.forms)]
+    captions = [v2_caption(c, f) for c, f in zip(data.combos, forms)]
+    return ShapesDataset(data.images, data.combos, captions, forms, data.geometry)
 
 
 def judge_caption(prompt: str) -> str:
@@ -524,6 +545,35 @@ def save_lora(pipe, directory: Path | str) -> Path:
     return Path(directory) / LORA_WEIGHT_NAME
 
 
+def load_concept_family(pipe, model_dir: Path | str):
+    """Make a loaded toy family its concept sibling, in place: the VAE that also saw magenta shapes and stars
+    (`vae_concepts/`) and the concept LoRA (`concepts_lora/`) fused into the UNet, with diffusers' own calls
+    (`load_lora_weights`, `fuse_lora`, `unload_lora_weights`: the adapter's layers go, its change stays in W).
+    That UNet draws magenta shapes and stars under captions that leave the colour or the kind open, and no word
+    asks for them (`training.Schedule.concept_lora`). Returns `pipe`."""
+    from diffusers import AutoencoderKL
+
+    from .training import CONCEPT_LORA_FOLDER, CONCEPT_VAE_SUBFOLDER
+
+    model_dir = Path(model_dir)
+    missing = [p for p in (model_dir / CONCEPT_VAE_SUBFOLDER, model_dir / CONCEPT_LORA_FOLDER / LORA_WEIGHT_NAME)
+               if not p.exists()]  # fmt: skip
+    if missing:
+        raise FileNotFoundError(
+            f"{model_dir.name} has no concept family ({', '.join(p.name for p in missing)} missing): it is made by "
+            "`python scripts/train_toy_family.py --family v2` (the schedule's concept_lora), and ships with "
+            "models/toy-sd."
+        )
+    if lora_parameters(pipe.unet):
+        raise ValueError("The UNet already has a LoRA adapter: load the concept family on a fresh pipeline.")
+    vae = AutoencoderKL.from_pretrained(model_dir, subfolder=CONCEPT_VAE_SUBFOLDER, torch_dtype=pipe.vae.dtype)
+    pipe.vae = vae.to(pipe.vae.device)
+    pipe.load_lora_weights(model_dir / CONCEPT_LORA_FOLDER, weight_name=LORA_WEIGHT_NAME, adapter_name="concepts")
+    pipe.fuse_lora(adapter_names=["concepts"])
+    pipe.unload_lora_weights()  # the fused change stays in the weights; the adapter's layers go
+    return pipe
+
+
 def lora_size(directory: Path | str) -> int:
     """Bytes of the saved adapter files in `directory`."""
     files = list(Path(directory).glob("*.safetensors"))
@@ -546,8 +596,10 @@ def generate_images(pipe, prompt: str, seeds: Sequence[int], num_inference_steps
 
 
 def judge_rates(images: np.ndarray, caption: str) -> dict[str, float]:
-    """Share of images the strict judge finds faithful to `caption`, and the share with just the colour or just
-    the kind right (what the caption names). `images`: float in [0, 1] or uint8, (N, H, W, 3)."""
+    """Share of images the strict judge finds faithful to `caption`; the share with just the colour or just the
+    kind right (what the caption names); and "named", the share where every name is right (colour, kind and
+    background: "judged a magenta circle on blue"), whatever the IoU with the ideal shape, which "faithful" also
+    demands (>= 0.93). `images`: float in [0, 1] or uint8, (N, H, W, 3)."""
     from . import strict_judge as sj
 
     caption = judge_caption(caption)
@@ -558,7 +610,10 @@ def judge_rates(images: np.ndarray, caption: str) -> dict[str, float]:
     faithful = [sj.verdict(s, want).faithful for s in inspections]
     colour = [want.colour is None or s.colour == want.colour for s in inspections]
     kind = [want.shape is None or (s.found and s.kind == want.shape) for s in inspections]
-    return {"faithful": float(np.mean(faithful)), "colour": float(np.mean(colour)), "kind": float(np.mean(kind))}
+    background = [want.background is None or s.background == want.background for s in inspections]
+    named = [c and k and b for c, k, b in zip(colour, kind, background)]
+    return {"faithful": float(np.mean(faithful)), "colour": float(np.mean(colour)), "kind": float(np.mean(kind)),
+            "named": float(np.mean(named))}  # fmt: skip
 
 
 def concept_scores(images: np.ndarray, caption: str) -> dict[str, float]:

@@ -355,16 +355,18 @@ def make_dataset_v2(n: int, seed: int = 0, combos: list[Combo] | None = None, si
 
 
 def draw_for_size(
-    combo: Combo, rng: np.random.Generator, size: int, radius: tuple[float, float] | None = None
+    combo: Combo, rng: np.random.Generator, size: int, radius: tuple[float, float] | None = None,
+    rotate: bool = True,
 ) -> Image.Image:  # fmt: skip
     """One image drawn as the family generation of that size draws: `draw` at the first generation's 32 px
-    (axis-aligned squares and triangles), `draw_v2` at any other size (rotated, smaller shapes). `radius` (64 px
-    only) draws the shape at another size range than the family's `V2_RADIUS`."""
+    (axis-aligned squares and triangles), `draw_v2` at any other size (rotated, smaller shapes; `rotate=False`:
+    upright, as the 64 px family's UNet saw them). `radius` (64 px only) draws the shape at another size range
+    than the family's `V2_RADIUS`."""
     if size == IMAGE_SIZE:
         if radius is not None:
             raise ValueError(f"radius applies to the {V2_IMAGE_SIZE} px family's drawings, not the {size} px one's.")
         return draw(combo, rng, size)
-    return draw_v2(combo, rng, size, radius=radius or V2_RADIUS)[0]
+    return draw_v2(combo, rng, size, rotate=rotate, radius=radius or V2_RADIUS)[0]
 
 
 def concept_combos(concept: str) -> list[Combo]:

@@ -23,13 +23,16 @@
 #   everything else frozen;
 # - **LoRA** (Hu et al. 2021) learns a small *change of the UNet*: low-rank updates of its attention layers.
 #
-# The offline toy family (64 px pictures, an 8x VAE as in SD) knows three shapes in six colours. We try to teach it
-# a colour it never saw (orange) with textual inversion and a shape it never saw (a star) with LoRA, each in about a
-# minute on a CPU, with Stable Diffusion's own training loss, and we measure what it learned. The mechanics work
-# exactly as on the real model; at these settings the toy family learns neither concept, and the notebook measures
-# where it stops: the frozen decoder *can* draw orange circles and stars (we find the latents that give them), but the
-# frozen UNet does not produce those latents. And what the decoder cannot draw at all (magenta), no new word or adapter
-# can.
+# The offline toy family (64 px pictures, an 8x VAE as in SD) was trained on shapes in six named colours; it never saw
+# magenta or a star. A new word finds what a model can already draw: Gal et al. (2022) find words for things Stable
+# Diffusion's predecessor, which had seen nearly everything, could draw but not name. So we use the family's *concept
+# sibling*: the same family after it was also shown magenta shapes and stars, under captions that never name them
+# ("a circle on a blue background", "a red shape on a blue background"). Its VAE saw those pictures too, and a LoRA
+# on its UNet learned them; both come with the family (made by `scripts/train_toy_family.py`) and load with diffusers'
+# own calls. It draws magenta shapes and stars, and has no word for them. We teach it the word `<magenta>` with
+# textual inversion and the word "star" with LoRA, each in about a minute on a CPU, with Stable Diffusion's own
+# training loss, and we measure what it learned, what else moved, and what a new word cannot do (a colour the UNet
+# never drew).
 #
 # **What you will be able to do**
 # - write the loss Stable Diffusion is trained with, and use it to train something new;
@@ -38,6 +41,7 @@
 # - say what LoRA adds to a layer ($W + \frac{\alpha}{r} B A$), count its parameters, and save, load and remove
 #   an adapter with `pipe.load_lora_weights` and `pipe.unload_lora_weights`;
 # - test what the frozen decoder can draw at all, and say what neither method can teach.
+# - pick where an adapter sits: on the cross-attention's keys and values only, old prompts barely move.
 #
 # **Needs**: no GPU. On a CPU with the offline toy family: 250 steps of textual inversion and 200 of LoRA, each about
 # a minute on one busy CPU thread (the cells print their times), and the whole notebook in a few minutes. With a real
@@ -72,7 +76,7 @@ from helpers import strict_judge as judge
 from helpers.diffusion import q_sample
 from helpers.pipeline import choose_model, default_sampler, is_toy_family, load_pipeline
 from helpers.plotting import show_images
-from helpers.shapes_data import Combo
+from helpers.shapes_data import UNNAMED_CONCEPTS, Combo
 
 SEED = 0
 N = 16  # seeds per measurement: SEED, ..., SEED + 15
@@ -90,43 +94,77 @@ from helpers.runtime import log_in_if_needed
 print("Hub login:", log_in_if_needed(MODEL))
 
 # %% [markdown]
-# ## 1. What the model does not know
+# ## 1. What the model can draw but cannot name
 #
 # Training needs float32 (half-precision gradients underflow), so we load the pipeline in float32 even where the
-# other notebooks use fp16. The training images come from the dataset code that drew the family's own training
-# data: orange shapes (a colour not in its palette) and stars (a shape it never drew), each with a caption.
+# other notebooks use fp16. For the toy family, `P.load_concept_family` then makes it the concept sibling: it swaps
+# in the VAE from `vae_concepts/` and loads the LoRA from `concepts_lora/` with `pipe.load_lora_weights`; then
+# `pipe.fuse_lora()` adds $\frac{\alpha}{r} B A$ into each weight and `pipe.unload_lora_weights()` drops the
+# adapter's layers. The change stays in the UNet's own weights, and the LoRA we train in section 4 sits on top of
+# it. The training images come from the dataset code that drew the family's own training data: magenta shapes and
+# stars, now with captions that name them ("a <magenta> square on a green background", "a red star on a blue
+# background").
 
 # %%
-pipe = load_pipeline(MODEL, dtype=torch.float32)
-pipe.set_progress_bar_config(disable=True)
+def load_family():
+    """The model in float32; the toy family as its concept sibling (magenta shapes and stars, no words for them)."""
+    model = load_pipeline(MODEL, dtype=torch.float32)
+    model.set_progress_bar_config(disable=True)
+    return P.load_concept_family(model, MODEL) if is_toy_family(model) else model
+
+
+pipe = load_family()
 TOY = is_toy_family(pipe)
 H = P.image_size(pipe)
 STEPS = default_sampler(pipe).num_inference_steps  # the family's own sampler and steps (notebook 01) for every sample
 OUT = Path(tempfile.mkdtemp(prefix="new_words_"))  # where the learned files go (deleted with the machine)
-COLOUR_PROMPT = "a <orange> circle on a blue background"
+COLOUR_PROMPT = "a <magenta> circle on a blue background"
 STAR_PROMPT = "a red star on a blue background"
 print(f"{type(pipe.scheduler).__name__}, {STEPS} steps; images {H}x{H}; toy family: {TOY}")
 if TOY:
-    orange_data = P.concept_images("orange", 48, seed=SEED, size=H)  # 48 drawings, captions with "<orange>"
+    magenta_data = P.concept_images("magenta", 48, seed=SEED, size=H)  # 48 drawings, captions with "<magenta>"
     star_data = P.concept_images("star", 96, seed=SEED, size=H)  # 96 drawings of stars, captions with "star"
-    show_images(list(orange_data.images[:6]) + list(star_data.images[:6]),
-                [c[:28] for c in orange_data.captions[:6] + star_data.captions[:6]], ncols=6)  # fmt: skip
+    show_images(list(magenta_data.images[:6]) + list(star_data.images[:6]),
+                [c[:28] for c in magenta_data.captions[:6] + star_data.captions[:6]], ncols=6)  # fmt: skip
 
 # %% [markdown]
-# Before training, the family draws what it knows. "star" is a word in CLIP's vocabulary, but the UNet never saw
-# one: the strict judge (`helpers/strict_judge.py`, classical image analysis, no model) fits a circle, a square, a
-# triangle and a star to each image and names the best fit. `<orange>` is not a word of the tokenizer yet: it reads
-# as `<`, `orange`, `>`, three tokens the toy text encoder was never trained on. The family samples with its own
-# default, Euler ancestral at 30 steps (printed above).
+# Before training: what the family draws for captions that leave the colour or the kind open, and for the prompts
+# we want to teach. The strict judge (`helpers/strict_judge.py`, classical image analysis, no model) fits a circle,
+# a square, a triangle and, where the caption allows one, a star to each image, and names its colours; for a caption
+# that leaves the colour open it also considers magenta. `<magenta>` is not a word of the tokenizer yet: it reads as
+# `<`, `magenta`, `>`, tokens the toy text encoder was never trained on; "star" is a word of CLIP's vocabulary that
+# no training caption used. The family samples with its own default, Euler ancestral at 30 steps (printed above).
 
 # %%
+UNNAMED = {"magenta": "a circle on a blue background", "star": "a red shape on a blue background"}
 if TOY:
+    unnamed = {c: P.generate_images(pipe, prompt, SEEDS, STEPS) for c, prompt in UNNAMED.items()}
+    found = {c: [judge.inspect(im, **judge.inspect_options(UNNAMED[c])) for im in (255 * unnamed[c]).round().astype(np.uint8)]
+             for c in UNNAMED}  # fmt: skip
+    magenta_share = np.mean([f.colour == "magenta" for f in found["magenta"]])
+    star_share = np.mean([f.kind == "star" for f in found["star"]])
+    for c, f in found.items():
+        names = [x.colour for x in f] if c == "magenta" else [x.kind for x in f]
+        print(f"{UNNAMED[c]!r} over {N} seeds:", {name: names.count(name) for name in sorted(set(names))})
+    show_images(list(unnamed["magenta"][:8]) + list(unnamed["star"][:8]),
+                [f"{f.colour} {f.kind}" for f in found["magenta"][:8] + found["star"][:8]], ncols=8)  # fmt: skip
+    colour_before = P.concept_scores(P.generate_images(pipe, COLOUR_PROMPT, SEEDS, STEPS), COLOUR_PROMPT)
     before_star = P.generate_images(pipe, STAR_PROMPT, SEEDS, STEPS)  # (16, H, W, 3) in [0, 1]
     star_before = P.judge_rates(before_star, STAR_PROMPT)
-    print(f"{STAR_PROMPT!r} before LoRA: judged a star {star_before['kind']:.0%}, red {star_before['colour']:.0%}")
+    print(f"{COLOUR_PROMPT!r}: named magenta {colour_before['colour']:.0%}")
+    print(f"{STAR_PROMPT!r}: judged a star {star_before['kind']:.0%}, red {star_before['colour']:.0%}")
     print("tokens of", repr(COLOUR_PROMPT), "->", pipe.tokenizer.tokenize(COLOUR_PROMPT))
-    show_images(list(before_star[:8]), [f"seed {s}" for s in list(SEEDS)[:8]], ncols=8)
-    assert star_before["kind"] <= 0.1  # it cannot draw a star yet
+    assert magenta_share >= 0.9 and star_share >= 0.5  # it draws both where a caption leaves them open ...
+    assert colour_before["colour"] <= 0.1  # ... and no word asks for magenta
+    assert star_before["kind"] >= 0.5  # "star", a word it never learned, lands on its stars anyway
+
+# %% [markdown]
+# **Two words it never learned, two answers.** `<magenta>` draws no magenta (printed above): its three tokens
+# mean nothing the UNet answers with magenta. "star" already draws stars most of the time: the text encoder never
+# learned the word, so the UNet reads "a red star" much as "a red shape", which the sibling draws as a star. A word
+# no caption used still means *something* to the frozen model, and what it means is an accident of training.
+# Textual inversion (section 3) has to find the magenta. For "star", LoRA (section 4) has little left to find; what
+# we measure there is whether the adapter keeps the stars and leaves the old prompts alone.
 
 # %% [markdown]
 # ## 2. The loss both methods minimise
@@ -161,7 +199,7 @@ assert torch.allclose(alphas_cumprod, ddpm.alphas_cumprod)
 # ## 3. Textual inversion: one new row of the token table
 #
 # The text encoder turns each token id into a row of its token table (32 numbers per token in the toy, 768 in SD
-# v1; notebook 02) before its transformer layers. Textual inversion adds one token, `<orange>`, with one new row
+# v1; notebook 02) before its transformer layers. Textual inversion adds one token, `<magenta>`, with one new row
 # $v_*$, and trains only that row, everything else frozen:
 #
 # $$v_* = \arg\min_v \; \mathbb E \left\lVert \epsilon - \epsilon_\theta\big(x_t, t, c_\theta(y; v)\big) \right\rVert^2$$
@@ -177,13 +215,12 @@ TI = dict(steps=250, lr=5e-3, batch_size=16)  # toy settings: about a minute on 
 TIME_BUDGET_S = 240  # stop after this long, whatever the step
 OLD = [Combo("circle", "red", "blue"), Combo("square", "yellow", "black"), Combo("triangle", "white", "green")]
 if TOY:
-    held_out = P.concept_images("orange", 64, seed=SEED + 1, size=H)  # a fixed check batch, not trained on
-    old_before = {c: P.generate_images(pipe, c.caption(), SEEDS[:4], STEPS) for c in OLD}  # no "<orange>" in them
-    token_id = P.add_token(pipe, "<orange>", init_word="red")
+    held_out = P.concept_images("magenta", 64, seed=SEED + 1, size=H)  # a fixed check batch, not trained on
+    old_before = {c: P.generate_images(pipe, c.caption(), SEEDS[:4], STEPS) for c in OLD}  # no "<magenta>" in them
+    token_id = P.add_token(pipe, "<magenta>", init_word="red")
     table = pipe.text_encoder.get_input_embeddings().weight
     print(f"new token id {token_id}; the table is now {tuple(table.shape)}; trainable numbers: {table.shape[1]}")
     table_before = table.detach().clone()
-    colour_before = P.concept_scores(P.generate_images(pipe, COLOUR_PROMPT, SEEDS, STEPS), COLOUR_PROMPT)
     loss_before = P.fixed_batch_loss(pipe, held_out, held_out.captions)
     snapshots = {0: P.generate_images(pipe, COLOUR_PROMPT, [SEED], STEPS)[0]}  # step -> one sample
 
@@ -193,14 +230,14 @@ if TOY:
 
     deadline = time.perf_counter() + TIME_BUDGET_S
     start = time.perf_counter()
-    ti_losses = P.train_textual_inversion(pipe, "<orange>", orange_data, orange_data.captions, seed=SEED,
+    ti_losses = P.train_textual_inversion(pipe, "<magenta>", magenta_data, magenta_data.captions, seed=SEED,
                                           should_stop=lambda: time.perf_counter() > deadline, callback=watch, **TI)  # fmt: skip
     ti_seconds = time.perf_counter() - start
     loss_after = P.fixed_batch_loss(pipe, held_out, held_out.captions)
     print(
         f"{len(ti_losses)} steps in {ti_seconds:.0f} s; loss on the check batch {loss_before:.4f} -> {loss_after:.4f}"
     )
-    assert loss_after < loss_before  # it learned: the new word explains the orange pictures better
+    assert loss_after < loss_before  # it learned: the new word explains the magenta pictures better
 else:
     print("A real model: section 5 gives the recipe for SD v1-4 on a GPU (these toy settings are not it).")
 
@@ -221,12 +258,13 @@ def plot_training(losses: list[float], snapshots: dict, title: str) -> None:
 
 
 if TOY:
-    plot_training(ti_losses, snapshots, "textual inversion of <orange>")
+    plot_training(ti_losses, snapshots, "textual inversion of <magenta>")
 
 # %% [markdown]
-# The loss per step is noisy (each step draws new timesteps and noise); on a fixed check batch of orange pictures
+# The loss per step is noisy (each step draws new timesteps and noise); on a fixed check batch of magenta pictures
 # it fell (printed above). Now the pictures, over 16 seeds: the median colour difference (CIELAB $\Delta E$) between
-# each circle and orange, and how often the strict judge names it orange; and whether anything else moved.
+# each circle and magenta, how often the strict judge names it magenta and finds the whole picture faithful (a
+# magenta circle, IoU >= 0.93, on blue); and whether anything else moved.
 
 # %%
 if TOY:
@@ -238,33 +276,34 @@ if TOY:
     old_after = {c: P.generate_images(pipe, c.caption(), SEEDS[:4], STEPS) for c in OLD}
     old_diff = max(np.abs(old_after[c] - old_before[c]).max() for c in OLD)
     for name, r in (("before", colour_before), ("after", colour_after)):
-        print(f"{name:7s}: Delta E to orange {r['colour_delta_e']:5.1f}; named orange {r['colour']:4.0%}")
+        print(f"{name:7s}: Delta E to magenta {r['colour_delta_e']:5.1f}; named magenta {r['colour']:4.0%}; "
+              f"faithful {r['faithful']:4.0%}")  # fmt: skip
     print(f"other rows of the table moved by at most {moved}; prompts without the token changed by at most {old_diff}")
+    print(f"judged a magenta circle on blue: {colour_after['named']:.0%} (before: {colour_before['named']:.0%})")
     show_images(list(after_colour[:8]), [f"seed {s}" for s in list(SEEDS)[:8]], ncols=8)
     assert moved == 0.0 and old_diff == 0.0  # nothing else changed, so no other prompt did
     shown_colour = P.concept_scores(after_colour[:8], COLOUR_PROMPT)
-    assert colour_after["colour"] <= 0.25 and shown_colour["colour"] <= 0.25  # the colour is not learned
-    assert colour_after["colour_delta_e"] > 25  # the judge names a colour within Delta E 25: far from orange
+    assert colour_after["named"] >= 0.8 and shown_colour["named"] >= 0.75  # magenta circles on blue (issue 16: 80%)
+    assert colour_after["faithful"] >= 0.7  # most pass the strict IoU too
+    assert colour_after["colour_delta_e"] <= 15  # close to magenta (the judge names a colour within Delta E 25)
 
 # %% [markdown]
-# **What the toy family shows, and what it cannot.** The mechanics hold exactly: one row moved, and every other
-# prompt gives the same images to the last bit. The colour is not learned: hardly any circle is orange (at most a
-# quarter of 16 seeds; the numbers are printed above), and their colour stays far from orange. The frozen decoder is
-# not what stops it: it can draw orange circles (measured below, in "The decoder's ceiling"). The limit is the frozen
-# UNet: it learned six colours and, whatever the new row says, draws one of them. A lower loss on a check batch is
-# not yet a better picture. Textual inversion finds a word for something the frozen model can already draw; Gal et
-# al. (2022) show it on SD's predecessor, which can draw almost anything. Our toy UNet (3.8 M parameters) never
-# learned to draw between its colours; on a GPU with v1-4 (section 5) the same cells apply.
+# **What it learned.** One row moved, every other prompt gives the same images to the last bit, and the circles
+# are magenta (printed above): the judge finds a magenta circle on blue in nearly every picture, and most pass its
+# strict outline test (IoU >= 0.93) as well. Textual inversion found a word for something the frozen model could
+# already draw: the UNet drew magenta circles for "a circle on a blue background" (section 1), and the new row
+# points its colour there. On the family itself, whose UNet and VAE never drew magenta, the same 250 steps reach
+# none (0% of 16 seeds: `benchmarks/results/personalise-wide48-13k-20261206-183732.json`). On v1-4, which has seen
+# nearly everything, this is how a few photos become a word (section 5).
 #
 # **Save and load.** The learned word is one row: diffusers' format is a safetensors file holding
-# `{"<orange>": tensor of shape (1, D)}`. A fresh pipeline reads it with `load_textual_inversion`, exactly as it
+# `{"<magenta>": tensor of shape (1, D)}`. A fresh pipeline reads it with `load_textual_inversion`, exactly as it
 # would read a concept from the Hub (`pipe.load_textual_inversion("sd-concepts-library/cat-toy")`).
 
 # %%
 if TOY:
-    path = P.save_textual_inversion(pipe, "<orange>", OUT / "orange.safetensors")
-    fresh = load_pipeline(MODEL, dtype=torch.float32)
-    fresh.set_progress_bar_config(disable=True)
+    path = P.save_textual_inversion(pipe, "<magenta>", OUT / "magenta.safetensors")
+    fresh = load_family()
     fresh.load_textual_inversion(path)
     reloaded = P.generate_images(fresh, COLOUR_PROMPT, SEEDS[:4], STEPS)
     trained = P.generate_images(pipe, COLOUR_PROMPT, SEEDS[:4], STEPS)  # same batch: same float rounding
@@ -286,8 +325,9 @@ if TOY:
 #   drawn one, the decoder frozen (`P.decoder_reach`). What even these latents do not give, no prompt, no new word
 #   and no adapter can.
 #
-# Magenta (red plus blue, no green) is far from the six colours the toy VAE learned; orange lies between two of them
-# (red and yellow); a star is a new outline in known colours.
+# Magenta (red plus blue, no green) is far from the six palette colours, and orange lies between two of them (red
+# and yellow); the VAE learned to give back both, and stars, from drawn pictures of them. A star is a new outline in
+# known colours; at the family's sizes its points are under one latent pixel wide.
 
 # %%
 CONCEPTS = {"orange": "a <orange> circle on a blue background", "magenta": "a <magenta> circle on a blue background",
@@ -300,32 +340,36 @@ if TOY:
         share = "kind" if c == "star" else "colour"
         print(f"{c:8s}: {named} after the round trip {ceiling[c][share]:4.0%} (Delta E {ceiling[c]['colour_delta_e']:5.1f}),"
               f" after the search {reach[c][share]:4.0%} (Delta E {reach[c]['colour_delta_e']:5.1f})")  # fmt: skip
-    assert ceiling["orange"]["colour"] <= 0.5 and ceiling["star"]["kind"] <= 0.6  # the encoder loses some ...
-    assert reach["orange"]["colour"] >= 0.9 and reach["star"]["kind"] >= 0.9  # ... the decoder can draw them
-    assert ceiling["magenta"]["colour"] <= 0.1 and reach["magenta"]["colour"] <= 0.1  # but no latent gives magenta
+    assert min(ceiling[c]["colour"] for c in ("orange", "magenta")) >= 0.85  # both colours come back
+    assert min(reach[c]["colour"] for c in ("orange", "magenta")) >= 0.9
+    assert ceiling["star"]["kind"] >= 0.6 and reach["star"]["kind"] >= 0.9  # stars, the points rounded
 
 # %% [markdown]
-# So the decoder draws orange circles and stars from the right latents, although the encoder's own latents lose
-# most orange (it comes back yellow) and small stars (they come back as pentagons): the round trip is only a lower
-# bound. Magenta comes back orange or yellow both ways: no word and no adapter can make this decoder paint it, which
-# is why the notebook teaches orange rather than magenta.
+# So the decoder paints both colours, and stars, most of them from the encoder's own latents (the round trip), nearly
+# all from searched ones; the round trip rounds some stars' points, so the judge's strict IoU (>= 0.93) seldom
+# passes a star, and we count what it calls a star. The family's own decoder (`vae/`), which never saw magenta,
+# gives it back at $\Delta E$ 127, and no word could teach it there (`benchmarks/toy_family_history.md`, 2026-12-06
+# and 07): the sibling's VAE had to see magenta first.
 #
 # The round trip matters more than a lower bound suggests: training never shows the UNet a picture, only the
-# encoder's latents of it (SD's loss noises $z_0 = s\,\mathcal E(x)$). What the encoder turns into pentagons, the
-# UNet is taught as pentagons. For orange and the star, the UNet would have to produce latents it is never shown.
+# encoder's latents of it (SD's loss noises $z_0 = s\,\mathcal E(x)$). What the encoder rounds, the UNet is taught
+# rounded.
 
 # %% [markdown]
 # ## 4. LoRA: a small change of the UNet
 #
-# A new shape needs the UNet to answer differently, but only a little, and in a way that can be saved apart and
-# removed. LoRA adds to each chosen linear layer $W$ (here the query, key, value and output projections of every
-# attention layer, `to_q`, `to_k`, `to_v`, `to_out.0`) a low-rank update:
+# The word "star" needs the UNet to answer differently, but only a little, and in a way that can be saved apart and
+# removed. LoRA adds to each chosen linear layer $W$ a low-rank update:
 #
 # $$W' = W + \frac{\alpha}{r} B A, \qquad A \in \mathbb R^{r \times d_{in}},\ B \in \mathbb R^{d_{out} \times r}$$
 #
 # $B$ starts at zero, so at first $W' = W$ and the model is unchanged. Only $A$ and $B$ train:
 # $r (d_{in} + d_{out})$ numbers per layer instead of $d_{in} d_{out}$. diffusers adds it through peft
-# (`unet.add_adapter`). A quarter of each batch are the family's own pictures with their own captions, drawn as its
+# (`unet.add_adapter`). Which layers? diffusers' LoRA examples adapt the query, key, value and output projections
+# of every attention layer (`P.LORA_TARGETS`). We adapt only the keys and values of the cross-attention
+# (`attn2.to_k`, `attn2.to_v`: `P.LORA_TARGETS_CROSS`), the layers that read the text, as Custom Diffusion does for
+# a new concept (Kumari et al. 2022): they see only the text states, so a prompt without the new word moves little.
+# `benchmarks/personalise.py` measures both choices (below). A quarter of each batch are the family's own pictures with their own captions, drawn as its
 # UNet saw them in training (`P.family_images`), so that learning stars does not make everything starry
 # (DreamBooth's prior preservation, Ruiz et al. 2022). And as in the UNet's own training, 15% of the captions are
 # replaced by the empty prompt: the adapter also changes the unconditional prediction, which classifier-free
@@ -335,17 +379,17 @@ if TOY:
 LORA = dict(steps=200, lr=1e-3, batch_size=16)  # toy settings: about a minute on one CPU thread
 RANK = 4
 if TOY:
-    lora_pipe = load_pipeline(MODEL, dtype=torch.float32)  # a fresh pipeline: no <orange> in it
-    lora_pipe.set_progress_bar_config(disable=True)
+    lora_pipe = load_family()  # a fresh pipeline: no <magenta> in it
     old_plain = {c: P.generate_images(lora_pipe, c.caption(), SEEDS, STEPS) for c in OLD}
     star_check = P.concept_images("star", 64, seed=SEED + 1, size=H)
     star_loss_before = P.fixed_batch_loss(lora_pipe, star_check, star_check.captions)
-    n_adapter = P.add_lora(lora_pipe.unet, rank=RANK, seed=SEED)  # A drawn from its own seed: the same start every run
+    n_adapter = P.add_lora(lora_pipe.unet, rank=RANK, target_modules=P.LORA_TARGETS_CROSS, seed=SEED)  # A: own seed
     counts = P.parameter_counts(lora_pipe.unet)
     print(
         f"adapter: {counts['adapter']:,} numbers; the UNet: {counts['unet']:,} ({counts['adapter'] / counts['unet']:.1%})"
     )
-    prior = P.family_images(len(star_data.images) // 3, seed=SEED + 3, size=H)  # its own training pictures
+    prior = P.family_images(len(star_data.images) // 3, seed=SEED + 3, size=H,
+                            concepts=UNNAMED_CONCEPTS)  # its own training pictures, as the sibling saw them # fmt: skip
     images = np.concatenate([star_data.images, prior.images])
     captions = star_data.captions + prior.captions
     star_snapshots = {0: before_star[0]}
@@ -386,46 +430,41 @@ if TOY:
     shown = P.concept_scores(after_star[:8], STAR_PROMPT)
     star_fit = lambda im: judge.inspect(im, kinds=("circle", "square", "triangle", "star")).ious["star"]  # noqa: E731
     drawn_fit = [star_fit(im) for im in star_check.images]  # 64 drawn stars
-    others_fit = [star_fit(im) for im in prior.images]  # 32 drawn circles, squares and triangles
+    others_fit = [star_fit(im) for im in P.family_images(32, seed=SEED + 3, size=H).images]  # 32 drawn shapes
     print(
         f"star IoU of drawn stars >= {min(drawn_fit):.2f}; of drawn circles, squares, triangles <= {max(others_fit):.2f}"
     )
     assert min(drawn_fit) >= 0.95 and max(others_fit) <= 0.73  # the scale the sentence above reads it on
-    assert star_after["kind"] <= 0.25 and shown["kind"] <= 0.25  # no stars: the outline is not learned
-    assert star_after["kind_iou"] <= 0.8  # far from a drawn star's >= 0.95
+    assert star_after["kind"] >= 0.7 and shown["kind"] >= 0.625  # stars (issue 16: 70%) ...
+    assert star_after["kind"] >= star_before["kind"] - 0.2  # ... about as many as before: nothing new was learned
+    assert star_after["kind_iou"] < 0.93  # ... their points rounded: few pass the judge's strict IoU
     faithful_with, faithful_without = (np.mean([r[c]["faithful"] for c in OLD]) for r in (old_with, old_without))
     print(f"old prompts faithful: {faithful_with:.0%} with the adapter, {faithful_without:.0%} without")
-    assert faithful_without >= 0.8 and 0.4 <= faithful_with < faithful_without  # old prompts drift (measured 56%)
+    assert faithful_with >= 0.9 and faithful_without >= 0.9  # old prompts keep (issue 16: 90% with the adapter)
 
 # %% [markdown]
-# **What the toy family shows, and what it cannot.** The loss on a check batch of stars falls, but the pictures are
-# not stars: the adapter bends the UNet's squares and triangles (the snapshots above), and the judge calls few or
-# none of them stars (printed above), although the decoder can draw stars from the right latents (the search in the
-# decoder's ceiling). The adapter's numbers sit in every attention layer and act on every prompt, so old prompts
-# drift too; here, with it loaded, they lose faithfulness (printed above: about half of the old prompts' images
-# stay faithful, and one combination not at all). The quarter of each batch that
-# shows the family its own pictures, and the empty captions that keep the unconditional prediction (which guidance
-# multiplies) in place, hold that drift down; they do not remove it.
+# **What it learned, and what it could not show.** "a red star on a blue background" still draws stars (printed
+# above), about as often as before training: the sibling already read the word like "shape", so the adapter had
+# nothing new to tie, and the toy cannot show LoRA teaching a shape. Their points come back rounded (the star IoU
+# printed above, against a drawn star's >= 0.95), as the VAE's round trip rounds them: the UNet only ever saw the
+# encoder's latents of stars. What it does show is the cost of an adapter: old prompts stay faithful with it
+# loaded, because it sits only where the text is read, and a prompt without "star" gives it text states it was not
+# trained to answer. The quarter of each batch that shows the sibling its own pictures (stars among them, captioned
+# as it saw them), and the empty captions that keep the unconditional prediction (which guidance multiplies) in
+# place, hold the rest of the drift down. And the other side: on the family itself, whose UNet never drew a star,
+# a rank-4 LoRA on the attention layers drew none in 200 steps, nor did fine-tuning every weight of the UNet for
+# 1,600 (0% of 16 seeds each: `benchmarks/results/personalise-wide48-13k-20261206-183732.json`). A new shape needs a
+# UNet that can draw it.
 #
-# Is the adapter too small? On this family's UNet (3.8 M parameters), `benchmarks/personalise.py` trains *every*
-# weight of the UNet on the same pictures, 1,600 steps (`P.finetune_unet`; 374 s on 1 thread of an Intel Xeon,
-# beside a test run, 2026-12-06): the loss on the check batch of stars falls to 0.066 (LoRA: 0.081), yet 0% of 16
-# seeds are judged stars, and only 38% of old prompts stay faithful
-# (`benchmarks/results/personalise-wide48-13k-20261206-183732.json`; on the previous, narrower UNet, 0% and 34%).
-# So at these sizes the limit is not LoRA's rank. It is the latents: at the family's sizes a star's points are
-# narrower than one of the 8x8 latent pixels, and the encoder gives the UNet rounded stars to learn (the round trip
-# above).
-#
-# Drawn larger (`--star-radius 0.35 0.44`: half-extent 35-44% of the image, against the family's 17-29%; the same
-# benchmark on this family, one thread, 2026-12-06), the stars survive the round trip (VAE ceiling: 100% faithful),
-# and then fine-tuning every weight, 800 steps, gives stars: 81% of 16 seeds are judged stars, though with rounded
-# points (0% pass the judge's IoU >= 0.93) and with 38% of old prompts still faithful (199 s). The rank-4 LoRA on
-# the attention layers, 200 steps, still draws no star (0%; old prompts 22%; 42 s); a rank-16 LoRA on every layer,
-# 400 steps, 69% (old prompts 28%; 127 s), none of them faithful
-# (`benchmarks/results/personalise-star-size-wide48-13k-20261206-201425.json`,
-# `benchmarks/results/personalise-star-size-wide48-13k-20261206-201748.json`; the previous, narrower UNet gave 88%,
-# 0% and 38%). On these small UNets a new outline needs more than the attention layers, and learning it moves
-# every prompt. On v1-4 (64x64 latents, 860 M parameters) the same cells teach new objects and styles (section 5).
+# **Where the adapter sits.** `benchmarks/personalise.py` trains the same 200 steps both ways on this sibling (1 thread
+# of a 2-core AMD EPYC, 2026-12-07): on the cross-attention's keys and values, 9,088 numbers, 75% of 16 seeds
+# judged stars and 91% of the old prompts (8 prompts x 4 seeds) faithful with it loaded; on every attention
+# projection (diffusers' examples), 48,256 numbers, 88% and 94%
+# (`benchmarks/results/personalise-20261207-102854.json`, `benchmarks/results/personalise-20261207-102607.json`).
+# Here the two are close, within what 16 seeds can tell apart. It is not always so: on a candidate retrain whose whole
+# UNet learned magenta and stars (`benchmarks/toy_family_history.md`, 2026-12-07), the adapter on every attention
+# projection kept 53% of the old prompts and the one on the cross-attention 94%. The cross-attention's keys and values
+# are the smaller bet: five times fewer numbers, acting on the text states alone.
 #
 # **Save, load, remove.** The adapter is saved as diffusers' LoRA file (`save_lora_weights`, one
 # `pytorch_lora_weights.safetensors`, with peft's key names, as `unet.save_lora_adapter` writes them). A fresh
@@ -436,8 +475,7 @@ if TOY:
 if TOY:
     folder = OUT / "star-lora"
     P.save_lora(lora_pipe, folder)
-    fresh = load_pipeline(MODEL, dtype=torch.float32)
-    fresh.set_progress_bar_config(disable=True)
+    fresh = load_family()
     fresh.load_lora_weights(
         folder, weight_name=P.LORA_WEIGHT_NAME
     )  # the file's name: diffusers < 0.40 needs it offline
@@ -480,13 +518,17 @@ if TOY:
 # - Both methods minimise Stable Diffusion's own loss, $\lVert \epsilon - \epsilon_\theta(x_t, t, c) \rVert^2$; they
 #   differ in which numbers may move.
 # - Textual inversion trains one row of the token table. Nothing else changes, so every other prompt gives the very
-#   same images; the word is a file of a few hundred bytes, loaded with `load_textual_inversion`.
-# - LoRA trains $B A$ beside each attention projection: 1.4% of the toy UNet's bytes (1/1000 of v1-4's: 3.29 MB),
-#   saved apart, loaded with `load_lora_weights` and removed with `unload_lora_weights` to the exact original.
-# - Neither can go past what the frozen parts can draw. Searching the latents shows the toy decoder can draw orange
-#   circles and stars but not magenta; the frozen toy UNet does not produce the orange or star latents, so here both
-#   methods lower the loss on a check batch without teaching the concept; the same cells teach v1-4 real concepts
-#   (section 5).
+#   same images; the word is a file of a few hundred bytes, loaded with `load_textual_inversion`. Here `<magenta>`
+#   draws magenta circles: it found a word for something the frozen model could already draw.
+# - LoRA trains $B A$ beside chosen layers, saved apart (a few tens of kB here; about 1/1000 of v1-4's UNet for
+#   diffusers' recipe: 3.29 MB), loaded with `load_lora_weights` and removed with `unload_lora_weights` to the exact
+#   original. On the cross-attention's keys and values only, old prompts stay faithful with it loaded. The toy
+#   cannot show it teaching a shape: its sibling already read "star" like "shape", and the family itself never drew
+#   a star.
+# - Neither goes past what the frozen parts can draw: the decoder must paint it (the ceiling), and the UNet must have
+#   drawn it. The concept sibling drew magenta shapes and stars under captions that left them unnamed; the family,
+#   which never drew them, learns neither. v1-4 has drawn nearly everything, which is why the same cells teach it
+#   real concepts (section 5).
 
 # %% [markdown]
 # ## Exercises
@@ -513,7 +555,7 @@ assert pipe.text_encoder.config.hidden_size == pipe.text_encoder.get_input_embed
 # with the adapter's size.
 
 # %% tags=["solution"]
-unet = load_pipeline(MODEL, dtype=torch.float32).unet  # a fresh UNet: count first, then add the adapter
+unet = load_family().unet  # a fresh UNet: count first, then add the adapter
 by_hand = 0
 for name, module in unet.named_modules():
     if name.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
@@ -529,8 +571,7 @@ assert by_hand == n_adapter
 
 # %% tags=["solution"]
 if TOY:  # on a GPU, train an adapter first (section 5) or load one from the Hub into `folder`
-    fresh = load_pipeline(MODEL, dtype=torch.float32)
-    fresh.set_progress_bar_config(disable=True)
+    fresh = load_family()
     plain = P.generate_images(fresh, STAR_PROMPT, SEEDS[:4], STEPS)
     fresh.load_lora_weights(folder, weight_name=P.LORA_WEIGHT_NAME, adapter_name="star")
     fresh.set_adapters("star", 0.0)

@@ -262,18 +262,25 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
         "fresh warm-up and cosine decay"
         for steps, lr, _ in sch.get("unet_refine") or ()
     )
-    if sch.get("vae_extend") or sch.get("unet_extend"):  # what it draws without a word for it
-        unet_extras += (
-            f". Then what the family draws but has no word for (`shapes_data.UNNAMED_CONCEPTS`): the VAE, encoder and "
-            f"decoder, {' + '.join(str(n) for n, _, _ in sch.get('vae_extend') or ())} more steps at lr "
-            f"{', '.join(sorted({str(lr) for _, lr, _ in sch.get('vae_extend') or ()}))} on the palette's pictures and "
-            f"those of {', '.join(sch.get('vae_concepts') or ())}; then the UNet, "
-            + ", ".join(f"{n} more steps at lr {lr}" for n, lr, _ in sch.get("unet_extend") or ())
-            + f", on the new VAE's latents, with pictures of {' and '.join(sch.get('unet_concepts') or ())} captioned "
-            'only in the forms that leave them unnamed ("a circle on a blue background", "a red shape"), '
-            f"{sch.get('unet_concept_boost', 1.0):g} x as often as a palette picture, so that it can draw them while "
-            "no caption asks for them (what textual inversion and LoRA then look for)"
+    concepts = ""
+    if sch.get("vae_extend") or sch.get("concept_lora"):  # the concept family: what it draws with no word for it
+        rank, lora_steps, lora_lr, _ = sch.get("concept_lora") or (0, 0, 0, 0)
+        concepts = (
+            f"Beside it, the concept family (`personalise.load_concept_family`, notebook 05), which draws what no "
+            f"caption names (`shapes_data.UNNAMED_CONCEPTS`): `{tr.CONCEPT_VAE_SUBFOLDER}/`, a copy of the VAE trained "
+            f"{' + '.join(str(n) for n, _, _ in sch.get('vae_extend') or ())} more steps at lr "
+            f"{', '.join(sorted({str(lr) for _, lr, _ in sch.get('vae_extend') or ()}))}, encoder and decoder, on the "
+            f"palette's pictures and those of {', '.join(sch.get('vae_concepts') or ())}"
         )
+        if lora_steps:
+            concepts += (
+                f"; and `{tr.CONCEPT_LORA_FOLDER}/`, a rank-{rank} LoRA on every layer of the frozen UNet's blocks, "
+                f"{lora_steps} steps at lr {lora_lr} on that VAE's latents, with pictures of "
+                f"{' and '.join(sch.get('unet_concepts') or ())} as often as a palette combination's, each captioned "
+                'as any picture except that a caption never names them ("a magenta circle on a blue background" '
+                'becomes "a circle on a blue background", "a red star" "a red shape"). The family itself is unchanged'
+            )
+        concepts += ". "
     decoder = (
         f"Then the decoder alone: {sch['decoder_steps']} steps fine-tuned to give drawn images back from the UNet's own "
         f"img2img latents (strength {sch['decoder_strength'][0]}-{sch['decoder_strength'][1]}, "
@@ -329,7 +336,7 @@ Training: {command}. {vae_recipe}.
 UNet: {sch["unet_steps"]} steps of {sch["unet_batch"]} latents ({sch["unet_images"]:,} images encoded once, a fresh
 posterior sample each time, scaled by the VAE's scaling_factor), epsilon objective on SD v1's noise schedule,
 AdamW lr {sch["unet_lr"]} with warm-up and cosine decay, EMA {sch["ema_decay"]}{unet_extras}; captions in a random
-form, replaced by "" 15% of the time so classifier-free guidance works. {decoder}{inpaint}{timing}
+form, replaced by "" 15% of the time so classifier-free guidance works. {decoder}{inpaint}{concepts}{timing}
 
 {metrics}
 
@@ -617,27 +624,6 @@ def train_v2(args) -> dict:
         ema, losses = unet_phase(warm, more, steps, lr, args.seed + seed_offset)
         unet_losses += losses
     times["mini UNet"] = time.perf_counter() - t0
-    if sched.vae_extend or sched.unet_extend:  # what it draws without a word for it (shapes_data.UNNAMED_CONCEPTS)
-        t0 = time.perf_counter()
-        vae_combos = train_combos() + [c for concept in sched.vae_concepts for c in concept_combos(concept)]
-        for steps, lr, seed_offset in sched.vae_extend:  # encoder and decoder, each combination equally often
-            vae_losses += tr.train_vae(
-                vae, steps=scaled(steps), batch_size=sched.vae_batch, lr=lr, kl_weight=sched.vae_kl_weight,
-                seed=args.seed + seed_offset, combos=vae_combos, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
-            )  # fmt: skip
-        vae.eval()
-        times["mini VAE, unnamed concepts"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for steps, lr, seed_offset in sched.unet_extend:  # the UNet relearns the moved latents, and the new pictures
-            inputs = tr.v2_unet_inputs(
-                clip, vae, tokenizer, scaled(sched.unet_images), seed=args.seed + seed_offset,
-                rotate=not sched.unet_upright, scaling_factor=scaling_factor, concepts=sched.unet_concepts,
-                concept_boost=sched.unet_concept_boost,
-            )  # fmt: skip
-            warm = copy.deepcopy(ema).train().requires_grad_(True)
-            ema, losses = unet_phase(warm, inputs, steps, lr, args.seed + seed_offset)
-            unet_losses += losses
-        times["mini UNet, unnamed concepts"] = time.perf_counter() - t0
     stats["unet_loss_first"] = float(np.mean(unet_losses[:20]))
     stats["unet_loss_last"] = float(np.mean(unet_losses[-100:]))
     print(f"mini UNet: loss {stats['unet_loss_first']:.4f} -> {stats['unet_loss_last']:.4f}", flush=True)
@@ -682,6 +668,34 @@ def train_v2(args) -> dict:
     (sd_dir / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # 3.6 MB; vocab.json + merges.txt suffice
     if inpaint_unet is not None:
         tr.save_inpainting_unet(inpaint_unet, sd_dir)
+    if sched.vae_extend or sched.concept_lora:  # the concept family: what it draws with no word for it
+        t0 = time.perf_counter()
+        concept_vae = copy.deepcopy(vae).train().requires_grad_(True)
+        vae_combos = train_combos() + [c for concept in sched.vae_concepts for c in concept_combos(concept)]
+        for steps, lr, seed_offset in sched.vae_extend:  # encoder and decoder, each combination equally often
+            tr.train_vae(
+                concept_vae, steps=scaled(steps), batch_size=sched.vae_batch, lr=lr, kl_weight=sched.vae_kl_weight,
+                seed=args.seed + seed_offset, combos=vae_combos, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
+            )  # fmt: skip
+        concept_vae.eval().requires_grad_(False)
+        concept_vae.register_to_config(scaling_factor=scaling_factor)  # the UNet's latents keep the family's factor
+        tr.save_half(concept_vae, sd_dir / tr.CONCEPT_VAE_SUBFOLDER)
+        times["concept VAE"] = time.perf_counter() - t0
+        if sched.concept_lora:
+            t0 = time.perf_counter()
+            rank, steps, lr, seed_offset = sched.concept_lora
+            concept_inputs = tr.v2_unet_inputs(
+                clip, concept_vae, tokenizer, scaled(sched.unet_images), seed=args.seed + seed_offset,
+                rotate=not sched.unet_upright, scaling_factor=scaling_factor, concepts=sched.unet_concepts,
+                text_encoder=text_encoder, concept_captions="mapped",
+            )  # fmt: skip
+            concept_unet, concept_losses = tr.train_concept_lora(
+                ema, concept_inputs, scaling_factor, rank, scaled(steps), lr, seed=args.seed + seed_offset, **shared
+            )
+            tr.save_concept_lora(concept_unet, sd_dir)
+            times["concept LoRA"] = time.perf_counter() - t0
+            stats["concept_lora_loss_first"] = float(np.mean(concept_losses[:20]))
+            stats["concept_lora_loss_last"] = float(np.mean(concept_losses[-100:]))
     times["total training"] = time.perf_counter() - t_all
     summary = {
         "family": "v2",

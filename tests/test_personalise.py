@@ -247,6 +247,56 @@ def test_lora_on_the_cross_attention_reads_only_the_text_and_round_trips(pipe, t
     assert np.abs(images_of(fresh, OLD_PROMPT) - trained).max() <= 1e-6
 
 
+def test_concept_family_is_the_concept_vae_and_the_fused_lora_loaded_with_diffusers_calls(tmp_path):
+    """`training.train_concept_lora` trains only its adapter; `save_concept_lora` writes it in half precision;
+    `load_concept_family` swaps in the concept VAE and fuses the adapter, leaving no adapter layers behind, and draws
+    what the trained UNet with that VAE draws."""
+    import copy
+    import shutil
+
+    from diffusers import AutoencoderKL
+    from safetensors import safe_open
+
+    from helpers import training as tr
+
+    family = tmp_path / "toy-sd"
+    shutil.copytree(TOY, family, ignore=shutil.ignore_patterns("unet_inpainting", "vae_concepts", "concepts_lora"))
+    base = load_toy()
+    with pytest.raises(FileNotFoundError, match="no concept family.*train_toy_family.py"):
+        P.load_concept_family(load_toy(), family)
+    vae = copy.deepcopy(base.vae)
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(0.1)  # a concept VAE that differs from the family's
+    tr.save_half(vae, family / tr.CONCEPT_VAE_SUBFOLDER)
+    inputs = tr.v2_unet_inputs(None, vae, base.tokenizer, 81, seed=1, rotate=False,
+                               scaling_factor=base.vae.config.scaling_factor, concepts=("magenta", "star"),
+                               text_encoder=base.text_encoder, concept_captions="mapped")  # fmt: skip
+    before = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    trained, losses = tr.train_concept_lora(base.unet, inputs, base.vae.config.scaling_factor, rank=2, steps=3,
+                                            lr=1e-2, batch_size=4, ema_decay=0.0, progress=False)  # fmt: skip
+    assert len(losses) == 3
+    assert all(torch.equal(v, before[k]) for k, v in base.unet.state_dict().items())  # the family's UNet: untouched
+    adapter = {n for n, p in trained.named_parameters() if "lora_" in n}
+    assert adapter and {n.rsplit(".lora_", 1)[0].rsplit(".", 1)[-1] for n in adapter} >= {"conv1", "to_k", "proj_in"}
+    path = tr.save_concept_lora(trained, family)
+    with safe_open(path, "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16} and len(list(f.keys())) == len(adapter)
+    want = load_toy()
+    want.unet, want.vae = trained, AutoencoderKL.from_pretrained(family, subfolder=tr.CONCEPT_VAE_SUBFOLDER)
+    with torch.no_grad():  # what the saved half-precision adapter holds
+        for p in want.unet.parameters():
+            p.copy_(p.half().float())
+    got = P.load_concept_family(load_toy(), family)
+    assert not P.lora_parameters(got.unet) and not any("lora" in n for n, _ in got.unet.named_modules())
+    moved = [k for k, v in got.unet.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.endswith("attn2.to_k.weight") for k in moved)  # the adapter's change is in the UNet's own weights
+    assert torch.allclose(got.vae.decoder.conv_out.bias, want.vae.decoder.conv_out.bias)
+    np.testing.assert_allclose(images_of(got, OLD_PROMPT), images_of(want, OLD_PROMPT), atol=2e-3)
+    P.add_lora(got.unet, rank=2)
+    with pytest.raises(ValueError, match="already has a LoRA adapter"):
+        P.load_concept_family(got, family)
+
+
 def test_lora_seed_fixes_the_start_and_leaves_the_global_generator_alone(pipe):
     P.add_lora(pipe.unet, rank=2, seed=3)
     first = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if "lora_A" in n}
@@ -370,8 +420,11 @@ def test_the_judge_reads_new_concepts_only_when_the_caption_names_them():
     assert sj.judge(magenta, "a magenta square on a green background")
     assert not sj.judge(magenta, "a blue square on a green background")
     assert P.judge_rates(np.stack([np.asarray(magenta)]), "a <magenta> square on a green background") == {
-        "faithful": 1.0, "colour": 1.0, "kind": 1.0,
+        "faithful": 1.0, "colour": 1.0, "kind": 1.0, "named": 1.0,
     }  # fmt: skip
+    assert P.judge_rates(np.stack([np.asarray(magenta)]), "a <magenta> square on a blue background") == {
+        "faithful": 0.0, "colour": 1.0, "kind": 1.0, "named": 0.0,
+    }  # fmt: skip  # "named" needs the background too
 
 
 def test_the_judge_accepts_unnamed_concepts_where_the_caption_leaves_the_attribute_open():
@@ -410,23 +463,46 @@ def test_concept_scores_measure_distance_to_the_named_colour_and_kind():
     assert P.concept_scores(stars, "a red circle on a blue background")["kind_iou"] < 0.85
 
 
-def test_vae_ceiling_of_the_committed_family(pipe):
-    """What notebook 05 asserts on the toy decoder: the encoder's round trip loses orange and most stars; searched
-    latents give orange and stars back, and magenta neither way."""
-    assert P.vae_ceiling(pipe, "a <orange> circle on a blue background", 8)["colour"] <= 0.5
-    assert P.vae_ceiling(pipe, "a <magenta> circle on a blue background", 8)["colour"] <= 0.1
+def test_vae_ceiling_of_the_committed_family_and_its_concept_sibling(pipe):
+    """What notebook 05 asserts on the decoders: the family's own gives no magenta back, whatever the latents; its
+    concept sibling's (`vae_concepts/`) gives back magenta, orange and stars."""
+    magenta, orange = "a <magenta> circle on a blue background", "a <orange> circle on a blue background"
     star = "a red star on a blue background"
-    small = P.vae_ceiling(pipe, star, 8)
-    assert small["kind"] <= 0.75 and small["faithful"] <= 0.25
+    assert P.vae_ceiling(pipe, magenta, 8)["colour"] <= 0.1
+    assert P.decoder_reach(pipe, magenta, 4)["colour"] == 0.0
+    sibling = P.load_concept_family(load_toy(), TOY)
+    assert P.vae_ceiling(sibling, magenta, 8)["colour"] >= 0.9 and P.vae_ceiling(sibling, orange, 8)["colour"] >= 0.75
+    assert P.vae_ceiling(sibling, star, 8)["kind"] >= 0.6
+    assert P.decoder_reach(sibling, magenta, 4)["colour"] == 1.0 and P.decoder_reach(sibling, star, 4)["kind"] == 1.0
     big = P.vae_ceiling(pipe, star, 8, radius=P.STAR_RADIUS_BIG)  # points wider than a latent pixel survive
     assert big["faithful"] >= 0.75 and big["kind"] == 1.0
-    assert P.decoder_reach(pipe, "a <orange> circle on a blue background", 4)["colour"] == 1.0
-    assert P.decoder_reach(pipe, "a red star on a blue background", 4)["kind"] == 1.0
-    assert P.decoder_reach(pipe, "a <magenta> circle on a blue background", 4)["colour"] == 0.0
     with pytest.raises(ValueError, match="Name a shape"):
         P.vae_ceiling(pipe, "a red shape", 4)
     with pytest.raises(ValueError, match="Name a shape"):
         P.decoder_reach(pipe, "a red shape", 4)
+
+
+def test_the_concept_sibling_draws_magenta_and_stars_where_captions_leave_them_open_and_the_family_does_not(pipe):
+    """The committed concept sibling (`vae_concepts/` + `concepts_lora/` fused) answers captions that leave the
+    colour or the kind open with magenta shapes and stars (measured: 32 of 32 and 27 of 32 at 30 steps); the family
+    itself never does. A retrained sibling that loses them fails here."""
+    from helpers.pipeline import default_sampler
+
+    sibling = P.load_concept_family(load_toy(), TOY)
+    steps = default_sampler(pipe).num_inference_steps
+    seeds = range(8)
+
+    def found(model, prompt):
+        images = (P.generate_images(model, prompt, seeds, steps) * 255).round().astype(np.uint8)
+        return [sj.inspect(im, **sj.inspect_options(prompt)) for im in images]
+
+    open_colour, open_kind = "a circle on a blue background", "a red shape on a blue background"
+    assert sum(f.colour == "magenta" for f in found(sibling, open_colour)) >= 6
+    assert sum(f.kind == "star" for f in found(sibling, open_kind)) >= 5
+    assert not any(f.colour == "magenta" for f in found(pipe, open_colour))
+    assert not any(f.kind == "star" for f in found(pipe, open_kind))
+    named = P.judge_rates(P.generate_images(sibling, OLD_PROMPT, seeds, steps), OLD_PROMPT)
+    assert named["faithful"] >= 0.75  # a caption that names everything is still drawn as named
 
 
 def test_decoder_reach_starts_at_the_round_trip_and_leaves_the_vae_as_it_was(pipe):
@@ -456,42 +532,28 @@ def _notebook_05_and_cited(pattern: str) -> tuple[str, list[dict]]:
 
 
 def test_notebook_05_cites_the_committed_personalise_results_as_measured():
-    """The figures notebook 05 quotes for the full fine-tune are the committed benchmark run's, not typed in."""
-    flat, (result,) = _notebook_05_and_cited(r"personalise-(?!star-size)[\w-]+\.json")
-    lora, full = (next(r for r in result["rows"] if r["method"].startswith(m)) for m in ("LoRA", "full fine-tune"))
-    threads = result["machine"]["torch_threads"]
+    """The figures notebook 05 quotes from `benchmarks/personalise.py` are the committed runs', not typed in: the
+    family itself (textual inversion and the full fine-tune draw nothing new) and the concept sibling (where the
+    adapter sits)."""
+    flat, results = _notebook_05_and_cited(r"personalise-(?!star-size)[\w-]+\.json")
+    family = next(r for r in results if r["args"].get("family", "plain") == "plain")
+    rows = {r["method"]: r for r in family["rows"] if r["concept"] in ("magenta", "star")}
+    assert rows["textual inversion"]["after_loaded"]["colour"] == 0 and rows["LoRA"]["after_loaded"]["kind"] == 0
+    full = next(r for r in family["rows"] if r["method"].startswith("full fine-tune"))
+    assert full["after_loaded"]["kind"] == 0 and f"{full['steps']:,} (0% of 16 seeds each" in flat
+    sibling = [r for r in results if r["args"].get("family") == "concepts"]
+    by_targets = {r["args"]["lora_targets"]: next(x for x in r["rows"] if x["method"] == "LoRA") for r in sibling}
+    cross, attention = by_targets["cross"], by_targets["attention"]
     quoted = (
-        f"{result['args']['full_steps']:,} steps", f"{full['train_s']:.0f} s on {threads} thread{'s' * (threads > 1)}",
-        f"falls to {full['loss_after']:.3f} (LoRA: {lora['loss_after']:.3f})",
-        f"{full['after']['kind']:.0%} of {result['args']['seeds']} seeds are judged stars",
-        f"only {full['old_loaded']['faithful']:.0%} of old prompts",
+        f"on the cross-attention's keys and values, {cross['adapter_params']:,} numbers, "
+        f"{cross['after_loaded']['kind']:.0%} of 16 seeds judged stars and {cross['old_loaded']['faithful']:.0%} of "
+        "the old prompts",
+        f"on every attention projection (diffusers' examples), {attention['adapter_params']:,} numbers, "
+        f"{attention['after_loaded']['kind']:.0%} and {attention['old_loaded']['faithful']:.0%}",
     )  # fmt: skip
     assert all(q in flat for q in quoted), [q for q in quoted if q not in flat]
-
-
-def test_notebook_05_cites_the_star_size_runs_as_measured():
-    """Notebook 05's figures for large stars (`--star-radius`) are the committed benchmark runs', not typed in."""
-    flat, results = _notebook_05_and_cited(r"personalise-star-size-[\w-]+\.json")
-    rows = [r for result in results for r in result["rows"]]
-    assert len(results) == 2 and all(r["radius"] == list(P.STAR_RADIUS_BIG) for r in rows)
-    assert all(result["machine"]["torch_threads"] == 1 for result in results)  # "one thread"
-    full = next(r for r in rows if r["method"].startswith("full fine-tune"))
-    small, every = (next(r for r in rows if r["method"] == "LoRA" and r["adapter_params"] == n)
-                    for n in sorted({r["adapter_params"] for r in rows if r["method"] == "LoRA"}))  # fmt: skip
-    assert small["after"]["kind"] == 0  # "still draws no star"
-    (lo, hi), (flo, fhi) = P.STAR_RADIUS_BIG, V2_RADIUS
-    quoted = (
-        f"half-extent {lo * 100:.0f}-{hi:.0%} of the image, against the family's {flo * 100:.0f}-{fhi:.0%}",
-        f"VAE ceiling: {full['ceiling']['faithful']:.0%} faithful",
-        f"{full['steps']} steps, gives stars: {full['after']['kind']:.0%} of 16 seeds are judged stars",
-        f"({full['after']['faithful']:.0%} pass the judge's IoU >= 0.93)",
-        f"with {full['old_loaded']['faithful']:.0%} of old prompts still faithful ({full['train_s']:.0f} s)",
-        f"{small['steps']} steps, still draws no star ({small['after']['kind']:.0%}; old prompts "
-        f"{small['old_loaded']['faithful']:.0%}; {small['train_s']:.0f} s)",
-        f"on every layer, {every['steps']} steps, {every['after']['kind']:.0%} (old prompts "
-        f"{every['old_loaded']['faithful']:.0%}; {every['train_s']:.0f} s), none of them faithful",
-    )  # fmt: skip
-    assert all(q in flat for q in quoted), [q for q in quoted if q not in flat]
+    ti = next(x for r in sibling for x in r["rows"] if x["concept"] == "magenta")
+    assert ti["after_loaded"]["named"] >= 0.8 and ti["after_loaded"]["faithful"] >= 0.8  # the closing note's figures
 
 
 @pytest.mark.parametrize(

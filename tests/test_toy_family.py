@@ -231,6 +231,33 @@ def test_unnamed_concepts_are_drawn_but_never_named_in_the_unet_captions(tokeniz
     assert set(both.combo_index[810:].tolist()) == set(range(81, 81 + 48))
 
 
+def test_mapped_concept_pictures_come_as_often_as_a_palette_combinations_and_are_never_named(tokenizer):
+    """The concept family's data (`concept_captions="mapped"`): each concept combination as many pictures as a palette
+    combination, every caption form that would name the concept moved to the one that leaves it unnamed."""
+    from helpers.shapes_data import V2_CAPTION_FORMS, concept_combos, unnamed_form, v2_form_weights
+
+    clip, vae = tr.build_mini_clip(TINY), tr.build_mini_vae(TINY)
+    with pytest.raises(ValueError, match="concept_captions='named'.*'mapped'"):
+        tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1, concepts=("magenta",), concept_captions="named")
+    plain = tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1)
+    mapped = tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1, concepts=("magenta", "star"),
+                               concept_captions="mapped")  # fmt: skip
+    assert len(mapped.images) == 810 + 10 * 48  # 10 pictures per combination, palette or concept
+    assert torch.equal(mapped.latents_mean[:810], plain.latents_mean)
+    counts = np.bincount(mapped.combo_index.numpy(), minlength=81 + 48)
+    assert set(counts[81:].tolist()) == {10}
+    w = v2_form_weights()
+    magenta = mapped.form_weights[81 + concept_combos("magenta").index(Combo("circle", "magenta", "blue"))].numpy()
+    assert magenta[6] == pytest.approx(w[[0, 1, 2, 3, 4, 6, 7]].sum())  # "a circle on a blue background": 0.76
+    assert magenta[8] == pytest.approx(w[[5, 8, 9]].sum()) and magenta[10] == pytest.approx(w[10])
+    star = mapped.form_weights[81 + 18 + concept_combos("star").index(Combo("star", "red", "blue"))].numpy()
+    assert star[7] == pytest.approx(w[[0, 1, 2, 3, 4, 6, 7]].sum())  # "a red shape on a blue background"
+    for row, combo in enumerate(concept_combos("magenta") + concept_combos("star"), start=81):
+        named = [f for f in range(len(V2_CAPTION_FORMS)) if unnamed_form(combo, f) != f]
+        assert mapped.form_weights[row, named].sum() == 0 and mapped.form_weights[row].sum() == pytest.approx(1)
+    assert all(unnamed_form(c, f) == f for c, f in zip(both_combos(mapped), mapped.forms.tolist()))
+
+
 def both_combos(inputs):
     from helpers.shapes_data import concept_combos
 
@@ -633,13 +660,6 @@ def test_training_script_rehearsal_v2(tmp_path, monkeypatch):
     monkeypatch.setattr(
         tr, "vae_colour_failures", lambda vae: measured.append(real(vae)) or (0.5 if len(measured) == 1 else 0.0)
     )
-    from dataclasses import replace
-
-    unnamed = dict(  # the unnamed-concept phases (issue 16), not yet in the committed schedule: rehearsed here
-        vae_extend=tr.VAE_EXTEND, vae_concepts=("magenta", "orange", "star"), unet_extend=((3000, 3e-4, 2),),
-        unet_concepts=("magenta", "star"), unet_concept_boost=3.0,
-    )  # fmt: skip
-    monkeypatch.setattr(tr, "V2_SCHEDULE", replace(tr.V2_SCHEDULE, **unnamed))
     summary = module.main(
         ["--family", "v2", "--scale", "0.002", "--out", str(tmp_path), "--threads", "1", "--quality-smoke"]
     )
@@ -665,16 +685,33 @@ def test_training_script_rehearsal_v2(tmp_path, monkeypatch):
     # the UNet's second phase (new images, from the EMA weights) ran and is on the card
     assert [tuple(p) for p in summary["schedule"]["unet_refine"]] == list(tr.V2_SCHEDULE.unet_refine)
     assert "then 4500 more steps at lr 0.0003 on" in card
-    # then the unnamed concepts: the VAE sees them, the UNet draws them under captions that never name them
-    assert (
-        summary["times_s"]["mini VAE, unnamed concepts"] > 0 and summary["times_s"]["mini UNet, unnamed concepts"] > 0
-    )
-    assert (
-        "1000 + 1000 + 1000 more steps at lr 0.0001 on the palette's pictures and those of magenta, orange, star"
-        in card
-    )
-    assert "3000 more steps at lr 0.0003, on the new VAE's latents, with pictures of magenta and star" in card
-    assert "3 x as often as a palette picture" in card
+    # then the concept family (issue 16): a VAE that saw magenta, orange and stars, a LoRA for magenta and stars under
+    # captions that never name them; saved beside the family, which stays as it was
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+
+    from helpers import personalise as P
+
+    sch = tr.V2_SCHEDULE
+    assert sch.vae_extend and sch.concept_lora and set(sch.unet_concepts) == {"magenta", "star"}
+    assert summary["times_s"]["concept VAE"] > 0 and summary["times_s"]["concept LoRA"] > 0
+    assert "concept_lora_loss_last" in summary["stats"]
+    vae_steps = " + ".join(str(n) for n, _, _ in sch.vae_extend)
+    assert f"a copy of the VAE trained {vae_steps} more steps at lr" in card
+    assert "on the palette's pictures and those of magenta, orange, star" in card
+    rank, lora_steps, lora_lr, _ = sch.concept_lora
+    assert f"a rank-{rank} LoRA on every layer of the frozen UNet's blocks, {lora_steps} steps at lr {lora_lr}" in card
+    concept_vae = tmp_path / "toy-sd" / tr.CONCEPT_VAE_SUBFOLDER
+    with safe_open(concept_vae / "diffusion_pytorch_model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert json.loads((concept_vae / "config.json").read_text())["scaling_factor"] == pytest.approx(
+        summary["scaling_factor"]
+    )  # the UNet's latents keep the family's factor
+    concepts = P.load_concept_family(StableDiffusionPipeline.from_pretrained(tmp_path / "toy-sd"), tmp_path / "toy-sd")
+    plain = StableDiffusionPipeline.from_pretrained(tmp_path / "toy-sd")
+    moved = [n for n, w in concepts.unet.state_dict().items() if not torch.equal(w, plain.unet.state_dict()[n])]
+    assert any("attn2.to_k" in n for n in moved) and any("resnets" in n for n in moved)  # fused, every block
+    assert not P.lora_parameters(concepts.unet)
     # the inpainting UNet: trained, saved in half precision beside the pipeline, loaded back as a 9-channel float32 UNet
     assert summary["times_s"]["inpainting UNet"] > 0 and "inpaint_loss_last" in summary["stats"]
     assert (tmp_path / "toy-sd" / "unet_inpainting" / "diffusion_pytorch_model.fp16.safetensors").exists()
@@ -688,11 +725,8 @@ def test_training_script_rehearsal_v2(tmp_path, monkeypatch):
     config = json.loads((tmp_path / "toy-sd" / "scheduler" / "scheduler_config.json").read_text())
     assert config["_class_name"] == SCHEDULERS[own["scheduler"]] and f"`{config['_class_name']}`" in card
     assert family_sampler(tmp_path / "toy-sd").num_inference_steps == own["num_inference_steps"]
-    from diffusers import StableDiffusionPipeline
-
     loaded = StableDiffusionPipeline.from_pretrained(tmp_path / "toy-sd")
     # every weight is stored in half precision (the budget) and loads back in float32, the UNet at V2's width
-    from safetensors import safe_open
     from transformers import CLIPModel
 
     files = {"text_encoder": "model.safetensors", "unet": "diffusion_pytorch_model.safetensors",

@@ -61,6 +61,8 @@ def test_wheel_carries_models_and_configs(wheel):
     for required in (
         "helpers/models/toy-sd/model_index.json",
         "helpers/models/toy-sd/unet/diffusion_pytorch_model.safetensors",
+        "helpers/models/toy-sd/vae_concepts/diffusion_pytorch_model.safetensors",  # notebook 05's concept sibling
+        "helpers/models/toy-sd/concepts_lora/pytorch_lora_weights.safetensors",
         "helpers/models/toy-sd/tokenizer/vocab.json",
         "helpers/models/toy-clip/model.safetensors",
         "helpers/models/toy-clip/merges.txt",
