@@ -57,12 +57,12 @@ EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {"magenta": (240, 30, 200), "or
 EXTRA_SHAPES = ("star",)
 STAR_INNER = 0.5  # inner/outer radius; a regular pentagram's 0.38 leaves arms ~2 px wide at 32 px
 
-#: What a family trained with the recipe's unnamed-concept phases draws but has no word for (issue 16;
-#: `training.Schedule.unet_concepts`): magenta shapes and stars among its UNet's training pictures, only under
+#: What the family's concept sibling draws but has no word for (issue 16; `training.Schedule.concept_lora`,
+#: `personalise.load_concept_family`): magenta shapes and stars among its LoRA's training pictures, only under
 #: captions that leave that attribute unnamed (`unnamed_form`: "a circle on a blue background", "a red shape").
 #: Such a model can draw them and no word asks for them: textual inversion and LoRA then have something to find,
-#: as on Stable Diffusion, which has seen nearly everything a learner wants to name (Gal et al. 2022). The
-#: committed family has not been through these phases yet (benchmarks/toy_family_history.md, 2026-12-07).
+#: as on Stable Diffusion, which has seen nearly everything a learner wants to name (Gal et al. 2022). The family
+#: itself never drew them (benchmarks/toy_family_history.md, 2026-12-07).
 UNNAMED_CONCEPTS = ("magenta", "star")
 
 #: Caption templates of the first generation. The shape's colour always comes before the background's colour.

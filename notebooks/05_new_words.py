@@ -40,8 +40,8 @@
 #   new token give the very same images, and save and load the word with `pipe.load_textual_inversion`;
 # - say what LoRA adds to a layer ($W + \frac{\alpha}{r} B A$), count its parameters, and save, load and remove
 #   an adapter with `pipe.load_lora_weights` and `pipe.unload_lora_weights`;
-# - test what the frozen decoder can draw at all, and say what neither method can teach.
-# - pick where an adapter sits: on the cross-attention's keys and values only, old prompts barely move.
+# - test what the frozen decoder can draw at all, and say what neither method can teach;
+# - choose where an adapter sits, and measure what it moves in the prompts it was not trained for.
 #
 # **Needs**: no GPU. On a CPU with the offline toy family: 250 steps of textual inversion and 200 of LoRA, each about
 # a minute on one busy CPU thread (the cells print their times), and the whole notebook in a few minutes. With a real
