@@ -6,7 +6,8 @@ its `vae_concepts/` VAE and its `concepts_lora/` LoRA fused, `P.load_concept_fam
 
 - textual inversion of "<magenta>", initialised from "red": a colour no caption of the family names, which the
   concept sibling draws under captions that leave the colour unnamed (`shapes_data.UNNAMED_CONCEPTS`);
-- textual inversion of "<orange>", the control: a colour the VAE gives back but the UNet never drew;
+- textual inversion of "<orange>", the comparison: a colour the VAE gives back but the UNet never drew, between
+  red and yellow, which it draws;
 - LoRA (rank 4; `--lora-targets`, default the cross-attention's to_k/to_v, notebook 05's) for "star", a word in
   CLIP's vocabulary no caption used, a shape the concept sibling draws under "a red shape"; a quarter of its batch
   is the family's own training images (DreamBooth's prior preservation, Ruiz et al. 2022,

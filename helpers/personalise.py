@@ -8,9 +8,10 @@ draw them, with no word for them. Two new words:
 - **"<magenta>"** (a colour, `shapes_data.EXTRA_COLOURS`) is taught by *textual inversion* (Gal et al. 2022,
   https://arxiv.org/abs/2208.01618): a new token gets one new row in the text encoder's token table, and only that
   row (32 numbers in the toy, 768 in SD v1) is trained. UNet, VAE and text encoder stay frozen, so every prompt
-  without the token gives bit-identical images. "<orange>" is the control: the VAE gives orange back, but the UNet
-  never drew it, and a new word only finds what the frozen model can draw (`vae_ceiling` and `decoder_reach`
-  measure the decoder's part of that ceiling).
+  without the token gives bit-identical images. "<orange>" is the comparison: neither drew orange, but it lies
+  between red and yellow, which the UNet draws, and a new row can point between them (benchmarks/personalise.py).
+  A new word only finds what the frozen model can draw (`vae_ceiling` and `decoder_reach` measure the decoder's
+  part of that ceiling).
 - **"star"** (a shape, `shapes_data.EXTRA_SHAPES`) is taught by *LoRA* (Hu et al. 2021,
   https://arxiv.org/abs/2106.09685): "star" is already a word in CLIP's vocabulary that no caption used. Chosen
   linear layers $W$ get a low-rank update, $W' = W + \\frac{\\alpha}{r} B A$, and only $A$ and $B$ train
@@ -53,7 +54,7 @@ from .shapes_data import (
     unnamed_form,
     v2_caption,
 )
-from .training import P_UNCOND, V2_SCHEDULE, encode_latents, to_unit_range
+from .training import CONCEPT_LORA_TARGETS, P_UNCOND, V2_SCHEDULE, encode_latents, to_unit_range
 
 #: The word each new concept is called by in captions: textual inversion learns a new token, LoRA an old word.
 CONCEPT_WORDS = {"magenta": "<magenta>", "orange": "<orange>", "star": "star"}
@@ -66,8 +67,7 @@ LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what `save_lora_weights
 #: (`benchmarks/personalise.py --lora-targets cross`; toy_family_history.md, 2026-12-07).
 LORA_TARGETS_CROSS = ("attn2.to_k", "attn2.to_v")
 #: Every linear and convolution layer of the toy UNet's blocks: LoRA "everywhere", a bigger adapter for comparison.
-LORA_TARGETS_ALL = LORA_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
-                                   "conv_shortcut", "time_emb_proj", "conv_in", "conv_out")  # fmt: skip
+LORA_TARGETS_ALL = CONCEPT_LORA_TARGETS + ("conv_in", "conv_out")
 #: Stars drawn this large (half-extent 35-44% of the image; the family's shapes are 17-29%) keep their points
 #: through the toy VAE's 8x encode -> decode; at the family's sizes a star's points are under a latent pixel wide
 #: and come back rounded (`benchmarks/personalise.py --star-radius` measures both).
@@ -530,16 +530,24 @@ def save_lora(pipe, directory: Path | str) -> Path:
     that also covers `conv_in` (`LORA_TARGETS_ALL`) came back without its attention layers (diffusers 0.42.1,
     measured: 164 of 324 tensors loaded, with only a warning).
     """
+    if not lora_parameters(pipe.unet):
+        raise ValueError("The UNet has no LoRA adapter to save: add_lora(pipe.unet) and train_lora(pipe, ...) first.")
+    return save_unet_lora(pipe.unet, directory)
+
+
+def save_unet_lora(unet, directory: Path | str, half: bool = False) -> Path:
+    """`save_lora` for a UNet on its own (`half`: the adapter's numbers in float16, half the bytes)."""
     from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
-    if not lora_parameters(pipe.unet):
-        raise ValueError("The UNet has no LoRA adapter to save: add_lora(pipe.unet) and train_lora(pipe, ...) first.")
-    adapter = pipe.unet.active_adapters()[0]
+    adapter = unet.active_adapters()[0]
+    state = get_peft_model_state_dict(unet, adapter_name=adapter)
+    if half:
+        state = {k: v.detach().half() for k, v in state.items()}
     StableDiffusionPipeline.save_lora_weights(
         directory,
-        unet_lora_layers=get_peft_model_state_dict(pipe.unet, adapter_name=adapter),
-        unet_lora_adapter_metadata=pipe.unet.peft_config[adapter].to_dict(),  # rank and alpha: loads at alpha / r
+        unet_lora_layers=state,
+        unet_lora_adapter_metadata=unet.peft_config[adapter].to_dict(),  # rank and alpha: loads at alpha / r
         safe_serialization=True,
     )
     return Path(directory) / LORA_WEIGHT_NAME

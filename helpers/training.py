@@ -121,7 +121,7 @@ class Schedule:
     #: palette's pictures and those of `vae_concepts` (each combination equally often), encoder and decoder, saved
     #: as `vae_concepts/`; then a LoRA on the frozen UNet, (rank, steps, lr, seed offset), on that VAE's latents,
     #: with the pictures of `unet_concepts` as often as a palette combination's and captioned so as never to name
-    #: them (`v2_unet_inputs(concept_captions="mapped")`), saved as `concepts_lora/`. The family itself is unchanged.
+    #: them (`v2_unet_inputs(concepts=...)`), saved as `concepts_lora/`. The family itself is unchanged.
     vae_extend: tuple[tuple[int, float, int], ...] = ()
     vae_concepts: tuple[str, ...] = ()
     concept_lora: tuple[int, int, float, int] | None = None
@@ -172,10 +172,10 @@ V2_SCHEDULE = Schedule(
     # (benchmarks/toy_family_history.md): the family's VAE cannot give magenta back (Delta E 127) until it sees it;
     # 3 x 1,000 steps at lr 1e-4 on the palette plus magenta, orange and stars (encoder and decoder, 870 s) give
     # back magenta at Delta E 4, orange 97%, stars 88% judged stars, the old round trip 94.7% (was 96.3%); the
-    # decoder alone (encoder frozen) stays at Delta E 67. A UNet refined on its latents with the concepts' pictures only in the unnamed
-    # forms, as often as a palette picture (1x) or 3x, drew them for 0 and 6 of 32 "a circle on a blue background",
-    # and textual inversion found no magenta (0%); with every caption form of theirs mapped to an unnamed one
-    # (`concept_captions="mapped"`), 32 of 32, and `<magenta>` was learned. That family would break the lessons
+    # decoder alone (encoder frozen) stays at Delta E 67. A UNet refined on its latents with the concepts' pictures
+    # only in the unnamed forms, as often as a palette picture (1x) or 3x, drew them for 0 and 6 of 32 "a circle on
+    # a blue background", and textual inversion found no magenta (0%); with every caption form of theirs mapped to
+    # an unnamed one (`v2_unet_inputs(concepts=...)`), 32 of 32, and `<magenta>` was learned. That family would break the lessons
     # built on captions that leave the colour open, so it is a sibling: a LoRA (rank 16 on every layer of the
     # blocks, 856k numbers, 1.7 MB in half precision) on the frozen UNet, 3,000 steps at lr 1e-3 (2,267 s), which
     # draws magenta for 32 of 32 "a circle on a blue background" and stars for 27 of 32 "a red shape".
@@ -762,30 +762,21 @@ class UNetInputs:
 
 def v2_unet_inputs(
     clip, vae, tokenizer, n_images: int, seed: int, rotate: bool = True, scaling_factor: float | None = None,
-    concepts: tuple[str, ...] = (), concept_boost: float = 1.0, text_encoder=None, concept_captions: str = "unnamed",
+    concepts: tuple[str, ...] = (), text_encoder=None,
 ) -> UNetInputs:  # fmt: skip
     """Draw `n_images` second-generation training images, encode them once, set the VAE's `scaling_factor`
     (1 / std of the latents, as SD v1's 0.18215 was found) and compute the text states of every caption.
 
     `scaling_factor`: keep this one instead (a later training phase keeps the first phase's, which the UNet
     learned on; new images would give a factor a hair apart).
-    `concepts` (of `shapes_data.UNNAMED_CONCEPTS`): add pictures of each (drawn from `seed + 100`), captioned only
-    in the forms that leave the concept unnamed, each as often as a palette picture is: a combination of the
-    concept gets that share of a palette combination's pictures (`form_weights`: the forms' own weights there, 0
-    elsewhere). A magenta circle on blue is then one of six colours among the pictures captioned "a circle on a blue
-    background", not the answer to it. The caption table maps every other form to its unnamed one too (`unnamed_form`).
-    `concept_boost`: that many times as many pictures of each concept (1: as often as a palette picture).
-    `concept_captions="mapped"`: instead, each combination of a concept gets as many pictures as a palette
-    combination (times `concept_boost`), captioned like any picture, except that every form that would name the
-    concept is replaced by the one that leaves it unnamed (`unnamed_form`): "a magenta circle on a blue background"
-    becomes "a circle on a blue background". Those captions then mostly answer with the concept (the concept
-    family, `Schedule.concept_lora`).
+    `concepts` (of `shapes_data.UNNAMED_CONCEPTS`): add pictures of each (drawn from `seed + 100`), each
+    combination as many as a palette combination, captioned like any picture except that every form that would
+    name the concept is replaced by the one that leaves it unnamed (`unnamed_form`): "a magenta circle on a blue
+    background" becomes "a circle on a blue background" (`form_weights`: each form's weight moved there). Those
+    captions then mostly answer with the concept (the concept family, `Schedule.concept_lora`); with the concept's
+    pictures only in the unnamed forms' own share, they were almost never drawn (toy_family_history.md, 2026-12-07).
     `text_encoder`: the family's own (a saved pipeline's) instead of the one `clip`'s text tower gives.
     """
-    if concept_captions not in ("unnamed", "mapped"):
-        raise ValueError(
-            f"concept_captions={concept_captions!r}: use 'unnamed' (only the forms that leave a concept unnamed) or 'mapped' (every form, mapped to those)"
-        )
     weights = v2_form_weights()
     combos = train_combos()
     data = make_dataset_v2(n_images, seed=seed, combos=combos, rotate=rotate)
@@ -794,14 +785,9 @@ def v2_unet_inputs(
     new = []
     for concept in concepts:
         combo = concept_combos(concept)
-        unnamed = np.array([unnamed_form(combo[0], f) == f for f in range(len(weights))])
-        if concept_captions == "mapped":  # every form's weight moves to the form that leaves the concept unnamed
-            own = np.zeros_like(weights)
-            np.add.at(own, [unnamed_form(combo[0], f) for f in range(len(weights))], weights)
-            per_combo = max(1, round(n_images / len(combos) * concept_boost))
-        else:  # only the forms that leave it unnamed, with their own weights
-            own = weights * unnamed / weights[unnamed].sum()
-            per_combo = max(1, round(n_images / len(combos) * weights[unnamed].sum() * concept_boost))
+        own = np.zeros_like(weights)  # every form's weight moves to the form that leaves the concept unnamed
+        np.add.at(own, [unnamed_form(combo[0], f) for f in range(len(weights))], weights)
+        per_combo = max(1, round(n_images / len(combos)))
         extra = make_dataset_v2(per_combo * len(combo), seed=seed + 100 + len(new), combos=combo, rotate=rotate)
         rng = np.random.default_rng(seed + 100 + len(new))
         images = np.concatenate([images, extra.images])
@@ -1048,14 +1034,10 @@ def train_concept_lora(
     Returns the EMA copy, adapter included, and the loss of every step."""
     import copy
 
-    from peft import LoraConfig
+    from .personalise import add_lora  # personalise imports this module: a late import
 
     model = copy.deepcopy(unet).float()
-    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                        target_modules=list(CONCEPT_LORA_TARGETS))  # fmt: skip
-    with torch.random.fork_rng(devices=[]):  # peft draws A from the global generator
-        torch.manual_seed(init_seed)
-        model.add_adapter(config)  # peft freezes every weight but the adapter's
+    add_lora(model, rank=rank, alpha=rank, target_modules=CONCEPT_LORA_TARGETS, seed=init_seed)  # freezes the rest
     weights = inputs.form_weights
     if weights is None:
         weights = torch.tensor(v2_form_weights(), dtype=torch.float32)
@@ -1067,18 +1049,10 @@ def train_concept_lora(
 
 def save_concept_lora(unet, pipeline_dir: Path | str) -> Path:
     """Save `unet`'s adapter as diffusers' LoRA file in the family's `concepts_lora/`, in half precision (it loads
-    into a float32 UNet as float32), with its rank and alpha."""
-    from diffusers import StableDiffusionPipeline
-    from peft.utils import get_peft_model_state_dict
+    into a float32 UNet as float32), with its rank and alpha (`personalise.save_unet_lora`)."""
+    from .personalise import save_unet_lora
 
-    adapter = unet.active_adapters()[0]
-    state = {k: v.detach().half() for k, v in get_peft_model_state_dict(unet, adapter_name=adapter).items()}
-    folder = Path(pipeline_dir) / CONCEPT_LORA_FOLDER
-    StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=state, unet_lora_adapter_metadata=unet.peft_config[adapter].to_dict(),
-        safe_serialization=True,
-    )  # fmt: skip
-    return folder / "pytorch_lora_weights.safetensors"
+    return save_unet_lora(unet, Path(pipeline_dir) / CONCEPT_LORA_FOLDER, half=True)
 
 
 # ----------------------------------------------------------------------------------------------

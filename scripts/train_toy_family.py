@@ -687,7 +687,7 @@ def train_v2(args) -> dict:
             concept_inputs = tr.v2_unet_inputs(
                 clip, concept_vae, tokenizer, scaled(sched.unet_images), seed=args.seed + seed_offset,
                 rotate=not sched.unet_upright, scaling_factor=scaling_factor, concepts=sched.unet_concepts,
-                text_encoder=text_encoder, concept_captions="mapped",
+                text_encoder=text_encoder,
             )  # fmt: skip
             concept_unet, concept_losses = tr.train_concept_lora(
                 ema, concept_inputs, scaling_factor, rank, scaled(steps), lr, seed=args.seed + seed_offset, **shared

@@ -183,14 +183,13 @@ def test_v2_unet_inputs_measure_the_scaling_factor_or_keep_a_given_one(tokenizer
     assert tr.latent_scaling_factor(later.latents_mean, later.latents_std) != first.scaling_factor  # new images
 
 
-def test_unnamed_concepts_are_drawn_but_never_named_in_the_unet_captions(tokenizer):
+def test_unnamed_concepts_are_drawn_but_never_named_in_the_unet_captions():
     from helpers.shapes_data import (
         UNNAMED_CONCEPTS,
         V2_CAPTION_FORMS,
         concept_combos,
         unnamed_form,
         v2_caption,
-        v2_form_weights,
     )
 
     assert set(UNNAMED_CONCEPTS) == {"magenta", "star"}
@@ -209,41 +208,20 @@ def test_unnamed_concepts_are_drawn_but_never_named_in_the_unet_captions(tokeniz
     assert v2_caption(Combo("star", "red", "blue"), unnamed_form(Combo("star", "red", "blue"), 3)) == (
         "a red shape on a blue background"
     )
-    clip, vae = tr.build_mini_clip(TINY), tr.build_mini_vae(TINY)
-    plain = tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1)  # 10 pictures per palette combination
-    both = tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1, concepts=("magenta", "star"))
-    # a concept's pictures show up in the forms that leave it unnamed (weight 0.18 of 1) as often as a palette
-    # picture does: 10 x 0.18 -> 2 per combination of the concept
-    n_new = 2 * (len(concept_combos("magenta")) + len(concept_combos("star")))
-    assert len(both.latents_mean) == len(plain.latents_mean) + n_new == len(both.images) == len(both.geometry)
-    assert torch.equal(both.latents_mean[:810], plain.latents_mean)  # the palette's pictures are the same
-    assert plain.form_weights is None and both.form_weights.shape == (81 + 48, len(V2_CAPTION_FORMS))
-    assert torch.allclose(both.form_weights[:81], torch.tensor(v2_form_weights(), dtype=torch.float32).expand(81, -1))
-    for row, combo in enumerate(concept_combos("magenta") + concept_combos("star"), start=81):
-        named = [f for f in range(len(V2_CAPTION_FORMS)) if unnamed_form(combo, f) != f]
-        assert both.form_weights[row, named].sum() == 0 and both.form_weights[row].sum() == pytest.approx(1)
-    assert all(unnamed_form(c, f) == f for c, f in zip(both_combos(both), both.forms.tolist()))
-    assert both.cond_states.shape[0] == plain.cond_states.shape[0] + 48
-    assert torch.equal(both.cond_states[:81], plain.cond_states)
-    magenta_row = 81 + concept_combos("magenta").index(Combo("circle", "magenta", "blue"))
-    circle_on_blue = tr.text_states(both.text_encoder, tokenizer, ["a circle on a blue background"])[0]
-    assert torch.allclose(both.cond_states[magenta_row, 0], circle_on_blue, atol=1e-6)
-    assert set(both.combo_index[810:].tolist()) == set(range(81, 81 + 48))
 
 
 def test_mapped_concept_pictures_come_as_often_as_a_palette_combinations_and_are_never_named(tokenizer):
-    """The concept family's data (`concept_captions="mapped"`): each concept combination as many pictures as a palette
-    combination, every caption form that would name the concept moved to the one that leaves it unnamed."""
+    """The concept family's data (`v2_unet_inputs(concepts=...)`): each concept combination as many pictures as a
+    palette combination, every caption form that would name the concept moved to the one that leaves it unnamed."""
     from helpers.shapes_data import V2_CAPTION_FORMS, concept_combos, unnamed_form, v2_form_weights
 
     clip, vae = tr.build_mini_clip(TINY), tr.build_mini_vae(TINY)
-    with pytest.raises(ValueError, match="concept_captions='named'.*'mapped'"):
-        tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1, concepts=("magenta",), concept_captions="named")
-    plain = tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1)
-    mapped = tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1, concepts=("magenta", "star"),
-                               concept_captions="mapped")  # fmt: skip
-    assert len(mapped.images) == 810 + 10 * 48  # 10 pictures per combination, palette or concept
-    assert torch.equal(mapped.latents_mean[:810], plain.latents_mean)
+    plain = tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1)  # 10 pictures per palette combination
+    mapped = tr.v2_unet_inputs(clip, vae, tokenizer, 810, seed=1, concepts=("magenta", "star"))
+    assert len(mapped.images) == 810 + 10 * 48 == len(mapped.latents_mean) == len(mapped.geometry)
+    assert torch.equal(mapped.latents_mean[:810], plain.latents_mean)  # the palette's pictures are the same
+    assert plain.form_weights is None and mapped.form_weights.shape == (81 + 48, len(V2_CAPTION_FORMS))
+    assert torch.allclose(mapped.form_weights[:81], torch.tensor(v2_form_weights(), dtype=torch.float32).expand(81, -1))
     counts = np.bincount(mapped.combo_index.numpy(), minlength=81 + 48)
     assert set(counts[81:].tolist()) == {10}
     w = v2_form_weights()
@@ -256,6 +234,12 @@ def test_mapped_concept_pictures_come_as_often_as_a_palette_combinations_and_are
         named = [f for f in range(len(V2_CAPTION_FORMS)) if unnamed_form(combo, f) != f]
         assert mapped.form_weights[row, named].sum() == 0 and mapped.form_weights[row].sum() == pytest.approx(1)
     assert all(unnamed_form(c, f) == f for c, f in zip(both_combos(mapped), mapped.forms.tolist()))
+    # the caption table: the palette's rows as before; a magenta circle on blue's form 0 is "a circle on a blue ..."
+    assert mapped.cond_states.shape[0] == plain.cond_states.shape[0] + 48
+    assert torch.equal(mapped.cond_states[:81], plain.cond_states)
+    magenta_row = 81 + concept_combos("magenta").index(Combo("circle", "magenta", "blue"))
+    circle_on_blue = tr.text_states(mapped.text_encoder, tokenizer, ["a circle on a blue background"])[0]
+    assert torch.allclose(mapped.cond_states[magenta_row, 0], circle_on_blue, atol=1e-6)
 
 
 def both_combos(inputs):
