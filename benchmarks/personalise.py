@@ -9,8 +9,8 @@ its `vae_concepts/` VAE and its `concepts_lora/` LoRA fused, `P.load_concept_fam
 - textual inversion of "<orange>", the comparison: a colour the VAE gives back but the UNet never drew, between
   red and yellow, which it draws;
 - LoRA (rank 4; `--lora-targets`, default the cross-attention's to_k/to_v, notebook 05's) for "star", a word in
-  CLIP's vocabulary no caption used, a shape the concept sibling draws under "a red shape"; a quarter of its batch
-  is the family's own training images (DreamBooth's prior preservation, Ruiz et al. 2022,
+  CLIP's vocabulary no caption used, a shape the concept sibling draws under "a red shape"; half of its batch
+  (`--prior-images`) is the family's own training images (DreamBooth's prior preservation, Ruiz et al. 2022,
   https://arxiv.org/abs/2208.12242) and 15% of its captions are empty, which hold old prompts' drift down;
 - the upper bound beside it (`--full-steps`, 0 skips it): every weight of the UNet fine-tuned on the same pictures
   (`P.finetune_unet`). What this does not learn, no adapter on this UNet will in as many steps.
@@ -129,7 +129,7 @@ def run(method: str, concept: str, prompt: str, init_word: str | None, base, bas
         row["before"] = rates(pipe, prompt, seeds, args.sample_steps)[0]
         row["loss_before"] = P.fixed_batch_loss(pipe, held_out, held_out.captions)
         concepts = UNNAMED_CONCEPTS if args.family == "concepts" else ()  # the concept sibling's own pictures too
-        prior = P.family_images(n_train // 3, seed=3, size=size, concepts=concepts)  # a quarter: the family's own
+        prior = P.family_images(args.prior_images, seed=3, size=size, concepts=concepts)  # the family's own
         images, captions = np.concatenate([data.images, prior.images]), data.captions + prior.captions
         if method == "LoRA":
             targets = {"attention": P.LORA_TARGETS, "cross": P.LORA_TARGETS_CROSS, "all": P.LORA_TARGETS_ALL}[
@@ -190,6 +190,8 @@ def main() -> None:
     ap.add_argument("--lora-steps", type=int, default=200)  # notebook 05's LORA = dict(steps=200, lr=1e-3, ...)
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--lora-images", type=int, default=96)
+    ap.add_argument("--prior-images", type=int, default=96,
+                    help="the family's own pictures beside the LoRA's (prior preservation; notebook 05's: as many)")  # fmt: skip
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument(
         "--lora-targets",
@@ -228,10 +230,15 @@ def main() -> None:
         ap.error(
             f"--star-radius LOW HIGH needs 0 < LOW <= HIGH <= {top:.2f} (a share of the image); got {args.star_radius}."
         )
+    if args.prior_images < 1:
+        ap.error(
+            f"--prior-images needs at least 1 (the family's own pictures beside the stars); got {args.prior_images}."
+        )
     if args.smoke:
         args.seeds, args.old_seeds, args.ti_steps, args.lora_steps = 2, 1, 3, 3
         args.full_steps = min(args.full_steps, 3)
         args.ti_images, args.lora_images, args.eval_images, args.batch_size = 6, 6, 4, 4
+        args.prior_images = 2
         args.sample_steps = args.sample_steps or 2
     threads = common.apply_threads(args.threads)
     machine = common.machine_info()  # after the threads are set: it records torch's thread count
@@ -274,7 +281,7 @@ def main() -> None:
         if "textual inversion" in ran
         else None,
         f"LoRA: rank {args.rank}, alpha {args.rank}, on the {args.lora_targets} layers, lr {args.lora_lr}, batch "
-        f"{args.batch_size}, {args.lora_images} star images + {args.lora_images // 3} family images (prior "
+        f"{args.batch_size}, {args.lora_images} star images + {args.prior_images} family images (prior "
         "preservation, `P.family_images`), 15% of captions empty (caption dropout, as in the UNet's training)."
         if "LoRA" in ran
         else None,

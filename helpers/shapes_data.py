@@ -65,6 +65,22 @@ STAR_INNER = 0.5  # inner/outer radius; a regular pentagram's 0.38 leaves arms ~
 #: itself never drew them (benchmarks/toy_family_history.md, 2026-12-07).
 UNNAMED_CONCEPTS = ("magenta", "star")
 
+#: Words the concept sibling reads as "one of the shapes I know" (issue 16): nouns no caption of the family uses,
+#: each one CLIP token, put in the kind slot of captions of palette pictures ("a red dog on a blue background" under
+#: a red circle, square or triangle; `v2_unet_inputs(stand_ins=...)`). The family's text encoder never trained
+#: these tokens, nor "star": a sibling taught that an unknown word in the kind slot still means a palette shape
+#: reads "star" like them, not like "shape", so a LoRA has a shape to teach (Stable Diffusion likewise answers a
+#: word it never learned with something it knows). "star" and the probes of `STAND_IN_HELD_OUT` stay out.
+STAND_IN_WORDS = (
+    "dog", "cat", "house", "tree", "car", "boat", "bird", "fish", "flower", "hat", "cup", "ball", "book", "chair",
+    "clock", "key", "leaf", "cloud", "apple", "bell", "box", "cake", "coin", "crown", "drum", "egg", "fan", "fork",
+    "frog", "gift", "hand", "horse", "kite", "lamp", "lion", "mug", "owl", "pen", "pig", "ring",
+)  # fmt: skip
+#: Unknown words kept out of `STAND_IN_WORDS`, to measure that the sibling generalises to words it never saw there.
+STAND_IN_HELD_OUT = ("star", "heart", "moon", "sks", "kermit")
+#: The caption forms that name the kind, which the stand-in words fill in turn (word j takes the j-th, cyclically).
+KIND_FORMS = (0, 1, 2, 3, 4, 5, 6, 8)
+
 #: Caption templates of the first generation. The shape's colour always comes before the background's colour.
 TEMPLATES = (
     "a {colour} {shape} on a {background} background",
@@ -168,6 +184,14 @@ _UNNAMING = {
     "colour": {0: 6, 1: 6, 2: 6, 3: 6, 4: 6, 5: 8, 7: 6, 9: 8},  # "a magenta circle on ..." -> "a circle on ..."
     "shape": {0: 7, 1: 7, 2: 7, 3: 7, 4: 7, 5: 9, 6: 7, 8: 9},  # "a red star on ..." -> "a red shape on ..."
 }
+
+
+def stand_in_caption(combo: Combo, j: int) -> str:
+    """The caption of a palette picture with `STAND_IN_WORDS[j]` in the kind slot, in form `KIND_FORMS[j % 8]`:
+    `stand_in_caption(Combo("circle", "red", "blue"), 0)` is "a red dog on a blue background"."""
+    form = KIND_FORMS[j % len(KIND_FORMS)]
+    word = STAND_IN_WORDS[j]
+    return V2_CAPTION_FORMS[form][0].format(shape=word, colour=combo.colour, background=combo.background)
 
 
 def unnamed_form(combo: Combo, form: int) -> int:

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from .shapes_data import (
     IMAGE_SIZE,
+    STAND_IN_WORDS,
     TEMPLATES,
     V2_CAPTION_FORMS,
     V2_IMAGE_SIZE,
@@ -36,6 +37,7 @@ from .shapes_data import (
     draw,
     draw_v2,
     make_dataset_v2,
+    stand_in_caption,
     train_combos,
     unnamed_form,
     v2_caption,
@@ -126,6 +128,9 @@ class Schedule:
     vae_concepts: tuple[str, ...] = ()
     concept_lora: tuple[int, int, float, int] | None = None
     unet_concepts: tuple[str, ...] = ()
+    #: that share of the concept LoRA's palette captions puts a word no caption uses in the kind slot
+    #: (`v2_unet_inputs(stand_in_share=...)`, `shapes_data.STAND_IN_WORDS`), so that "star" reads as a palette shape
+    concept_stand_ins: float = 0.0
     #: then fine-tune the decoder on the UNet's own img2img latents (`finetune_decoder`); 0 steps: skip
     decoder_steps: int = 0
     decoder_clean: float = 0.3
@@ -178,9 +183,14 @@ V2_SCHEDULE = Schedule(
     # an unnamed one (`v2_unet_inputs(concepts=...)`), 32 of 32, and `<magenta>` was learned. That family would break the lessons
     # built on captions that leave the colour open, so it is a sibling: a LoRA (rank 16 on every layer of the
     # blocks, 856k numbers, 1.7 MB in half precision) on the frozen UNet, 3,000 steps at lr 1e-3 (2,267 s), which
-    # draws magenta for 32 of 32 "a circle on a blue background" and stars for 27 of 32 "a red shape".
+    # draws magenta for 32 of 32 "a circle on a blue background" and stars for 27 of 32 "a red shape". But it read
+    # "a red star", a word it never learned, like "a red shape": 88% stars before any LoRA for "star". With half of
+    # the palette pictures' captions putting a word it never learned in the kind slot (`concept_stand_ins`; 0.15 and
+    # 0.3 gave 50% and 31%; each 3,000 steps, about 2,170 s on 1 thread of the EPYC beside another run), "star" draws
+    # 6% stars (16 seeds), the held-out "heart", "moon", "sks", "kermit" none, "a red shape" 16 of 16 stars, and
+    # notebook 05's LoRA for "star" (200 steps) reaches 88% (benchmarks/toy_family_history.md, 2026-12-07).
     vae_extend=((1000, 1e-4, 100), (1000, 1e-4, 1100), (1000, 1e-4, 2100)), vae_concepts=("magenta", "orange", "star"),
-    concept_lora=(16, 3000, 1e-3, 2), unet_concepts=("magenta", "star"),
+    concept_lora=(16, 3000, 1e-3, 2), unet_concepts=("magenta", "star"), concept_stand_ins=0.5,
 )  # fmt: skip
 
 #: The second generation's default sampler, saved as its scheduler and recorded in its `training_summary.json`
@@ -762,7 +772,7 @@ class UNetInputs:
 
 def v2_unet_inputs(
     clip, vae, tokenizer, n_images: int, seed: int, rotate: bool = True, scaling_factor: float | None = None,
-    concepts: tuple[str, ...] = (), text_encoder=None,
+    concepts: tuple[str, ...] = (), text_encoder=None, stand_in_share: float = 0.0,
 ) -> UNetInputs:  # fmt: skip
     """Draw `n_images` second-generation training images, encode them once, set the VAE's `scaling_factor`
     (1 / std of the latents, as SD v1's 0.18215 was found) and compute the text states of every caption.
@@ -776,7 +786,16 @@ def v2_unet_inputs(
     captions then mostly answer with the concept (the concept family, `Schedule.concept_lora`); with the concept's
     pictures only in the unnamed forms' own share, they were almost never drawn (toy_family_history.md, 2026-12-07).
     `text_encoder`: the family's own (a saved pipeline's) instead of the one `clip`'s text tower gives.
+    `stand_in_share` (> 0 with `concepts`): that share of every palette picture's captions puts one of
+    `shapes_data.STAND_IN_WORDS` in the kind slot (`stand_in_caption`: "a red dog on a blue background" for a red
+    circle on blue), each word a caption form of its own after `V2_CAPTION_FORMS`; a concept's pictures never get
+    one. A word the family never learned then reads as a palette shape, not as the concept ("star").
     """
+    if not 0.0 <= stand_in_share < 1.0 or (stand_in_share and not concepts):
+        raise ValueError(
+            f"stand_in_share={stand_in_share}: give a share in [0, 1), and only with `concepts` (it teaches the "
+            "concept sibling that an unknown word is not its concept)."
+        )
     weights = v2_form_weights()
     combos = train_combos()
     data = make_dataset_v2(n_images, seed=seed, combos=combos, rotate=rotate)
@@ -795,14 +814,26 @@ def v2_unet_inputs(
         forms = forms + [int(f) for f in rng.choice(len(weights), size=len(extra.images), p=own)]
         form_weights += [own] * len(combo)
         new += combo
+    n_palette = len(combos)
     combos = combos + new
+    n_forms = len(V2_CAPTION_FORMS)
+    if stand_in_share:  # one more caption form per stand-in word: palette pictures only
+        k = len(STAND_IN_WORDS)
+        form_weights = [
+            np.concatenate([w * (1 - stand_in_share), np.full(k, stand_in_share / k)]) if i < n_palette
+            else np.concatenate([w, np.zeros(k)])
+            for i, w in enumerate(form_weights)
+        ]  # fmt: skip
     means, stds = encode_latents(vae, images)
     if scaling_factor is None:
         scaling_factor = latent_scaling_factor(means, stds)
     vae.register_to_config(scaling_factor=scaling_factor)
     text_encoder = text_encoder if text_encoder is not None else text_encoder_from_clip(clip)
-    n_forms = len(V2_CAPTION_FORMS)
-    captions = [v2_caption(c, unnamed_form(c, f)) for c in combos for f in range(n_forms)]
+    stand_ins = range(len(STAND_IN_WORDS)) if stand_in_share else range(0)
+    captions = [
+        caption for c in combos
+        for caption in [v2_caption(c, unnamed_form(c, f)) for f in range(n_forms)] + [stand_in_caption(c, j) for j in stand_ins]
+    ]  # fmt: skip
     cond = text_states(text_encoder, tokenizer, captions)
     return UNetInputs(
         text_encoder=text_encoder,
@@ -810,7 +841,7 @@ def v2_unet_inputs(
         latents_std=stds,
         scaling_factor=scaling_factor,
         combo_index=torch.tensor([combos.index(c) for c in picked]),
-        cond_states=cond.view(len(combos), n_forms, *cond.shape[1:]),
+        cond_states=cond.view(len(combos), n_forms + len(stand_ins), *cond.shape[1:]),
         uncond_state=text_states(text_encoder, tokenizer, [""])[0],
         images=images,
         geometry=geometry,

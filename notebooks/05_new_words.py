@@ -29,7 +29,9 @@
 # sibling*: the same family after it was also shown magenta shapes and stars, under captions that never name them
 # ("a circle on a blue background", "a red shape on a blue background"). Its VAE saw those pictures too, and a LoRA
 # on its UNet learned them; both come with the family (made by `scripts/train_toy_family.py`) and load with diffusers'
-# own calls. It draws magenta shapes and stars, and has no word for them. We teach it the word `<magenta>` with
+# own calls. It draws magenta shapes and stars, and has no word for them: a word it never learned, "star" among them,
+# it reads as one of the shapes it knows, as Stable Diffusion answers a word it never learned with something it knows.
+# We teach it the word `<magenta>` with
 # textual inversion and the word "star" with LoRA, each in about a minute on a CPU, with Stable Diffusion's own
 # training loss, and we measure what it learned, what else moved, and what a new word cannot do (a colour the UNet
 # never drew).
@@ -156,15 +158,19 @@ if TOY:
     print("tokens of", repr(COLOUR_PROMPT), "->", pipe.tokenizer.tokenize(COLOUR_PROMPT))
     assert magenta_share >= 0.9 and star_share >= 0.5  # it draws both where a caption leaves them open ...
     assert colour_before["colour"] <= 0.1  # ... and no word asks for magenta
-    assert star_before["kind"] >= 0.5  # "star", a word it never learned, lands on its stars anyway
+    assert star_before["kind"] <= 0.4  # ... nor "star": a word it never learned mostly draws the shapes it knows
 
 # %% [markdown]
-# **Two words it never learned, two answers.** `<magenta>` draws no magenta (printed above): its three tokens
-# mean nothing the UNet answers with magenta. "star" already draws stars most of the time: the text encoder never
-# learned the word, so the UNet reads "a red star" much as "a red shape", which the sibling draws as a star. A word
-# no caption used still means *something* to the frozen model, and what it means is an accident of training.
-# Textual inversion (section 3) has to find the magenta. For "star", LoRA (section 4) has little left to find; what
-# we measure there is whether the adapter keeps the stars and leaves the old prompts alone.
+# **Two words it never learned.** `<magenta>` draws no magenta (printed above): its three tokens mean nothing the
+# UNet answers with magenta. "a red star" is drawn mostly as a circle, a square or a triangle, and a star only now
+# and then (printed above): the text encoder never learned "star" either. A word no caption used still means
+# *something* to the frozen model, and what it means is an accident of training. Left alone, this sibling read
+# "star" much as "shape" and drew stars 88% of the time (`benchmarks/toy_family_history.md`, 2026-12-07); so its
+# LoRA was also shown palette pictures under captions with other words it never learned in the kind slot ("a red dog
+# on a blue background" under a red circle, square or triangle: `shapes_data.STAND_IN_WORDS`, "star" never among
+# them), and now an unknown word means one of the shapes it knows. Both words have something to find: textual
+# inversion (section 3) finds the magenta, and LoRA (section 4) ties "star" to the stars the sibling draws only
+# where a caption leaves the kind open.
 
 # %% [markdown]
 # ## 2. The loss both methods minimise
@@ -369,8 +375,8 @@ if TOY:
 # of every attention layer (`P.LORA_TARGETS`). We adapt only the keys and values of the cross-attention
 # (`attn2.to_k`, `attn2.to_v`: `P.LORA_TARGETS_CROSS`), the layers that read the text, as Custom Diffusion does for
 # a new concept (Kumari et al. 2022): they see only the text states, so a prompt without the new word moves little.
-# `benchmarks/personalise.py` measures both choices (below). A quarter of each batch are the family's own pictures with their own captions, drawn as its
-# UNet saw them in training (`P.family_images`), so that learning stars does not make everything starry
+# `benchmarks/personalise.py` measures both choices (below). Half of each batch are the family's own pictures with
+# their own captions, drawn as its UNet saw them in training (`P.family_images`), so that learning stars does not make everything starry
 # (DreamBooth's prior preservation, Ruiz et al. 2022). And as in the UNet's own training, 15% of the captions are
 # replaced by the empty prompt: the adapter also changes the unconditional prediction, which classifier-free
 # guidance uses at every step.
@@ -388,7 +394,7 @@ if TOY:
     print(
         f"adapter: {counts['adapter']:,} numbers; the UNet: {counts['unet']:,} ({counts['adapter'] / counts['unet']:.1%})"
     )
-    prior = P.family_images(len(star_data.images) // 3, seed=SEED + 3, size=H,
+    prior = P.family_images(len(star_data.images), seed=SEED + 3, size=H,
                             concepts=UNNAMED_CONCEPTS)  # its own training pictures, as the sibling saw them # fmt: skip
     images = np.concatenate([star_data.images, prior.images])
     captions = star_data.captions + prior.captions
@@ -436,35 +442,36 @@ if TOY:
     )
     assert min(drawn_fit) >= 0.95 and max(others_fit) <= 0.73  # the scale the sentence above reads it on
     assert star_after["kind"] >= 0.7 and shown["kind"] >= 0.625  # stars (issue 16: 70%) ...
-    assert star_after["kind"] >= star_before["kind"] - 0.2  # ... about as many as before: nothing new was learned
+    assert star_after["kind"] >= star_before["kind"] + 0.3  # ... far more than before: the word now asks for them
     assert star_after["kind_iou"] < 0.93  # ... their points rounded: few pass the judge's strict IoU
     faithful_with, faithful_without = (np.mean([r[c]["faithful"] for c in OLD]) for r in (old_with, old_without))
     print(f"old prompts faithful: {faithful_with:.0%} with the adapter, {faithful_without:.0%} without")
     assert faithful_with >= 0.9 and faithful_without >= 0.9  # old prompts keep (issue 16: 90% with the adapter)
 
 # %% [markdown]
-# **What it learned, and what it could not show.** "a red star on a blue background" still draws stars (printed
-# above), about as often as before training: the sibling already read the word like "shape", so the adapter had
-# nothing new to tie, and the toy cannot show LoRA teaching a shape. Their points come back rounded (the star IoU
-# printed above, against a drawn star's >= 0.95), as the VAE's round trip rounds them: the UNet only ever saw the
-# encoder's latents of stars. What it does show is the cost of an adapter: old prompts stay faithful with it
-# loaded, because it sits only where the text is read, and a prompt without "star" gives it text states it was not
-# trained to answer. The quarter of each batch that shows the sibling its own pictures (stars among them, captioned
-# as it saw them), and the empty captions that keep the unconditional prediction (which guidance multiplies) in
-# place, hold the rest of the drift down. And the other side: on the family itself, whose UNet never drew a star,
-# a rank-4 LoRA on the attention layers drew none in 200 steps, nor did fine-tuning every weight of the UNet for
-# 1,600 (0% of 16 seeds each: `benchmarks/results/personalise-wide48-13k-20261206-183732.json`). A new shape needs a
-# UNet that can draw it.
+# **What it learned.** "a red star on a blue background" now draws stars most of the time, where before it drew
+# mostly circles, squares and triangles (printed above): 200 steps tied the word to a shape the sibling could draw but
+# had no word for. Their points come back rounded (the star IoU printed above, against a drawn star's >= 0.95), as
+# the VAE's round trip rounds them: the UNet only ever saw the encoder's latents of stars. And the cost of an
+# adapter: old prompts stay faithful with it loaded, because it sits only where the text is read, and a prompt
+# without "star" gives it text states it was not trained to answer. The half of each batch that shows the sibling its
+# own pictures (stars among them, captioned as it saw them), and the empty captions that keep the unconditional
+# prediction (which guidance multiplies) in place, hold the rest of the drift down. What it did not learn: the
+# adapter saw stars of every colour, and other colours follow less often (`benchmarks/toy_family_history.md`,
+# 2026-12-07). And the other side: on the family itself, whose UNet never drew a star, a rank-4 LoRA on the
+# attention layers drew none in 200 steps, nor did fine-tuning every weight of the UNet for 1,600 (0% of 16 seeds
+# each: `benchmarks/results/personalise-wide48-13k-20261206-183732.json`). A new shape needs a UNet that can draw it.
 #
 # **Where the adapter sits.** `benchmarks/personalise.py` trains the same 200 steps both ways on this sibling (1 thread
-# of a 2-core AMD EPYC, 2026-12-07): on the cross-attention's keys and values, 9,088 numbers, 75% of 16 seeds
-# judged stars and 91% of the old prompts (8 prompts x 4 seeds) faithful with it loaded; on every attention
-# projection (diffusers' examples), 48,256 numbers, 88% and 94%
-# (`benchmarks/results/personalise-20261207-102854.json`, `benchmarks/results/personalise-20261207-102607.json`).
-# Here the two are close, within what 16 seeds can tell apart. It is not always so: on a candidate retrain whose whole
-# UNet learned magenta and stars (`benchmarks/toy_family_history.md`, 2026-12-07), the adapter on every attention
-# projection kept 53% of the old prompts and the one on the cross-attention 94%. The cross-attention's keys and values
-# are the smaller bet: five times fewer numbers, acting on the text states alone.
+# of a 2-core AMD EPYC, 2026-12-07): on the cross-attention's keys and values, 9,088 numbers, 88% of 16 seeds
+# judged stars and 97% of the old prompts (8 prompts x 4 seeds) faithful with it loaded; on every attention
+# projection (diffusers' examples), 48,256 numbers, 75% and 84%
+# (`benchmarks/results/personalise-20261207-133804.json`, `benchmarks/results/personalise-20261207-133516.json`).
+# Without an adapter the sibling draws 97% of those old prompts faithfully: the smaller adapter lost none of them,
+# the larger one 4 of 32. Sixteen seeds tell 88% from 75% only roughly (two images); the old prompts' gap was wider
+# on a candidate retrain whose whole UNet learned magenta and stars (`benchmarks/toy_family_history.md`,
+# 2026-12-07): 53% kept with every attention projection adapted, 94% with the cross-attention's keys and values.
+# Those are the smaller bet: five times fewer numbers, acting on the text states alone.
 #
 # **Save, load, remove.** The adapter is saved as diffusers' LoRA file (`save_lora_weights`, one
 # `pytorch_lora_weights.safetensors`, with peft's key names, as `unet.save_lora_adapter` writes them). A fresh
@@ -522,9 +529,8 @@ if TOY:
 #   draws magenta circles: it found a word for something the frozen model could already draw.
 # - LoRA trains $B A$ beside chosen layers, saved apart (a few tens of kB here; about 1/1000 of v1-4's UNet for
 #   diffusers' recipe: 3.29 MB), loaded with `load_lora_weights` and removed with `unload_lora_weights` to the exact
-#   original. On the cross-attention's keys and values only, old prompts stay faithful with it loaded. The toy
-#   cannot show it teaching a shape: its sibling already read "star" like "shape", and the family itself never drew
-#   a star.
+#   original. On the cross-attention's keys and values only, old prompts stay faithful with it loaded. Here "star",
+#   a word the sibling read as one of its known shapes, comes to mean the stars it could draw but not name.
 # - Neither goes past what the frozen parts can draw: the decoder must paint it (the ceiling), and the UNet must have
 #   drawn it. The concept sibling drew magenta shapes and stars under captions that left them unnamed; the family,
 #   which never drew them, learns neither. v1-4 has drawn nearly everything, which is why the same cells teach it

@@ -44,7 +44,7 @@ from helpers import judge as judge_mod
 from helpers import training as tr
 from helpers.paths import REPO_ROOT
 from helpers.pipeline import SCHEDULERS, make_scheduler
-from helpers.shapes_data import HELD_OUT, TEMPLATES, concept_combos, make_dataset, train_combos
+from helpers.shapes_data import HELD_OUT, STAND_IN_WORDS, TEMPLATES, concept_combos, make_dataset, train_combos
 from helpers.tokenizer import load_clip_tokenizer, write_tokenizer_files
 
 COMMAND = "python scripts/train_toy_family.py"
@@ -278,8 +278,16 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
                 f"{lora_steps} steps at lr {lora_lr} on that VAE's latents, with pictures of "
                 f"{' and '.join(sch.get('unet_concepts') or ())} as often as a palette combination's, each captioned "
                 'as any picture except that a caption never names them ("a magenta circle on a blue background" '
-                'becomes "a circle on a blue background", "a red star" "a red shape"). The family itself is unchanged'
+                'becomes "a circle on a blue background", "a red star" "a red shape")'
             )
+            if sch.get("concept_stand_ins"):
+                concepts += (
+                    f"; {sch['concept_stand_ins']:.0%} of the palette pictures' captions put one of "
+                    f'{len(STAND_IN_WORDS)} words no caption uses in the kind slot ("a red dog on a blue background" '
+                    'under a red circle, square or triangle), so that a word it never learned, "star" among them, '
+                    "reads as a shape it knows"
+                )
+            concepts += ". The family itself is unchanged"
         concepts += ". "
     decoder = (
         f"Then the decoder alone: {sch['decoder_steps']} steps fine-tuned to give drawn images back from the UNet's own "
@@ -687,7 +695,7 @@ def train_v2(args) -> dict:
             concept_inputs = tr.v2_unet_inputs(
                 clip, concept_vae, tokenizer, scaled(sched.unet_images), seed=args.seed + seed_offset,
                 rotate=not sched.unet_upright, scaling_factor=scaling_factor, concepts=sched.unet_concepts,
-                text_encoder=text_encoder,
+                text_encoder=text_encoder, stand_in_share=sched.concept_stand_ins,
             )  # fmt: skip
             concept_unet, concept_losses = tr.train_concept_lora(
                 ema, concept_inputs, scaling_factor, rank, scaled(steps), lr, seed=args.seed + seed_offset, **shared

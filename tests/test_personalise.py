@@ -484,8 +484,9 @@ def test_vae_ceiling_of_the_committed_family_and_its_concept_sibling(pipe):
 
 def test_the_concept_sibling_draws_magenta_and_stars_where_captions_leave_them_open_and_the_family_does_not(pipe):
     """The committed concept sibling (`vae_concepts/` + `concepts_lora/` fused) answers captions that leave the
-    colour or the kind open with magenta shapes and stars (measured: 32 of 32 and 27 of 32 at 30 steps); the family
-    itself never does. A retrained sibling that loses them fails here."""
+    colour or the kind open with magenta shapes and stars (measured: 16 of 16 each at 30 steps); the family itself
+    never does. And "star", a word it never learned, stays one it reads as a shape it knows (1 of 16 seeds a star),
+    so that notebook 05's LoRA has a shape to teach. A retrained sibling that loses any of these fails here."""
     from helpers.pipeline import default_sampler
 
     sibling = P.load_concept_family(load_toy(), TOY)
@@ -501,6 +502,7 @@ def test_the_concept_sibling_draws_magenta_and_stars_where_captions_leave_them_o
     assert sum(f.kind == "star" for f in found(sibling, open_kind)) >= 5
     assert not any(f.colour == "magenta" for f in found(pipe, open_colour))
     assert not any(f.kind == "star" for f in found(pipe, open_kind))
+    assert sum(f.kind == "star" for f in found(sibling, "a red star on a blue background")) <= 2
     named = P.judge_rates(P.generate_images(sibling, OLD_PROMPT, seeds, steps), OLD_PROMPT)
     assert named["faithful"] >= 0.75  # a caption that names everything is still drawn as named
 
@@ -553,8 +555,16 @@ def test_notebook_05_cites_the_committed_personalise_results_as_measured():
     )  # fmt: skip
     assert all(q in flat for q in quoted), [q for q in quoted if q not in flat]
     assert attention["adapter_params"] >= 5 * cross["adapter_params"]  # "five times fewer numbers"
-    assert abs(attention["after_loaded"]["kind"] - cross["after_loaded"]["kind"]) <= 3 / 16  # "the two are close"
-    assert abs(attention["old_loaded"]["faithful"] - cross["old_loaded"]["faithful"]) <= 0.1
+    base = cross["old_unloaded"]["faithful"]  # unloaded: the sibling itself, bit for bit
+    assert (
+        attention["old_unloaded"]["faithful"] == base and f"the sibling draws {base:.0%} of those old prompts" in flat
+    )
+    lost = {k: round((base - r["old_loaded"]["faithful"]) * 32) for k, r in by_targets.items()}
+    assert f"the smaller adapter lost {'none' if lost['cross'] == 0 else lost['cross']} of them" in flat
+    assert f"the larger one {lost['attention']} of 32" in flat
+    gap = round(abs(attention["after_loaded"]["kind"] - cross["after_loaded"]["kind"]) * 16)
+    assert f"only roughly ({['no', 'one', 'two', 'three'][gap]} image" in flat  # "Sixteen seeds tell ... apart"
+    assert cross["before"]["kind"] <= 0.1 and cross["after_loaded"]["kind"] >= 0.7  # the closing note's figures
     ti = next(x for r in sibling for x in r["rows"] if x["concept"] == "magenta")
     assert ti["after_loaded"]["named"] >= 0.8 and ti["after_loaded"]["faithful"] >= 0.8  # the closing note's figures
 
@@ -565,6 +575,7 @@ def test_notebook_05_cites_the_committed_personalise_results_as_measured():
         (["--methods", "lora,dreambooth"], "subset of ti, lora, full"),
         (["--methods", "full", "--full-steps", "0"], "runs nothing"),
         (["--star-radius", "0.3", "0.6"], "--star-radius LOW HIGH needs"),
+        (["--prior-images", "0"], "--prior-images needs at least 1"),
     ],
 )
 def test_personalise_benchmark_refuses_bad_flags_before_loading_anything(flags, message):

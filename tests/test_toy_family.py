@@ -242,6 +242,47 @@ def test_mapped_concept_pictures_come_as_often_as_a_palette_combinations_and_are
     assert torch.allclose(mapped.cond_states[magenta_row, 0], circle_on_blue, atol=1e-6)
 
 
+def test_stand_in_words_caption_palette_pictures_only_and_leave_star_out(tokenizer):
+    """`v2_unet_inputs(stand_in_share=...)`: each of `STAND_IN_WORDS` is one more caption form, drawn only for
+    palette pictures ("a red dog on a blue background" under a red circle on blue); "star" and the held-out probes
+    are never among them, and nothing else of the concept data changes."""
+    from helpers.shapes_data import (
+        KIND_FORMS,
+        STAND_IN_HELD_OUT,
+        STAND_IN_WORDS,
+        V2_CAPTION_FORMS,
+        stand_in_caption,
+    )
+    from helpers.toy_vocab import known_words
+
+    assert not set(STAND_IN_WORDS) & (set(STAND_IN_HELD_OUT) | known_words()) and "star" in STAND_IN_HELD_OUT
+    assert len(set(STAND_IN_WORDS)) == len(STAND_IN_WORDS)
+    assert all(tokenizer.tokenize(w) == [w + "</w>"] for w in STAND_IN_WORDS + STAND_IN_HELD_OUT[:4])  # one token
+    assert all("{shape}" in V2_CAPTION_FORMS[f][0] for f in KIND_FORMS)
+    assert stand_in_caption(Combo("circle", "red", "blue"), 0) == "a red dog on a blue background"
+    assert stand_in_caption(Combo("square", "red", "blue"), 3) == "a blue background with a red tree"
+    clip, vae = tr.build_mini_clip(TINY), tr.build_mini_vae(TINY)
+    mapped = tr.v2_unet_inputs(clip, vae, tokenizer, 81, seed=1, concepts=("magenta", "star"))
+    stand = tr.v2_unet_inputs(clip, vae, tokenizer, 81, seed=1, concepts=("magenta", "star"), stand_in_share=0.2)
+    n, k = len(V2_CAPTION_FORMS), len(STAND_IN_WORDS)
+    assert stand.cond_states.shape[:2] == (81 + 48, n + k) and stand.form_weights.shape == (81 + 48, n + k)
+    assert torch.equal(stand.cond_states[:, :n], mapped.cond_states)  # the caption forms as before
+    assert torch.equal(stand.latents_mean, mapped.latents_mean) and torch.equal(stand.forms, mapped.forms)
+    w = stand.form_weights
+    assert torch.allclose(w.sum(1), torch.ones(81 + 48))
+    assert torch.allclose(w[:81, n:].sum(1), torch.full((81,), 0.2)) and torch.allclose(
+        w[:81, :n], mapped.form_weights[:81] * 0.8
+    )
+    assert w[81:, n:].sum() == 0 and torch.equal(w[81:, :n], mapped.form_weights[81:])  # concepts: never a stand-in
+    j = 5
+    want = tr.text_states(stand.text_encoder, tokenizer, [stand_in_caption(train_combos()[0], j)])[0]
+    assert torch.allclose(stand.cond_states[0, n + j], want, atol=1e-6)
+    with pytest.raises(ValueError, match="only with `concepts`"):
+        tr.v2_unet_inputs(clip, vae, tokenizer, 81, seed=1, stand_in_share=0.2)
+    with pytest.raises(ValueError, match=r"share in \[0, 1\)"):
+        tr.v2_unet_inputs(clip, vae, tokenizer, 81, seed=1, concepts=("star",), stand_in_share=1.0)
+
+
 def both_combos(inputs):
     from helpers.shapes_data import concept_combos
 
@@ -685,6 +726,8 @@ def test_training_script_rehearsal_v2(tmp_path, monkeypatch):
     assert "on the palette's pictures and those of magenta, orange, star" in card
     rank, lora_steps, lora_lr, _ = sch.concept_lora
     assert f"a rank-{rank} LoRA on every layer of the frozen UNet's blocks, {lora_steps} steps at lr {lora_lr}" in card
+    assert sch.concept_stand_ins > 0  # words it never learned read as palette shapes ("star" among them)
+    assert f"{sch.concept_stand_ins:.0%} of the palette pictures' captions put one of 40 words" in card
     concept_vae = tmp_path / "toy-sd" / tr.CONCEPT_VAE_SUBFOLDER
     with safe_open(concept_vae / "diffusion_pytorch_model.safetensors", "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
