@@ -125,7 +125,7 @@ def family_images(n: int, seed: int, size: int, concepts: Sequence[str] = ()) ->
     generation teaches old captions new sizes and outlines. `concepts` (the concept sibling's,
     `shapes_data.UNNAMED_CONCEPTS`): their pictures too, each combination as often as a palette one, captioned as
     the sibling's LoRA saw them (`unnamed_form`: never named). Without them, "a red shape" would be taught back to
-    the palette's shapes only, and "a red star", which the sibling reads much like it, with it.
+    the palette's shapes only, and the sibling would unlearn the stars that a LoRA for "star" ties the word to.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
