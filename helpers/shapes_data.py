@@ -67,7 +67,7 @@ UNNAMED_CONCEPTS = ("magenta", "star")
 
 #: Words the concept sibling reads as "one of the shapes I know" (issue 16): nouns no caption of the family uses,
 #: each one CLIP token, put in the kind slot of captions of palette pictures ("a red dog on a blue background" under
-#: a red circle, square or triangle; `v2_unet_inputs(stand_ins=...)`). The family's text encoder never trained
+#: a red circle, square or triangle; `v2_unet_inputs(stand_in_share=...)`). The family's text encoder never trained
 #: these tokens, nor "star": a sibling taught that an unknown word in the kind slot still means a palette shape
 #: reads "star" like them, not like "shape", so a LoRA has a shape to teach (Stable Diffusion likewise answers a
 #: word it never learned with something it knows). "star" and the probes of `STAND_IN_HELD_OUT` stay out.
