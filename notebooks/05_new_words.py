@@ -164,11 +164,11 @@ if TOY:
 # **Two words it never learned.** `<magenta>` draws no magenta (printed above): its three tokens mean nothing the
 # UNet answers with magenta. "a red star" is drawn mostly as a circle, a square or a triangle, and a star only now
 # and then (printed above): the text encoder never learned "star" either. A word no caption used still means
-# *something* to the frozen model, and what it means is an accident of training. Left alone, this sibling read
-# "star" much as "shape" and drew stars 88% of the time (`benchmarks/toy_family_history.md`, 2026-12-07); so its
-# LoRA was also shown palette pictures under captions with other words it never learned in the kind slot ("a red dog
-# on a blue background" under a red circle, square or triangle: `shapes_data.STAND_IN_WORDS`, "star" never among
-# them), and now an unknown word means one of the shapes it knows. Both words have something to find: textual
+# *something* to the frozen model, and what it means is an accident of training: a first version of this sibling
+# read "star" much as "shape" and drew stars 88% of the time (`benchmarks/toy_family_history.md`, 2026-12-07). So
+# this one's LoRA was also shown palette pictures under captions with other words it never learned in the kind slot
+# ("a red dog on a blue background" under a red circle, square or triangle: `shapes_data.STAND_IN_WORDS`, "star"
+# never among them), and now an unknown word means one of the shapes it knows. Both words have something to find: textual
 # inversion (section 3) finds the magenta, and LoRA (section 4) ties "star" to the stars the sibling draws only
 # where a caption leaves the kind open.
 
@@ -375,9 +375,9 @@ if TOY:
 # of every attention layer (`P.LORA_TARGETS`). We adapt only the keys and values of the cross-attention
 # (`attn2.to_k`, `attn2.to_v`: `P.LORA_TARGETS_CROSS`), the layers that read the text, as Custom Diffusion does for
 # a new concept (Kumari et al. 2022): they see only the text states, so a prompt without the new word moves little.
-# `benchmarks/personalise.py` measures both choices (below). Half of each batch are the family's own pictures with
-# their own captions, drawn as its UNet saw them in training (`P.family_images`), so that learning stars does not make everything starry
-# (DreamBooth's prior preservation, Ruiz et al. 2022). And as in the UNet's own training, 15% of the captions are
+# `benchmarks/personalise.py` measures both choices (below). Half of the training pictures are the family's own, with
+# their own captions, drawn as its UNet saw them in training (`P.family_images`), so that learning stars does not
+# make everything starry (DreamBooth's prior preservation, Ruiz et al. 2022). And as in the UNet's own training, 15% of the captions are
 # replaced by the empty prompt: the adapter also changes the unconditional prediction, which classifier-free
 # guidance uses at every step.
 
@@ -454,8 +454,8 @@ if TOY:
 # had no word for. Their points come back rounded (the star IoU printed above, against a drawn star's >= 0.95), as
 # the VAE's round trip rounds them: the UNet only ever saw the encoder's latents of stars. And the cost of an
 # adapter: old prompts stay faithful with it loaded, because it sits only where the text is read, and a prompt
-# without "star" gives it text states it was not trained to answer. The half of each batch that shows the sibling its
-# own pictures (stars among them, captioned as it saw them), and the empty captions that keep the unconditional
+# without "star" gives it text states it was not trained to answer. The sibling's own pictures, half of the training
+# set (stars among them, captioned as it saw them), and the empty captions that keep the unconditional
 # prediction (which guidance multiplies) in place, hold the rest of the drift down. What it did not learn: the
 # adapter saw stars of every colour, and other colours follow less often (`benchmarks/toy_family_history.md`,
 # 2026-12-07). And the other side: on the family itself, whose UNet never drew a star, a rank-4 LoRA on the
