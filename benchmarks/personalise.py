@@ -190,8 +190,9 @@ def main() -> None:
     ap.add_argument("--lora-steps", type=int, default=200)  # notebook 05's LORA = dict(steps=200, lr=1e-3, ...)
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--lora-images", type=int, default=96)
-    ap.add_argument("--prior-images", type=int, default=96,
-                    help="the family's own pictures beside the LoRA's (prior preservation; notebook 05's: as many)")  # fmt: skip
+    ap.add_argument("--prior-images", type=int, default=None,
+                    help="the family's own pictures beside the LoRA's (prior preservation; default: as many as "
+                    "--lora-images, notebook 05's)")  # fmt: skip
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument(
         "--lora-targets",
@@ -230,7 +231,7 @@ def main() -> None:
         ap.error(
             f"--star-radius LOW HIGH needs 0 < LOW <= HIGH <= {top:.2f} (a share of the image); got {args.star_radius}."
         )
-    if args.prior_images < 1:
+    if args.prior_images is not None and args.prior_images < 1:
         ap.error(
             f"--prior-images needs at least 1 (the family's own pictures beside the stars); got {args.prior_images}."
         )
@@ -238,8 +239,8 @@ def main() -> None:
         args.seeds, args.old_seeds, args.ti_steps, args.lora_steps = 2, 1, 3, 3
         args.full_steps = min(args.full_steps, 3)
         args.ti_images, args.lora_images, args.eval_images, args.batch_size = 6, 6, 4, 4
-        args.prior_images = 2
         args.sample_steps = args.sample_steps or 2
+    args.prior_images = args.prior_images or args.lora_images  # as many as the star pictures: half of the data
     threads = common.apply_threads(args.threads)
     machine = common.machine_info()  # after the threads are set: it records torch's thread count
     base = load(args.model, args.family)

@@ -817,8 +817,8 @@ def v2_unet_inputs(
     n_palette = len(combos)
     combos = combos + new
     n_forms = len(V2_CAPTION_FORMS)
-    if stand_in_share:  # one more caption form per stand-in word: palette pictures only
-        k = len(STAND_IN_WORDS)
+    k = len(STAND_IN_WORDS) if stand_in_share else 0  # one more caption form per stand-in word
+    if k:  # drawn for palette pictures only
         form_weights = [
             np.concatenate([w * (1 - stand_in_share), np.full(k, stand_in_share / k)]) if i < n_palette
             else np.concatenate([w, np.zeros(k)])
@@ -829,10 +829,9 @@ def v2_unet_inputs(
         scaling_factor = latent_scaling_factor(means, stds)
     vae.register_to_config(scaling_factor=scaling_factor)
     text_encoder = text_encoder if text_encoder is not None else text_encoder_from_clip(clip)
-    stand_ins = range(len(STAND_IN_WORDS)) if stand_in_share else range(0)
     captions = [
         caption for c in combos
-        for caption in [v2_caption(c, unnamed_form(c, f)) for f in range(n_forms)] + [stand_in_caption(c, j) for j in stand_ins]
+        for caption in [v2_caption(c, unnamed_form(c, f)) for f in range(n_forms)] + [stand_in_caption(c, j) for j in range(k)]
     ]  # fmt: skip
     cond = text_states(text_encoder, tokenizer, captions)
     return UNetInputs(
@@ -841,7 +840,7 @@ def v2_unet_inputs(
         latents_std=stds,
         scaling_factor=scaling_factor,
         combo_index=torch.tensor([combos.index(c) for c in picked]),
-        cond_states=cond.view(len(combos), n_forms + len(stand_ins), *cond.shape[1:]),
+        cond_states=cond.view(len(combos), n_forms + k, *cond.shape[1:]),
         uncond_state=text_states(text_encoder, tokenizer, [""])[0],
         images=images,
         geometry=geometry,
