@@ -56,6 +56,11 @@ MODELS_DIR = _MODELS_DIR
 GUIDANCE = 7.5
 TABLE_SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m")  # benchmarks/schedulers_quality.py's table
 COMMAND = "python scripts/quality.py"
+#: The inpainting rows' `padding_mask_crop` settings (diffusers' "inpaint only the masked area"): 0 crops the mask's
+#: own box, 4 keeps half a latent cell of the picture around it. A second set of masks (seed 12) checks that the
+#: figures are not the first set's luck.
+INPAINT_CROP_PADDINGS = (0, 4)
+INPAINT_OTHER_MASKS = 12
 
 
 def load_family(models_dir: Path):
@@ -269,11 +274,15 @@ def img2img_rows(pipe, quick: bool) -> dict:
     return out
 
 
-def inpaint_rows(pipe, quick: bool, n: int | None = None, unet=None) -> dict:
+def inpaint_rows(pipe, quick: bool, n: int | None = None, unet=None, padding_mask_crop: int | None = None,
+                 mask_seed: int = 11, seed: int = 9000) -> dict:  # fmt: skip
     """A shape inside a square mask on a plain background; pixels outside the mask, raw and pasted back.
 
     `unet`: a 9-channel inpainting UNet (`helpers.editing.load_inpainting_unet`); None: the pipeline's own
-    4-channel UNet, which inpaints by blending latents."""
+    4-channel UNet, which inpaints by blending latents. `padding_mask_crop`: the pipeline's own "inpaint only the
+    masked area" (crop a square around the mask plus that many pixels, inpaint it at the model's size, paste it back
+    with `apply_overlay`); diffusers takes one PIL image per call there, so it runs image by image. `mask_seed` and
+    `seed` draw the masks and backgrounds, and the first generator seed."""
     from PIL import Image
 
     from helpers.editing import inpainting_pipeline
@@ -282,7 +291,7 @@ def inpaint_rows(pipe, quick: bool, n: int | None = None, unet=None) -> dict:
     inp = inpainting_pipeline(pipe, unet)
     size = image_size(pipe)
     n = n or (24 if quick else 300)
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(mask_seed)
     combos = [all_combos()[int(rng.integers(90))] for _ in range(n)]
     inits, masks, boxes = [], [], []
     for c in combos:
@@ -295,15 +304,26 @@ def inpaint_rows(pipe, quick: bool, n: int | None = None, unet=None) -> dict:
         masks.append(Image.fromarray(mask))
         boxes.append((x0, y0, side))
     prompts = [c.caption() for c in combos]
-    images = []
-    for i in range(0, n, 100):
-        res = inp(
-            prompt=prompts[i : i + 100], image=inits[i : i + 100], mask_image=masks[i : i + 100],
-            num_inference_steps=max(default_steps(), 20), guidance_scale=GUIDANCE, height=size, width=size,
-            generator=[torch.Generator().manual_seed(9000 + j) for j in range(i, min(n, i + 100))], output_type="np",
-        ).images  # fmt: skip
-        images.append(_uint8(res))
-    images = np.concatenate(images)
+    steps = max(default_steps(), 20)
+    if padding_mask_crop is None:
+        images = []
+        for i in range(0, n, 100):
+            res = inp(
+                prompt=prompts[i : i + 100], image=inits[i : i + 100], mask_image=masks[i : i + 100],
+                num_inference_steps=steps, guidance_scale=GUIDANCE, height=size, width=size,
+                generator=[torch.Generator().manual_seed(seed + j) for j in range(i, min(n, i + 100))], output_type="np",
+            ).images  # fmt: skip
+            images.append(_uint8(res))
+        images = np.concatenate(images)
+    else:  # the pipeline crops, inpaints, and pastes the result into the original itself (PIL in, PIL out)
+        images = np.stack([
+            np.asarray(inp(
+                prompt=p, image=init, mask_image=mask, num_inference_steps=steps, guidance_scale=GUIDANCE,
+                height=size, width=size, generator=torch.Generator().manual_seed(seed + j),
+                padding_mask_crop=padding_mask_crop,
+            ).images[0])
+            for j, (p, init, mask) in enumerate(zip(prompts, inits, masks))
+        ])  # fmt: skip
     inside, raw, pasted = [], [], []
     for im, init, mask, box, p in zip(images, inits, masks, boxes, prompts):
         m = np.asarray(mask) > 127
@@ -317,6 +337,8 @@ def inpaint_rows(pipe, quick: bool, n: int | None = None, unet=None) -> dict:
         pasted.append(np.abs(keep.astype(float) - np.asarray(init, dtype=float)).mean(-1)[~m].mean())
     return {
         "n": n,
+        "padding_mask_crop": padding_mask_crop,
+        "mask_seed": mask_seed,
         "shape_inside_mask_faithful": float(np.mean(inside)),
         "outside_change_raw_255": float(np.mean(raw)),
         "outside_change_pasted_255": float(np.mean(pasted)),
@@ -448,6 +470,15 @@ def _measure(models_dir: Path, quick: bool) -> dict:
     unet9 = load_inpainting_unet(models_dir / "toy-sd")
     if unet9 is not None:  # the family's 9-channel inpainting UNet (SD-inpainting's recipe), when it has one
         result["inpaint_unet"] = inpaint_rows(pipe, quick, unet=unet9)
+        for pad in INPAINT_CROP_PADDINGS[-1:] if quick else INPAINT_CROP_PADDINGS:
+            result[f"inpaint_unet_crop_{pad}"] = inpaint_rows(pipe, quick, unet=unet9, padding_mask_crop=pad)
+        if not quick:  # the same rows on other masks, backgrounds and seeds
+            other = {"mask_seed": INPAINT_OTHER_MASKS, "seed": 19000}
+            result["inpaint_unet_other_masks"] = inpaint_rows(pipe, quick, unet=unet9, **other)
+            for pad in INPAINT_CROP_PADDINGS:
+                result[f"inpaint_unet_crop_{pad}_other_masks"] = inpaint_rows(
+                    pipe, quick, unet=unet9, padding_mask_crop=pad, **other
+                )
     result["clip"] = clip_retrieval(clip, tokenizer, pipe, per_combo=1 if quick else 10)
     result["ranking"] = ranking_rows(pipe, clip, tokenizer, quick)
     result["vae"] = vae_error(pipe, n=32 if quick else 256)
@@ -501,14 +532,20 @@ def markdown_table(r: dict) -> str:
                 f"{pct(row['faithful'])} / {pct(row['centre_within_3px'])} / {pct(row['faithful_and_within_3px'])}",
                 f"{row['n']} images", ">= 90% at some strength <= 0.7",
             ))  # fmt: skip
-    for key, how in (("inpaint", "the UNet, blending latents"), ("inpaint_unet", "the 9-channel inpainting UNet")):
+    inpaint_kinds = [("inpaint", "the UNet, blending latents"), ("inpaint_unet", "the 9-channel inpainting UNet")]
+    inpaint_kinds += [(f"inpaint_unet_crop_{p}", f"the 9-channel inpainting UNet, padding_mask_crop={p}: crop, inpaint, "
+                       "paste back") for p in INPAINT_CROP_PADDINGS]  # fmt: skip
+    for key, how in inpaint_kinds:
         if key not in r:
             continue
-        ip = r[key]
+        ip, other = r[key], r.get(f"{key}_other_masks")
+        inside = pct(ip["shape_inside_mask_faithful"])
+        if other:
+            inside += f" / {pct(other['shape_inside_mask_faithful'])} (other masks)"
         rows += [
-            (f"Inpainting ({how}): the named shape inside the mask", pct(ip["shape_inside_mask_faithful"]),
-             f"{ip['n']} images", ">= 90%"),
-            (f"Inpainting ({how}): mean change outside the mask, raw / original pasted back (of 255)",
+            (f"Inpainting ({how}): the named shape inside the mask", inside,
+             f"{ip['n']} images" + (" per set" if other else ""), ">= 90%"),
+            (f"Inpainting ({how}): mean change outside the mask, as output / original pasted back (of 255)",
              f"{ip['outside_change_raw_255']:.2f} / {ip['outside_change_pasted_255']:.2f}", f"{ip['n']} images",
              "<= 4"),
         ]  # fmt: skip
