@@ -495,7 +495,8 @@ show_images([im for i in range(4) for im in (np.asarray(crop_masks[i].convert("R
 # %% [markdown]
 # **Self-check, over the `N` masks and seeds:** the crop leaves every pixel outside the mask as it was (exactly, not
 # a few /255), and on the toy family it draws the named shape inside the mask at least as often as the whole picture
-# does.
+# does. It does not remove the seam: the colour step across the mask's edge stays above the just-noticeable Delta E
+# of 2.3 (the same measure as above, on each mask's own edge).
 
 # %%
 outside_crop = [editing.pixel_change(canvas, im, np.asarray(m) == 0) for im, m in zip(cropped, crop_masks)]
@@ -512,6 +513,19 @@ if TOY:
     print(f"the named shape inside the mask: whole picture {hit_whole.sum()} of {N}, crop {hit_crop.sum()} of {N}")
     print("shown (masks 0-3): whole", hit_whole[:4].astype(int), "crop", hit_crop[:4].astype(int))
     assert hit_crop.mean() >= 0.8 and hit_crop.mean() >= hit_whole.mean()
+
+    def step_across(im, m):  # Delta E between the median colours just inside and just outside this mask's edge
+        hole = np.asarray(m) > 0
+        band_in = hole & ~ndimage.binary_erosion(hole, iterations=2)
+        band_out = ndimage.binary_dilation(hole, iterations=2) & ~hole
+        lab = judge.srgb_to_lab(im)
+        return float(np.linalg.norm(np.median(lab[band_in], 0) - np.median(lab[band_out], 0)))
+
+    seam_crop = np.array([step_across(im, m) for im, m in zip(cropped, crop_masks)])
+    seam_whole = np.array([step_across(im, m) for im, m in zip(whole, crop_masks)])
+    print(f"colour step across the mask's edge, median Delta E: whole picture {np.median(seam_whole):.1f}, "
+          f"crop {np.median(seam_crop):.1f}; crop above 2.3 in {(seam_crop > 2.3).sum()} of {N}")  # fmt: skip
+    assert np.median(seam_crop) > 2.3 and (seam_crop > 2.3).mean() >= 0.75
 
 # %% [markdown]
 # Over 300 masks per row, the family's quality run (`python scripts/quality.py`, read here from its committed
@@ -535,9 +549,9 @@ assert all(min(rates[c]) > max(rates["whole picture"]) + 0.1 for c in ("crop, pa
 # %% [markdown]
 # Cropping lifts the named shape in the hole from about three in four to about 95%, on both sets of masks, and the
 # pixels outside the mask stay the original's (printed above). What it costs: the UNet sees less of the picture around
-# the hole. With padding 0 it sees none of it (the whole crop is the hole) and draws from the prompt alone, so the
-# hole's background is the palette's colour, not the picture's, and the seam of the previous cells stays. More
-# padding shows it more of the picture but gives the hole fewer latent cells. On a real model at 512 px a mask
+# the hole. With padding 0 it sees none of it (the whole crop is the hole) and draws from the prompt alone: nothing
+# tells it the picture's own background colour. With padding 4 it sees a little, and the seam still shows (checked
+# above). More padding shows it more of the picture but gives the hole fewer latent cells. On a real model at 512 px a mask
 # usually spans many latent cells already; there we expect the crop to matter most for small masks, which it
 # inpaints at the model's full size (not measured here, nor the padding that works best there).
 
