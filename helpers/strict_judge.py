@@ -315,11 +315,16 @@ class Inspection:
     shape_lab: tuple[float, float, float] | None = None  # the shape's median CIELAB colour
 
 
+#: The checks of `verdict`, in the order it makes them; `Verdict.failed` names the ones an image missed.
+CHECKS = ("single shape", "kind", "IoU", "shape colour", "shape colour Delta E", "background", "background Delta E")
+
+
 @dataclass
 class Verdict:
     faithful: bool
     reasons: list[str]  # what did not hold ([] when faithful)
     inspection: Inspection
+    failed: tuple[str, ...] = ()  # the `CHECKS` behind `reasons`, one each
 
 
 def _as_array(image) -> np.ndarray:
@@ -415,22 +420,21 @@ def verdict(inspection: Inspection, caption: str | Request, iou_min: float = IOU
     s = inspection
     _check_inspected_for(want, s)
     if not s.found:
-        return Verdict(False, ["no single shape on a plain background"], s)
-    reasons = []
-    if want.shape is not None and s.kind != want.shape:
-        reasons.append(f"kind {s.kind}, not {want.shape}")
+        return Verdict(False, ["no single shape on a plain background"], s, ("single shape",))
     iou = s.ious.get(want.shape, 0.0) if want.shape else s.iou
-    if iou < iou_min:
-        reasons.append(f"IoU {iou:.2f} < {iou_min} with the ideal {want.shape or s.kind}")
-    if want.colour is not None and s.colour != want.colour:
-        reasons.append(f"shape is {s.colour}, not {want.colour}")
-    if s.colour_delta_e > delta_e_max:
-        reasons.append(f"shape colour Delta E {s.colour_delta_e:.0f} > {delta_e_max} from {s.colour}")
-    if want.background is not None and s.background != want.background:
-        reasons.append(f"background is {s.background}, not {want.background}")
-    if s.background_delta_e > delta_e_max:
-        reasons.append(f"background Delta E {s.background_delta_e:.0f} > {delta_e_max} from {s.background}")
-    return Verdict(not reasons, reasons, s)
+    checks = [
+        ("kind", want.shape is not None and s.kind != want.shape, f"kind {s.kind}, not {want.shape}"),
+        ("IoU", iou < iou_min, f"IoU {iou:.2f} < {iou_min} with the ideal {want.shape or s.kind}"),
+        ("shape colour", want.colour is not None and s.colour != want.colour, f"shape is {s.colour}, not {want.colour}"),
+        ("shape colour Delta E", s.colour_delta_e > delta_e_max,
+         f"shape colour Delta E {s.colour_delta_e:.0f} > {delta_e_max} from {s.colour}"),
+        ("background", want.background is not None and s.background != want.background,
+         f"background is {s.background}, not {want.background}"),
+        ("background Delta E", s.background_delta_e > delta_e_max,
+         f"background Delta E {s.background_delta_e:.0f} > {delta_e_max} from {s.background}"),
+    ]  # fmt: skip
+    missed = [(name, reason) for name, failed, reason in checks if failed]
+    return Verdict(not missed, [r for _, r in missed], s, tuple(name for name, _ in missed))
 
 
 def _check_inspected_for(want: Request, s: Inspection) -> None:

@@ -136,10 +136,30 @@ def spread(inspections: list[sj.Inspection], groups: list) -> dict[str, float]:
     return {"centre_std_px": float(np.mean(cx + cy)) if cx else 0.0, "size_std_px": float(np.mean(size) if size else 0)}
 
 
+#: An IoU miss this close to the judge's threshold is a near miss (a hair of blur at the edge; see `misses`).
+NEAR_IOU = 0.01
+
+
+def misses(verdicts: list[sj.Verdict], prompts: list[str]) -> dict:
+    """Why a row's images missed: how many missed, and how many failed each of the judge's checks (an image can fail
+    several), with the IoU misses within `NEAR_IOU` of the threshold counted apart."""
+    out = {"n": sum(not v.faithful for v in verdicts)}
+    for check in sj.CHECKS:
+        out[check] = sum(check in v.failed for v in verdicts)
+    out["IoU near the threshold"] = sum(
+        "IoU" in v.failed and v.inspection.ious.get(sj.parse_caption(p).shape or v.inspection.kind, 0.0)
+        >= sj.IOU_MIN - NEAR_IOU
+        for v, p in zip(verdicts, prompts)
+    )  # fmt: skip
+    return out
+
+
 def grade(images: np.ndarray, prompts: list[str], held: np.ndarray | None = None) -> dict:
-    """Strict-judge figures of one row: faithful (all / training combos / held-out), IoU, Delta E."""
+    """Strict-judge figures of one row: faithful (all / training combos / held-out), IoU, Delta E, and why the
+    misses missed (`misses`)."""
     inspections = [sj.inspect(im, **sj.inspect_options(p)) for im, p in zip(images, prompts)]
-    ok = np.array([sj.verdict(s, p).faithful for s, p in zip(inspections, prompts)])
+    verdicts = [sj.verdict(s, p) for s, p in zip(inspections, prompts)]
+    ok = np.array([v.faithful for v in verdicts])
     found = [s for s in inspections if s.found]
     row = {
         "n": len(ok),
@@ -154,6 +174,7 @@ def grade(images: np.ndarray, prompts: list[str], held: np.ndarray | None = None
         ),  # fmt: skip
         "median_colour_delta_e": float(np.median([s.colour_delta_e for s in found])) if found else float("inf"),
         "median_background_delta_e": float(np.median([s.background_delta_e for s in found])) if found else 0.0,
+        "misses": misses(verdicts, prompts),
     }
     if held is not None and held.any():
         row |= {"faithful_train_combos": float(ok[~held].mean()), "faithful_held_out": float(ok[held].mean()),
@@ -583,6 +604,34 @@ def markdown_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def misses_table(r: dict) -> str:
+    """The rows with a target, and why their images missed: the number failing each of the judge's checks."""
+    neg = r["negative"]
+    rows = [(f"guidance 7.5, {r['default']}", r[f"guidance_{GUIDANCE}"]), ("pndm 50 steps", r["pndm_50"])]
+    rows += [(f"{s} 20 steps", r[f"{s}_20"]) for s in (*TABLE_SAMPLERS, "ddim_alpha_to_one") if f"{s}_20" in r]
+    rows += [(f"negative {k}", neg[key]) for k, key in (("none", "without"), ("'red'", "negative_red"),
+                                                        ("'a red shape'", "negative_a_red_shape"))]  # fmt: skip
+    rows += [("full prompt, negative 'green'", neg["full_prompt_negative_green"])]
+    rows += [
+        (f"img2img, strength {k[9:]} (judge only; the centre apart)", v)
+        for k, v in r["img2img"].items()
+        if k.startswith("strength_")
+    ]
+    rows = [(name, row["misses"]) for name, row in rows if "misses" in row]  # results saved before had none
+    if not rows:
+        return ""
+    cols = [*sj.CHECKS, "IoU near the threshold"]
+    lines = [
+        f"Why images missed (the number failing each check; an image can fail several; near: IoU within {NEAR_IOU} "
+        f"of {sj.IOU_MIN}):",
+        "",
+        "| row | missed | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    lines += [f"| {name} | {m['n']} | " + " | ".join(str(m[c]) for c in cols) + " |" for name, m in rows]
+    return "\n".join(lines)
+
+
 def save_result(r: dict) -> Path:
     out_dir = OUTPUTS_DIR / "benchmarks"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -625,6 +674,7 @@ def main(argv=None) -> int:
     r = measure(args.models, quick=args.quick, steps=args.steps, scheduler=args.scheduler)
     path = save_result(r)
     print(markdown_table(r))
+    print("\n" + misses_table(r))
     print(f"\nSaved {path}")
     return 0
 

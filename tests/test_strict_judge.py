@@ -90,6 +90,14 @@ def test_wrong_pictures_fail_for_the_right_reason():
     assert "kind circle" in sj.verdict(s, "a red square on a blue background").reasons[0]
     assert not sj.verdict(s, "a blue circle on a red background").faithful  # swapped colours
     assert not sj.verdict(s, "a green shape").faithful
+    # each reason comes with the name of the check it failed (quality.py counts them per row)
+    assert sj.verdict(s, "a red circle on a blue background").failed == ()
+    assert sj.verdict(s, "a blue circle on a red background").failed == ("shape colour", "background")
+    assert sj.verdict(s, "a red square").failed[0] == "kind" and "IoU" in sj.verdict(s, "a red square").failed
+    assert sj.verdict(sj.inspect(np.full((64, 64, 3), 200, np.uint8)), "a red circle").failed == ("single shape",)
+    for caption in ("a blue circle on a red background", "a red square", "a green shape"):
+        v = sj.verdict(s, caption)
+        assert len(v.failed) == len(v.reasons) >= 1 and set(v.failed) <= set(sj.CHECKS), v
     for kind in sj.BLOB_KINDS:
         blob = sj.draw_blob("red", "blue", rng, kind=kind)
         v = sj.verdict(sj.inspect(blob), "a red circle on a blue background")

@@ -544,6 +544,12 @@ def test_quality_script_smoke(tmp_path, monkeypatch, capsys):
     assert len(saved) == 1
     result = json.loads(saved[0].read_text())
     assert result["models_dir"] == "models", result["models_dir"]  # the project's folder, never the absolute path
+    # why each row's images missed: the counts agree with the row's own faithful rate
+    assert "| row | missed | single shape | kind | IoU |" in table and "| ddim 20 steps |" in table
+    for row in (result["guidance_7.5"], result["ddim_20"], result["negative"]["negative_red"]):
+        m = row["misses"]
+        assert m["n"] == round((1 - row["faithful"]) * row["n"]), row
+        assert sum(m[c] for c in q.sj.CHECKS) >= m["n"] and m["IoU near the threshold"] <= m["IoU"], row
 
 
 # -- the second generation (64 px, 8x VAE): each lesson guarded on a small sample --------------------------
