@@ -325,6 +325,7 @@ class Verdict:
     reasons: list[str]  # what did not hold ([] when faithful)
     inspection: Inspection
     failed: tuple[str, ...] = ()  # the `CHECKS` behind `reasons`, one each
+    iou: float = float("nan")  # the IoU the verdict compared with the threshold (nan: no single shape found)
 
 
 def _as_array(image) -> np.ndarray:
@@ -434,7 +435,7 @@ def verdict(inspection: Inspection, caption: str | Request, iou_min: float = IOU
          f"background Delta E {s.background_delta_e:.0f} > {delta_e_max} from {s.background}"),
     ]  # fmt: skip
     missed = [(name, reason) for name, failed, reason in checks if failed]
-    return Verdict(not missed, [r for _, r in missed], s, tuple(name for name, _ in missed))
+    return Verdict(not missed, [r for _, r in missed], s, tuple(name for name, _ in missed), iou)
 
 
 def _check_inspected_for(want: Request, s: Inspection) -> None:

@@ -140,17 +140,13 @@ def spread(inspections: list[sj.Inspection], groups: list) -> dict[str, float]:
 NEAR_IOU = 0.01
 
 
-def misses(verdicts: list[sj.Verdict], prompts: list[str]) -> dict:
+def misses(verdicts: list[sj.Verdict]) -> dict:
     """Why a row's images missed: how many missed, and how many failed each of the judge's checks (an image can fail
     several), with the IoU misses within `NEAR_IOU` of the threshold counted apart."""
     out = {"n": sum(not v.faithful for v in verdicts)}
     for check in sj.CHECKS:
         out[check] = sum(check in v.failed for v in verdicts)
-    out["IoU near the threshold"] = sum(
-        "IoU" in v.failed and v.inspection.ious.get(sj.parse_caption(p).shape or v.inspection.kind, 0.0)
-        >= sj.IOU_MIN - NEAR_IOU
-        for v, p in zip(verdicts, prompts)
-    )  # fmt: skip
+    out["IoU near the threshold"] = sum("IoU" in v.failed and v.iou >= sj.IOU_MIN - NEAR_IOU for v in verdicts)
     return out
 
 
@@ -174,7 +170,7 @@ def grade(images: np.ndarray, prompts: list[str], held: np.ndarray | None = None
         ),  # fmt: skip
         "median_colour_delta_e": float(np.median([s.colour_delta_e for s in found])) if found else float("inf"),
         "median_background_delta_e": float(np.median([s.background_delta_e for s in found])) if found else 0.0,
-        "misses": misses(verdicts, prompts),
+        "misses": misses(verdicts),
     }
     if held is not None and held.any():
         row |= {"faithful_train_combos": float(ok[~held].mean()), "faithful_held_out": float(ok[held].mean()),

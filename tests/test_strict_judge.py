@@ -98,6 +98,7 @@ def test_wrong_pictures_fail_for_the_right_reason():
     for caption in ("a blue circle on a red background", "a red square", "a green shape"):
         v = sj.verdict(s, caption)
         assert len(v.failed) == len(v.reasons) >= 1 and set(v.failed) <= set(sj.CHECKS), v
+        assert ("IoU" in v.failed) == (v.iou < sj.IOU_MIN), v  # the IoU the verdict compared
     for kind in sj.BLOB_KINDS:
         blob = sj.draw_blob("red", "blue", rng, kind=kind)
         v = sj.verdict(sj.inspect(blob), "a red circle on a blue background")
