@@ -289,13 +289,21 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
                 )
             concepts += ". The family itself is unchanged"
         concepts += ". "
-    decoder = (
-        f"Then the decoder alone: {sch['decoder_steps']} steps fine-tuned to give drawn images back from the UNet's own "
-        f"img2img latents (strength {sch['decoder_strength'][0]}-{sch['decoder_strength'][1]}, "
-        f"{sch['decoder_clean']:.0%} of them the encoder's clean latents; encoder and UNet frozen). "
-        if sch.get("decoder_steps")
-        else ""
-    )
+    lr = f" at lr {sch['decoder_lr']}" if sch.get("decoder_lr") else ""
+    if not sch.get("decoder_steps"):
+        decoder = ""
+    elif sch.get("decoder_clean", 0) >= 1:
+        decoder = (
+            f"Then the decoder alone: {sch['decoder_steps']} more steps{lr} giving fresh drawn pictures back from the "
+            "encoder's latents (the same losses; encoder and UNet frozen, so the latents the UNet learned stay as "
+            "they were). "
+        )
+    else:
+        decoder = (
+            f"Then the decoder alone: {sch['decoder_steps']} steps{lr} fine-tuned to give drawn images back from the "
+            f"UNet's own img2img latents (strength {sch['decoder_strength'][0]}-{sch['decoder_strength'][1]}, "
+            f"{sch['decoder_clean']:.0%} of them the encoder's clean latents; encoder and UNet frozen). "
+        )
     own = summary.get("default_sampler") or {"scheduler": "ddim", "num_inference_steps": 10, "source": "the package's"}
     sampler_class = SCHEDULERS[own["scheduler"]]
     sampler_text = f"{own['scheduler']} at {own['num_inference_steps']} steps, {own['source']}"
@@ -638,11 +646,13 @@ def train_v2(args) -> dict:
 
     pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
     pipe.set_progress_bar_config(disable=True)
-    if sched.decoder_steps:  # the decoder learns to give drawn images back from the UNet's own latents
+    vae_before_decoder = copy.deepcopy(vae)  # the concept VAE starts from here, as the committed one did
+    if sched.decoder_steps:  # the decoder alone learns to give drawn images back (from the UNet's latents, or clean)
         t0 = time.perf_counter()
         decoder_losses = tr.finetune_decoder(
-            pipe, steps=scaled(sched.decoder_steps), p_clean=sched.decoder_clean, strength=sched.decoder_strength,
-            rotate=not sched.unet_upright, seed=args.seed + 11,
+            pipe, steps=scaled(sched.decoder_steps), lr=sched.decoder_lr, p_clean=sched.decoder_clean,
+            strength=sched.decoder_strength, seed=args.seed + 11,
+            rotate=sched.decoder_clean >= 1.0 or not sched.unet_upright,  # clean latents: the VAE's own pictures
         )  # fmt: skip
         times["decoder fine-tune"] = time.perf_counter() - t0
         stats["decoder_loss_first"] = float(np.mean(decoder_losses[:20]))
@@ -678,7 +688,7 @@ def train_v2(args) -> dict:
         tr.save_inpainting_unet(inpaint_unet, sd_dir)
     if sched.vae_extend or sched.concept_lora:  # the concept family: what it draws with no word for it
         t0 = time.perf_counter()
-        concept_vae = copy.deepcopy(vae).train().requires_grad_(True)
+        concept_vae = vae_before_decoder.train().requires_grad_(True)
         vae_combos = train_combos() + [c for concept in sched.vae_concepts for c in concept_combos(concept)]
         for steps, lr, seed_offset in sched.vae_extend:  # encoder and decoder, each combination equally often
             tr.train_vae(
