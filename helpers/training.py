@@ -217,11 +217,15 @@ V2_SCHEDULE = Schedule(
 #: stored in half precision too (the committed family): 30 steps unchanged at 97.5%, PNDM-50 90.4%, negative "red"
 #: 1.7% red and 72.2% faithful to the rest; at 10 steps 96.2% (held-out 98.6%), negative "red" 4.4% red and 65.0%
 #: faithful to the rest (toy_quality_v2-wide48-13k-fp16all-inpwide-euler_a10-20261206-233205.json).
+#: With the decoder refined on clean latents (2026-12-07, `Schedule.decoder_clean`): 30 steps 98.5% (held-out 100%),
+#: PNDM-50 91.9%, negative "red" 0.6% red and 75.0% faithful to the rest; 10 steps 96.7%
+#: (held-out 98.6%), negative "red" 5.6% red and 66.7% faithful to the rest: 30 steps stays the default
+#: (toy_quality_v2-wide48-13k-fp16all-inpwide-euler_a{30,10}-dec4k-*.json).
 V2_DEFAULT_SAMPLER = {
     "scheduler": "euler_a",
     "num_inference_steps": 30,
-    "source": "measured on the v2 family: Euler ancestral at 30 steps 97.5% prompt-faithful against PNDM-50's 90.4%, "
-    "and negative 'red' leaves 1.7% red (strict judge, training.V2_DEFAULT_SAMPLER)",
+    "source": "measured on the v2 family: Euler ancestral at 30 steps 98.5% prompt-faithful against PNDM-50's 91.9%, "
+    "and negative 'red' leaves 0.6% red (strict judge, training.V2_DEFAULT_SAMPLER)",
 }
 
 

@@ -88,7 +88,7 @@ TOY = str(CLIP_MODEL) == str(cr.TOY_CLIP_DIR) and MODEL.endswith("toy-sd")  # th
 REAL = not Path(MODEL).is_dir()  # a Hub model (GPU)
 PROMPT = "Kermit the Frog sits on the Iron Throne" if REAL else "a red circle on a blue background"
 # the model's default sampler (notebook 01, section 6): on v1-4 DPM-Solver++ 2M, 25 steps (None); the toy family's own is
-# Euler ancestral at 30 steps, which we run at 10: 96.2% of its images are faithful there against 97.5% at 30 (strict
+# Euler ancestral at 30 steps, which we run at 10: 96.7% of its images are faithful there against 98.5% at 30 (strict
 # judge, 396 images, `benchmarks/results/toy_quality_v2-wide48-13k-*.json`), in a third of the time
 STEPS = 10 if TOY else None
 print(f"pipeline: {public_name(MODEL)}\n  why: {WHY}\nCLIP:     {public_name(CLIP_MODEL)}\n  why: {CLIP_WHY}")
@@ -369,10 +369,10 @@ else:
 # an outline just under the judge's IoU, and CLIP does not rank them all last: for "a red circle on a green
 # background" it ranks a square third of eight. Over all 90 combinations and 8 seeds
 # each, at the family's 30 steps, `python scripts/quality.py` measures the same (README, "The offline model
-# family"): the top-ranked image is faithful 83.3% of the time, an average image 82.1%, the bottom-ranked one 62.2%.
+# family"): the top-ranked image is faithful 86.7% of the time, an average image 84.0%, the bottom-ranked one 64.4%.
 # At guidance 7.5 there is little left to win. On these 15 prompts the top pick beats the average too (above), but
-# over the 90 combinations it does not: the top-ranked image is faithful 96.7% of the time, an average one 96.8%,
-# the bottom-ranked one 97.8%; 15 prompts are too few to tell a few points apart. What still fails at 7.5 is mostly
+# over the 90 combinations it does not: the top-ranked image is faithful 96.7% of the time, an average one 97.9%,
+# the bottom-ranked one 98.9%; 15 prompts are too few to tell a few points apart. What still fails at 7.5 is mostly
 # an outline just under the judge's IoU of 0.93, and the toy CLIP, trained on 64 px pictures cut into 8x8-pixel
 # patches with nothing in its loss about a crisp outline, does not see it (an expectation; we have not measured
 # why). Best-of-N pays where the sampler often fails *and* the scorer sees the failure; how well the real CLIP
