@@ -289,18 +289,18 @@ def render_cards_v2(summary: dict) -> dict[str, str]:
                 )
             concepts += ". The family itself is unchanged"
         concepts += ". "
-    lr = f" at lr {sch['decoder_lr']}" if sch.get("decoder_lr") else ""
+    decoder_lr = f" at lr {sch['decoder_lr']}" if sch.get("decoder_lr") else ""
     if not sch.get("decoder_steps"):
         decoder = ""
     elif sch.get("decoder_clean", 0) >= 1:
         decoder = (
-            f"Then the decoder alone: {sch['decoder_steps']} more steps{lr} giving fresh drawn pictures back from the "
+            f"Then the decoder alone: {sch['decoder_steps']} more steps{decoder_lr} giving fresh drawn pictures back from the "
             "encoder's latents (the same losses; encoder and UNet frozen, so the latents the UNet learned stay as "
             "they were). "
         )
     else:
         decoder = (
-            f"Then the decoder alone: {sch['decoder_steps']} steps{lr} fine-tuned to give drawn images back from the "
+            f"Then the decoder alone: {sch['decoder_steps']} steps{decoder_lr} fine-tuned to give drawn images back from the "
             f"UNet's own img2img latents (strength {sch['decoder_strength'][0]}-{sch['decoder_strength'][1]}, "
             f"{sch['decoder_clean']:.0%} of them the encoder's clean latents; encoder and UNet frozen). "
         )
