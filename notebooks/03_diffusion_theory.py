@@ -596,6 +596,7 @@ if TRAINED:  # the judge reads the toy family's prompts; the random-weight model
     assert shown[12.0].inspection.background_delta_e > 3 * shown[1.0].inspection.background_delta_e  # its background drifts
     assert red[1.0] <= 15 / 16 and red[7.5] == red[12.0] == 1  # measured 15 of 16 red at s = 1, all 16 at 7.5 and 12
     assert faithful[1.0] <= 15 / 16 and faithful[7.5] >= faithful[1.0]  # measured 14 and 16 of 16
+    assert faithful[1.0] < red[1.0]  # at s = 1 a red disc misses too (measured: 15 red, 14 faithful)
     assert min(roundness.values()) > 0.95 and max(roundness.values()) - min(roundness.values()) < 0.02  # 0.98 each
     assert size_mean[7.5] > size_mean[1.0] + 2 and size_std[7.5] < 0.7 * size_std[1.0]  # bigger, more alike in size
     assert place_std[7.5] > 0.8 * place_std[1.0]  # ...but not in place (7.7 and 7.2 px)
