@@ -2,6 +2,7 @@
 
     python scripts/train_toy_family.py                          # the committed family (v2: 64 px, 8x VAE); hours
     python scripts/train_toy_family.py --scale 0.01 --out /tmp/toy-models   # a quick rehearsal
+    python scripts/train_toy_family.py --resume                 # go on from the stages a stopped run finished
     python scripts/train_toy_family.py --family v1 --out .cache/toy-v1   # the first generation (32 px, 4x VAE)
 
 What it does, in the order Stable Diffusion v1 was built:
@@ -13,6 +14,8 @@ What it does, in the order Stable Diffusion v1 was built:
   6. the pipeline                                                -> toy-sd/
   7. the quality measurement (scripts/quality.py, strict judge) and a model card in each folder
 Seeds are fixed; the same command on the same machine gives the same weights.
+Each finished v2 stage is kept in <out>/checkpoints/ (float32); `--resume` takes them from there, and a resumed
+run gives the same weights as one that never stopped (same machine, same --threads).
 The v2 stages took, on a 2-core Intel Xeon with 1 torch thread (2026-12-04 to 06): CLIP ~3 min, each VAE phase ~0.27 s
 a step (10,000 + 4,000 + 6,000 steps, plus 3,000 for each first phase stopped early), UNet ~73 + 35 min (9,000
 steps on 2 threads, then 4,500 on 1), inpainting UNet ~55 min (8,000 steps from that UNet, 3,288 s beside another
@@ -419,6 +422,90 @@ def _run_facts(args, sizes, sched, times, stats, scaling_factor, text_encoder, c
     }
 
 
+#: where `train_v2` keeps each finished stage, inside `--out`
+CHECKPOINTS = "checkpoints"
+
+
+def _shown(path: Path) -> str:
+    """A path for a message: relative to the repository inside it, else as the user gave it."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO_ROOT.resolve()) if resolved.is_relative_to(REPO_ROOT.resolve()) else path)
+
+
+def _from_checkpoint(cls, folder: Path):
+    """A diffusers model from a stage's checkpoint, without the `_name_or_path` that `from_pretrained` records: the
+    family's configs would otherwise carry this machine's path to the checkpoint."""
+    from diffusers.configuration_utils import FrozenDict
+
+    model = cls.from_pretrained(folder)
+    model._internal_dict = FrozenDict({k: v for k, v in model.config.items() if k != "_name_or_path"})
+    return model
+
+
+class StageCheckpoints:
+    """Each finished stage of the v2 recipe, saved in float32 under `<out>/checkpoints/<stage>/` with its times and
+    statistics, so that a run stopped part-way (the recipe takes hours on 2 cores) goes on from the last finished
+    stage with `--resume` instead of starting again: the idea of diffusers' training scripts'
+    `--checkpointing_steps` / `--resume_from_checkpoint`, at the grain of whole stages. Every stage seeds itself
+    (`args.seed` plus its own offset), so a resumed run gives the same weights as one that never stopped.
+
+    The folder records the run's seed, scale and recipe; resuming with other ones is refused before any training."""
+
+    def __init__(self, out: Path, fingerprint: dict, resume: bool):
+        self.root = out / CHECKPOINTS
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=list))  # tuples as lists, as JSON reads back
+        self.resume = resume
+        self.resumed: list[str] = []
+        record = self.root / "recipe.json"
+        finished = sorted(p.parent.name for p in self.root.glob("*/stage.json"))
+        if finished and not resume:
+            raise FileExistsError(
+                f"{_shown(self.root)} holds the stages of an earlier run ({', '.join(finished)}). Pass --resume to "
+                "go on from them, or delete that folder to train every stage again."
+            )
+        if resume and record.exists():
+            saved = json.loads(record.read_text())
+            differ = sorted(k for k in set(saved) | set(self.fingerprint) if saved.get(k) != self.fingerprint.get(k))
+            if differ:
+                details = "; ".join(
+                    f"{k}: {saved.get(k)!r} there, {self.fingerprint.get(k)!r} now"
+                    if k not in ("schedule", "sizes")
+                    else f"{k}: the recipe's (helpers.training.V2_SCHEDULE, V2_SIZES) changed since"
+                    for k in differ
+                )
+                raise ValueError(
+                    f"--resume: the stages in {_shown(self.root)} were trained with other settings ({details}). Resume "
+                    "with the same --seed and --scale and the same recipe, or delete that folder to train every stage "
+                    "again."
+                )
+        self.root.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(self.fingerprint, indent=2) + "\n")
+
+    def folder(self, stage: str) -> Path:
+        return self.root / stage
+
+    def load(self, stage: str) -> dict | None:
+        """The stage's record ({"times_s": ..., "stats": ...}) when `--resume` finds it finished, else None."""
+        path = self.root / stage / "stage.json"
+        if not (self.resume and path.exists()):
+            return None
+        self.resumed.append(stage)
+        print(f"{stage}: resumed from {_shown(path.parent)}", flush=True)
+        return json.loads(path.read_text())
+
+    def save(self, stage: str, times: dict, stats: dict, models: dict | None = None, folders: dict | None = None):
+        """Mark `stage` finished: its models (`save_pretrained`, float32), copies of folders it wrote, its record."""
+        where = self.root / stage
+        if where.exists():
+            shutil.rmtree(where)
+        where.mkdir(parents=True)
+        for name, model in (models or {}).items():
+            model.save_pretrained(where / name, safe_serialization=True)
+        for name, folder in (folders or {}).items():
+            shutil.copytree(folder, where / name)
+        (where / "stage.json").write_text(json.dumps({"times_s": times, "stats": stats}, indent=2) + "\n")
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "models", help="folder that receives the three models")
@@ -433,6 +520,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-quality", action="store_true", help="skip the quality measurement at the end")
     ap.add_argument("--quality-smoke", action="store_true", help="measure quality with small counts")
     ap.add_argument(
+        "--resume", action="store_true",
+        help="v2: go on from the stages an earlier run finished (kept in <out>/checkpoints/) instead of training them "
+        "again; the same --seed and --scale are needed",
+    )  # fmt: skip
+    ap.add_argument(
         "--measure-only", action="store_true", help="train nothing: measure the models in --out, rewrite the cards"
     )
     args = ap.parse_args(argv)
@@ -441,6 +533,8 @@ def main(argv=None) -> dict:
 
     if args.family == "v2":
         return train_v2(args)
+    if args.resume:
+        ap.error("--resume: only the v2 recipe keeps its stages; the v1 family trains in minutes, run it again")
     torch.set_num_threads(args.threads)
     sizes, sched = tr.ToySizes(), tr.Schedule()
     scaled = lambda n: max(10, int(n * args.scale))  # noqa: E731
@@ -535,7 +629,12 @@ def main(argv=None) -> dict:
 
 
 def train_v2(args) -> dict:
-    """The second generation: SD v1's geometry (64 px -> 8x8x4 latents through an 8x VAE), partial captions."""
+    """The second generation: SD v1's geometry (64 px -> 8x8x4 latents through an 8x VAE), partial captions.
+
+    Each finished stage is kept in `<out>/checkpoints/` (`StageCheckpoints`); `--resume` goes on from them."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPModel
+
     from helpers.shapes_data import V2_IMAGE_SIZE, v2_form_weights
 
     torch.set_num_threads(args.threads)
@@ -547,65 +646,111 @@ def train_v2(args) -> dict:
     tokenizer = load_clip_tokenizer()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    ckpt = StageCheckpoints(out, {
+        "family": "v2", "seed": args.seed, "scale": args.scale, "sizes": asdict(sizes),
+        "schedule": {k: v for k, v in asdict(sched).items() if k != "extra"},
+    }, resume=args.resume)  # fmt: skip
+    t_resumed = 0.0  # the stages resumed: their training time, as their own run measured it
 
-    t0 = time.perf_counter()
-    judge_model, judge_losses = judge_mod.train_shape_classifier(
-        steps=scaled(V2_JUDGE_STEPS), seed=args.seed, v2=True
-    )  # fmt: skip
-    judge_dir = judge_mod.save_shape_classifier(judge_model, out / "shape-judge")
-    judge_mod.load_shape_classifier.cache_clear()
-    times["shape judge"] = time.perf_counter() - t0
-    stats["judge_accuracy"] = judge_mod.judge_accuracy(model_dir=judge_dir, size=sizes.image_size)
-    print(f"shape judge: loss {judge_losses[0]:.3f} -> {np.mean(judge_losses[-20:]):.4f}, "
-          f"accuracy {stats['judge_accuracy']}", flush=True)  # fmt: skip
+    def resumed(stage: str) -> bool:
+        """True when `--resume` finds `stage` finished (its times and statistics are then taken over)."""
+        nonlocal t_resumed
+        record = ckpt.load(stage)
+        if record is not None:
+            times.update(record["times_s"])
+            stats.update(record["stats"])
+            t_resumed += sum(record["times_s"].values())
+        return record is not None
 
-    t0 = time.perf_counter()
-    clip = tr.build_mini_clip(sizes, seed=args.seed)
-    clip_losses = tr.train_clip_v2(clip, tokenizer, steps=scaled(sched.clip_steps), lr=sched.clip_lr, seed=args.seed)
-    clip_dir = out / "toy-clip"
-    if clip_dir.exists():
-        shutil.rmtree(clip_dir)
-    tr.save_clip(clip, clip_dir)
-    tr.halve_weights(clip_dir)  # stored in half precision (the budget); loads back in float32
-    clip = clip.half().float()  # the weights as stored: the UNet learns on the text states the family ships
-    times["mini CLIP"] = time.perf_counter() - t0
-    stats["clip_loss_first"], stats["clip_loss_last"] = clip_losses[0], float(np.mean(clip_losses[-20:]))
-    print(f"mini CLIP: loss {clip_losses[0]:.3f} -> {stats['clip_loss_last']:.4f}", flush=True)
+    def restore(stage: str, name: str) -> Path:
+        """Copy a folder a finished stage wrote into `--out` back there from its checkpoint."""
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+        return Path(shutil.copytree(ckpt.folder(stage) / name, out / name))
 
-    t0 = time.perf_counter()
-    vae_seeds, colour_failures, vae_first_steps = [], [], []
-    for restart in range(1 + sched.vae_restarts):  # a first phase that merged colours is retrained from a new seed
-        vae_seed, last = args.seed + restart, restart == sched.vae_restarts
-        vae = tr.build_mini_vae(sizes, seed=vae_seed)
-        early: list[float] = []  # the colour check part-way through, when the recipe asks for one
-
-        def colours_kept(model, early=early) -> bool:
-            early.append(tr.vae_colour_failures(model))
-            return early[-1] <= sched.vae_check[1]
-
-        check_at = None if last or sched.vae_check is None else scaled(sched.vae_check[0])
-        vae_losses = tr.train_vae(
-            vae, steps=scaled(sched.vae_steps), batch_size=sched.vae_batch, lr=sched.vae_lr,
-            kl_weight=sched.vae_kl_weight, seed=vae_seed, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
-            logvar_init=sched.vae_logvar_init, check_at=check_at, check=colours_kept if check_at else None,
+    if resumed("shape-judge"):
+        judge_mod.load_shape_classifier.cache_clear()
+        judge_model = judge_mod.load_shape_classifier(restore("shape-judge", "shape-judge"))
+    else:
+        t0 = time.perf_counter()
+        judge_model, judge_losses = judge_mod.train_shape_classifier(
+            steps=scaled(V2_JUDGE_STEPS), seed=args.seed, v2=True
         )  # fmt: skip
-        vae_seeds.append(vae_seed)
-        vae_first_steps.append(len(vae_losses))
-        colour_failures.append(early[-1] if len(vae_losses) < scaled(sched.vae_steps) else tr.vae_colour_failures(vae))
-        print(f"mini VAE, first phase, seed {vae_seed}, {len(vae_losses)} steps: {colour_failures[-1]:.1%} of drawn "
-              "images come back in another colour", flush=True)  # fmt: skip
-        if len(vae_losses) == scaled(sched.vae_steps) and colour_failures[-1] <= sched.vae_colour_limit:
-            break
-    stats["vae_first_phase_steps"] = vae_first_steps
-    stats["vae_first_phase_seeds"], stats["vae_colour_failures"] = vae_seeds, colour_failures
-    for steps, lr, seed_offset in sched.vae_refine:  # lower learning rates: the corners sharpen last
-        vae_losses += tr.train_vae(
-            vae, steps=scaled(steps), batch_size=sched.vae_batch, lr=lr, kl_weight=sched.vae_kl_weight,
-            seed=args.seed + seed_offset, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
-        )  # fmt: skip
-    times["mini VAE"] = time.perf_counter() - t0
-    stats["vae_mse_first"], stats["vae_mse_last"] = vae_losses[0], float(np.mean(vae_losses[-20:]))
-    print(f"mini VAE: reconstruction MSE {vae_losses[0]:.4f} -> {stats['vae_mse_last']:.5f}", flush=True)
+        judge_dir = judge_mod.save_shape_classifier(judge_model, out / "shape-judge")
+        judge_mod.load_shape_classifier.cache_clear()
+        times["shape judge"] = time.perf_counter() - t0
+        stats["judge_accuracy"] = judge_mod.judge_accuracy(model_dir=judge_dir, size=sizes.image_size)
+        print(f"shape judge: loss {judge_losses[0]:.3f} -> {np.mean(judge_losses[-20:]):.4f}, "
+              f"accuracy {stats['judge_accuracy']}", flush=True)  # fmt: skip
+        ckpt.save("shape-judge", {"shape judge": times["shape judge"]}, {"judge_accuracy": stats["judge_accuracy"]},
+                  folders={"shape-judge": judge_dir})  # fmt: skip
+
+    if resumed("toy-clip"):  # as stored: in half precision, loaded back in float32
+        clip = CLIPModel.from_pretrained(restore("toy-clip", "toy-clip"))
+    else:
+        t0 = time.perf_counter()
+        clip = tr.build_mini_clip(sizes, seed=args.seed)
+        clip_losses = tr.train_clip_v2(
+            clip, tokenizer, steps=scaled(sched.clip_steps), lr=sched.clip_lr, seed=args.seed
+        )
+        clip_dir = out / "toy-clip"
+        if clip_dir.exists():
+            shutil.rmtree(clip_dir)
+        tr.save_clip(clip, clip_dir)
+        tr.halve_weights(clip_dir)  # stored in half precision (the budget); loads back in float32
+        clip = clip.half().float()  # the weights as stored: the UNet learns on the text states the family ships
+        times["mini CLIP"] = time.perf_counter() - t0
+        stats["clip_loss_first"], stats["clip_loss_last"] = clip_losses[0], float(np.mean(clip_losses[-20:]))
+        print(f"mini CLIP: loss {clip_losses[0]:.3f} -> {stats['clip_loss_last']:.4f}", flush=True)
+        ckpt.save(
+            "toy-clip",
+            {"mini CLIP": times["mini CLIP"]},
+            {k: stats[k] for k in ("clip_loss_first", "clip_loss_last")},
+            folders={"toy-clip": clip_dir},
+        )
+
+    if resumed("vae"):
+        vae = _from_checkpoint(AutoencoderKL, ckpt.folder("vae") / "vae")
+    else:
+        t0 = time.perf_counter()
+        vae_seeds, colour_failures, vae_first_steps = [], [], []
+        for restart in range(1 + sched.vae_restarts):  # a first phase that merged colours is retrained from a new seed
+            vae_seed, last = args.seed + restart, restart == sched.vae_restarts
+            vae = tr.build_mini_vae(sizes, seed=vae_seed)
+            early: list[float] = []  # the colour check part-way through, when the recipe asks for one
+
+            def colours_kept(model, early=early) -> bool:
+                early.append(tr.vae_colour_failures(model))
+                return early[-1] <= sched.vae_check[1]
+
+            check_at = None if last or sched.vae_check is None else scaled(sched.vae_check[0])
+            vae_losses = tr.train_vae(
+                vae, steps=scaled(sched.vae_steps), batch_size=sched.vae_batch, lr=sched.vae_lr,
+                kl_weight=sched.vae_kl_weight, seed=vae_seed, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
+                logvar_init=sched.vae_logvar_init, check_at=check_at, check=colours_kept if check_at else None,
+            )  # fmt: skip
+            vae_seeds.append(vae_seed)
+            vae_first_steps.append(len(vae_losses))
+            colour_failures.append(
+                early[-1] if len(vae_losses) < scaled(sched.vae_steps) else tr.vae_colour_failures(vae)
+            )
+            print(f"mini VAE, first phase, seed {vae_seed}, {len(vae_losses)} steps: {colour_failures[-1]:.1%} of drawn "
+                  "images come back in another colour", flush=True)  # fmt: skip
+            if len(vae_losses) == scaled(sched.vae_steps) and colour_failures[-1] <= sched.vae_colour_limit:
+                break
+        stats["vae_first_phase_steps"] = vae_first_steps
+        stats["vae_first_phase_seeds"], stats["vae_colour_failures"] = vae_seeds, colour_failures
+        for steps, lr, seed_offset in sched.vae_refine:  # lower learning rates: the corners sharpen last
+            vae_losses += tr.train_vae(
+                vae, steps=scaled(steps), batch_size=sched.vae_batch, lr=lr, kl_weight=sched.vae_kl_weight,
+                seed=args.seed + seed_offset, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
+            )  # fmt: skip
+        times["mini VAE"] = time.perf_counter() - t0
+        stats["vae_mse_first"], stats["vae_mse_last"] = vae_losses[0], float(np.mean(vae_losses[-20:]))
+        print(f"mini VAE: reconstruction MSE {vae_losses[0]:.4f} -> {stats['vae_mse_last']:.5f}", flush=True)
+        vae_keys = ("vae_first_phase_steps", "vae_first_phase_seeds", "vae_colour_failures", "vae_mse_first",
+                    "vae_mse_last")  # fmt: skip
+        ckpt.save("vae", {"mini VAE": times["mini VAE"]}, {k: stats[k] for k in vae_keys}, models={"vae": vae})
 
     t0 = time.perf_counter()
     inputs = tr.v2_unet_inputs(
@@ -629,25 +774,37 @@ def train_v2(args) -> dict:
             template_weights=weights if data.form_weights is None else data.form_weights,
         )  # fmt: skip
 
-    unet = tr.build_mini_unet(text_encoder.config.hidden_size, sizes, seed=args.seed)
-    ema, unet_losses = unet_phase(unet, inputs, sched.unet_steps, sched.unet_lr, args.seed)
-    for steps, lr, seed_offset in sched.unet_refine:  # more phases on new images, from the EMA weights
-        more = tr.v2_unet_inputs(
-            clip, vae, tokenizer, scaled(sched.unet_images), seed=args.seed + seed_offset + 1,
-            rotate=not sched.unet_upright, scaling_factor=scaling_factor,  # the first phase's factor stays
-        )  # fmt: skip
-        warm = copy.deepcopy(ema).train().requires_grad_(True)  # the EMA weights, trainable
-        ema, losses = unet_phase(warm, more, steps, lr, args.seed + seed_offset)
-        unet_losses += losses
-    times["mini UNet"] = time.perf_counter() - t0
-    stats["unet_loss_first"] = float(np.mean(unet_losses[:20]))
-    stats["unet_loss_last"] = float(np.mean(unet_losses[-100:]))
-    print(f"mini UNet: loss {stats['unet_loss_first']:.4f} -> {stats['unet_loss_last']:.4f}", flush=True)
+    if resumed("unet"):
+        ema = _from_checkpoint(UNet2DConditionModel, ckpt.folder("unet") / "unet").eval().requires_grad_(False)
+    else:
+        unet = tr.build_mini_unet(text_encoder.config.hidden_size, sizes, seed=args.seed)
+        ema, unet_losses = unet_phase(unet, inputs, sched.unet_steps, sched.unet_lr, args.seed)
+        for steps, lr, seed_offset in sched.unet_refine:  # more phases on new images, from the EMA weights
+            more = tr.v2_unet_inputs(
+                clip, vae, tokenizer, scaled(sched.unet_images), seed=args.seed + seed_offset + 1,
+                rotate=not sched.unet_upright, scaling_factor=scaling_factor,  # the first phase's factor stays
+            )  # fmt: skip
+            warm = copy.deepcopy(ema).train().requires_grad_(True)  # the EMA weights, trainable
+            ema, losses = unet_phase(warm, more, steps, lr, args.seed + seed_offset)
+            unet_losses += losses
+        times["mini UNet"] = time.perf_counter() - t0
+        stats["unet_loss_first"] = float(np.mean(unet_losses[:20]))
+        stats["unet_loss_last"] = float(np.mean(unet_losses[-100:]))
+        print(f"mini UNet: loss {stats['unet_loss_first']:.4f} -> {stats['unet_loss_last']:.4f}", flush=True)
+        ckpt.save(
+            "unet",
+            {"mini UNet": times["mini UNet"]},
+            {k: stats[k] for k in ("unet_loss_first", "unet_loss_last")},
+            models={"unet": ema},
+        )
 
     pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
     pipe.set_progress_bar_config(disable=True)
     vae_before_decoder = copy.deepcopy(vae)  # the concept VAE starts from here, as the committed one did
-    if sched.decoder_steps:  # the decoder alone learns to give drawn images back (from the UNet's latents, or clean)
+    if sched.decoder_steps and resumed("decoder"):
+        vae = _from_checkpoint(AutoencoderKL, ckpt.folder("decoder") / "vae")
+        pipe.vae = vae
+    elif sched.decoder_steps:  # the decoder alone learns to give drawn images back (from the UNet's latents, or clean)
         t0 = time.perf_counter()
         decoder_losses = tr.finetune_decoder(
             pipe, steps=scaled(sched.decoder_steps), lr=sched.decoder_lr, p_clean=sched.decoder_clean,
@@ -658,9 +815,17 @@ def train_v2(args) -> dict:
         stats["decoder_loss_first"] = float(np.mean(decoder_losses[:20]))
         stats["decoder_loss_last"] = float(np.mean(decoder_losses[-100:]))
         print(f"decoder: loss {stats['decoder_loss_first']:.4f} -> {stats['decoder_loss_last']:.4f}", flush=True)
+        ckpt.save(
+            "decoder",
+            {"decoder fine-tune": times["decoder fine-tune"]},
+            {k: stats[k] for k in ("decoder_loss_first", "decoder_loss_last")},
+            models={"vae": pipe.vae},
+        )
 
     inpaint_unet = None
-    if sched.inpaint_steps:  # SD-inpainting's recipe: the UNet with 5 more input channels (mask, masked image)
+    if sched.inpaint_steps and resumed("inpainting"):
+        inpaint_unet = _from_checkpoint(UNet2DConditionModel, ckpt.folder("inpainting") / "unet_inpainting")
+    elif sched.inpaint_steps:  # SD-inpainting's recipe: the UNet with 5 more input channels (mask, masked image)
         t0 = time.perf_counter()
         inpaint_unet, inpaint_losses = tr.train_inpainting_unet(
             tr.inpainting_unet(ema), vae, inputs.images, inputs.geometry, inputs.latents_mean, inputs.latents_std,
@@ -674,6 +839,9 @@ def train_v2(args) -> dict:
         print(
             f"inpainting UNet: loss {stats['inpaint_loss_first']:.4f} -> {stats['inpaint_loss_last']:.4f}", flush=True
         )
+        ckpt.save("inpainting", {"inpainting UNet": times["inpainting UNet"]},
+                  {k: stats[k] for k in ("inpaint_loss_first", "inpaint_loss_last")},
+                  models={"unet_inpainting": inpaint_unet})  # fmt: skip
 
     pipe.scheduler = make_scheduler(pipe, tr.V2_DEFAULT_SAMPLER["scheduler"])  # saved as the family's own sampler
     sd_dir = out / "toy-sd"
@@ -687,19 +855,26 @@ def train_v2(args) -> dict:
     if inpaint_unet is not None:
         tr.save_inpainting_unet(inpaint_unet, sd_dir)
     if sched.vae_extend or sched.concept_lora:  # the concept family: what it draws with no word for it
-        t0 = time.perf_counter()
-        concept_vae = vae_before_decoder.train().requires_grad_(True)
-        vae_combos = train_combos() + [c for concept in sched.vae_concepts for c in concept_combos(concept)]
-        for steps, lr, seed_offset in sched.vae_extend:  # encoder and decoder, each combination equally often
-            tr.train_vae(
-                concept_vae, steps=scaled(steps), batch_size=sched.vae_batch, lr=lr, kl_weight=sched.vae_kl_weight,
-                seed=args.seed + seed_offset, combos=vae_combos, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
-            )  # fmt: skip
-        concept_vae.eval().requires_grad_(False)
+        if resumed("concept-vae"):
+            concept_vae = _from_checkpoint(AutoencoderKL, ckpt.folder("concept-vae") / "vae")
+        else:
+            t0 = time.perf_counter()
+            concept_vae = vae_before_decoder.train().requires_grad_(True)
+            vae_combos = train_combos() + [c for concept in sched.vae_concepts for c in concept_combos(concept)]
+            for steps, lr, seed_offset in sched.vae_extend:  # encoder and decoder, each combination equally often
+                tr.train_vae(
+                    concept_vae, steps=scaled(steps), batch_size=sched.vae_batch, lr=lr, kl_weight=sched.vae_kl_weight,
+                    seed=args.seed + seed_offset, combos=vae_combos, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
+                )  # fmt: skip
+            concept_vae.eval().requires_grad_(False)
         concept_vae.register_to_config(scaling_factor=scaling_factor)  # the UNet's latents keep the family's factor
         tr.save_half(concept_vae, sd_dir / tr.CONCEPT_VAE_SUBFOLDER)
-        times["concept VAE"] = time.perf_counter() - t0
-        if sched.concept_lora:
+        if "concept-vae" not in ckpt.resumed:
+            times["concept VAE"] = time.perf_counter() - t0
+            ckpt.save("concept-vae", {"concept VAE": times["concept VAE"]}, {}, models={"vae": concept_vae})
+        if sched.concept_lora and resumed("concept-lora"):
+            restore("concept-lora", f"toy-sd/{tr.CONCEPT_LORA_FOLDER}")
+        elif sched.concept_lora:
             t0 = time.perf_counter()
             rank, steps, lr, seed_offset = sched.concept_lora
             concept_inputs = tr.v2_unet_inputs(
@@ -714,15 +889,22 @@ def train_v2(args) -> dict:
             times["concept LoRA"] = time.perf_counter() - t0
             stats["concept_lora_loss_first"] = float(np.mean(concept_losses[:20]))
             stats["concept_lora_loss_last"] = float(np.mean(concept_losses[-100:]))
-    times["total training"] = time.perf_counter() - t_all
+            ckpt.save("concept-lora", {"concept LoRA": times["concept LoRA"]},
+                      {k: stats[k] for k in ("concept_lora_loss_first", "concept_lora_loss_last")},
+                      folders={f"toy-sd/{tr.CONCEPT_LORA_FOLDER}": sd_dir / tr.CONCEPT_LORA_FOLDER})  # fmt: skip
+    times["total training"] = time.perf_counter() - t_all + t_resumed
     summary = {
         "family": "v2",
+        "resumed_stages": ckpt.resumed,  # stages taken from --out/checkpoints (--resume), their times as measured then
         "seed": args.seed,
         "default_sampler": tr.V2_DEFAULT_SAMPLER,  # helpers.pipeline.family_sampler reads it
         **_run_facts(args, sizes, sched, times, stats, scaling_factor, text_encoder, clip, vae, ema, judge_model),
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(times, indent=2), flush=True)
+    size = sum(f.stat().st_size for f in ckpt.root.rglob("*") if f.is_file()) / 1e6
+    print(f"Each stage is kept in {_shown(ckpt.root)} ({size:.0f} MB, float32): `--resume` takes the finished "
+          "ones from there; delete that folder once you no longer need it.", flush=True)  # fmt: skip
     if args.no_quality:
         write_model_cards(out, summary)
         return summary

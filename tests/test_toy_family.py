@@ -793,3 +793,38 @@ def test_training_script_rehearsal_v2(tmp_path, monkeypatch):
     assert (tmp_path / "toy-sd" / "vae" / "config.json").exists()
     vae_config = json.loads((tmp_path / "toy-sd" / "vae" / "config.json").read_text())
     assert vae_config["scaling_factor"] == pytest.approx(summary["scaling_factor"])
+    _check_resume(module, tmp_path, summary)
+
+
+def _check_resume(module, first: Path, summary: dict) -> None:
+    """Every stage of the rehearsal above is kept in <out>/checkpoints; a run stopped after the UNet goes on from
+    there with --resume and gives the same weights; a run that would mix settings or overwrite stages is refused."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    stages = ["shape-judge", "toy-clip", "vae", "unet", "decoder", "inpainting", "concept-vae", "concept-lora"]
+    assert sorted(p.parent.name for p in (first / "checkpoints").glob("*/stage.json")) == sorted(stages)
+    assert summary["resumed_stages"] == []
+    args = ["--family", "v2", "--scale", "0.002", "--threads", "1", "--no-quality"]
+    with pytest.raises(FileExistsError, match="holds the stages of an earlier run .*Pass --resume"):
+        module.main([*args, "--out", str(first)])  # refused before any training: nothing is overwritten
+    with pytest.raises(ValueError, match="other settings \\(seed: 0 there, 1 now\\)"):
+        module.main([*args, "--out", str(first), "--resume", "--seed", "1"])
+    # stopped during the decoder's stage: the first four stages finished, nothing after them saved
+    second = first.parent / f"{first.name}-resumed"
+    shutil.copytree(first / "checkpoints", second / "checkpoints")
+    for stage in stages[4:]:
+        shutil.rmtree(second / "checkpoints" / stage)
+    again = module.main([*args, "--out", str(second), "--resume"])
+    assert again["resumed_stages"] == stages[:4]
+    for key in ("shape judge", "mini CLIP", "mini VAE", "mini UNet"):  # as the first run measured them
+        assert again["times_s"][key] == summary["times_s"][key], key
+    assert again["stats"]["vae_first_phase_seeds"] == summary["stats"]["vae_first_phase_seeds"]
+    weights = sorted(p.relative_to(first) for p in first.glob("*/**/*.safetensors") if "checkpoints" not in p.parts)
+    assert len(weights) == 8  # judge, CLIP, text encoder, UNet, VAE, inpainting UNet, concept VAE and LoRA
+    for path in weights:  # every stage after the UNet trained again, from the resumed weights: the same numbers
+        a, b = load_file(first / path), load_file(second / path)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
+    for path in sorted((first / "toy-sd").glob("*/config.json")):  # no checkpoint's path recorded in them
+        assert json.loads(path.read_text()) == json.loads((second / path.relative_to(first)).read_text()), path
