@@ -668,6 +668,15 @@ def train_v2(args) -> dict:
             shutil.rmtree(out / name)
         return Path(shutil.copytree(ckpt.folder(stage) / name, out / name))
 
+    def trained(stage: str, key: str, prefix: str, t0: float, losses: list[float], **saved) -> None:
+        """Record a training stage's time under `key` and its first and last losses as `<prefix>_loss_first/last`,
+        print them, and keep the stage (`saved`: `StageCheckpoints.save`'s models and folders)."""
+        times[key] = time.perf_counter() - t0
+        names = (f"{prefix}_loss_first", f"{prefix}_loss_last")
+        stats[names[0]], stats[names[1]] = float(np.mean(losses[:20])), float(np.mean(losses[-100:]))
+        print(f"{key}: loss {stats[names[0]]:.4f} -> {stats[names[1]]:.4f}", flush=True)
+        ckpt.save(stage, {key: times[key]}, {k: stats[k] for k in names}, **saved)
+
     if resumed("shape-judge"):
         judge_mod.load_shape_classifier.cache_clear()
         judge_model = judge_mod.load_shape_classifier(restore("shape-judge", "shape-judge"))
@@ -787,16 +796,7 @@ def train_v2(args) -> dict:
             warm = copy.deepcopy(ema).train().requires_grad_(True)  # the EMA weights, trainable
             ema, losses = unet_phase(warm, more, steps, lr, args.seed + seed_offset)
             unet_losses += losses
-        times["mini UNet"] = time.perf_counter() - t0
-        stats["unet_loss_first"] = float(np.mean(unet_losses[:20]))
-        stats["unet_loss_last"] = float(np.mean(unet_losses[-100:]))
-        print(f"mini UNet: loss {stats['unet_loss_first']:.4f} -> {stats['unet_loss_last']:.4f}", flush=True)
-        ckpt.save(
-            "unet",
-            {"mini UNet": times["mini UNet"]},
-            {k: stats[k] for k in ("unet_loss_first", "unet_loss_last")},
-            models={"unet": ema},
-        )
+        trained("unet", "mini UNet", "unet", t0, unet_losses, models={"unet": ema})
 
     pipe = tr.assemble_pipeline(text_encoder, tokenizer, vae, ema)
     pipe.set_progress_bar_config(disable=True)
@@ -811,16 +811,7 @@ def train_v2(args) -> dict:
             strength=sched.decoder_strength, seed=args.seed + 11,
             rotate=sched.decoder_clean >= 1.0 or not sched.unet_upright,  # clean latents: the VAE's own pictures
         )  # fmt: skip
-        times["decoder fine-tune"] = time.perf_counter() - t0
-        stats["decoder_loss_first"] = float(np.mean(decoder_losses[:20]))
-        stats["decoder_loss_last"] = float(np.mean(decoder_losses[-100:]))
-        print(f"decoder: loss {stats['decoder_loss_first']:.4f} -> {stats['decoder_loss_last']:.4f}", flush=True)
-        ckpt.save(
-            "decoder",
-            {"decoder fine-tune": times["decoder fine-tune"]},
-            {k: stats[k] for k in ("decoder_loss_first", "decoder_loss_last")},
-            models={"vae": pipe.vae},
-        )
+        trained("decoder", "decoder fine-tune", "decoder", t0, decoder_losses, models={"vae": pipe.vae})
 
     inpaint_unet = None
     if sched.inpaint_steps and resumed("inpainting"):
@@ -833,15 +824,9 @@ def train_v2(args) -> dict:
             steps=scaled(sched.inpaint_steps), batch_size=sched.unet_batch, lr=sched.inpaint_lr,
             ema_decay=sched.ema_decay, snr_gamma=sched.unet_snr_gamma, seed=args.seed + 13,
         )  # fmt: skip
-        times["inpainting UNet"] = time.perf_counter() - t0
-        stats["inpaint_loss_first"] = float(np.mean(inpaint_losses[:20]))
-        stats["inpaint_loss_last"] = float(np.mean(inpaint_losses[-100:]))
-        print(
-            f"inpainting UNet: loss {stats['inpaint_loss_first']:.4f} -> {stats['inpaint_loss_last']:.4f}", flush=True
+        trained(
+            "inpainting", "inpainting UNet", "inpaint", t0, inpaint_losses, models={"unet_inpainting": inpaint_unet}
         )
-        ckpt.save("inpainting", {"inpainting UNet": times["inpainting UNet"]},
-                  {k: stats[k] for k in ("inpaint_loss_first", "inpaint_loss_last")},
-                  models={"unet_inpainting": inpaint_unet})  # fmt: skip
 
     pipe.scheduler = make_scheduler(pipe, tr.V2_DEFAULT_SAMPLER["scheduler"])  # saved as the family's own sampler
     sd_dir = out / "toy-sd"
@@ -886,12 +871,8 @@ def train_v2(args) -> dict:
                 ema, concept_inputs, scaling_factor, rank, scaled(steps), lr, seed=args.seed + seed_offset, **shared
             )
             tr.save_concept_lora(concept_unet, sd_dir)
-            times["concept LoRA"] = time.perf_counter() - t0
-            stats["concept_lora_loss_first"] = float(np.mean(concept_losses[:20]))
-            stats["concept_lora_loss_last"] = float(np.mean(concept_losses[-100:]))
-            ckpt.save("concept-lora", {"concept LoRA": times["concept LoRA"]},
-                      {k: stats[k] for k in ("concept_lora_loss_first", "concept_lora_loss_last")},
-                      folders={f"toy-sd/{tr.CONCEPT_LORA_FOLDER}": sd_dir / tr.CONCEPT_LORA_FOLDER})  # fmt: skip
+            lora_folder = {f"toy-sd/{tr.CONCEPT_LORA_FOLDER}": sd_dir / tr.CONCEPT_LORA_FOLDER}
+            trained("concept-lora", "concept LoRA", "concept_lora", t0, concept_losses, folders=lora_folder)
     times["total training"] = time.perf_counter() - t_all + t_resumed
     summary = {
         "family": "v2",
