@@ -823,8 +823,17 @@ def _check_resume(module, first: Path, summary: dict) -> None:
     assert again["stats"]["vae_first_phase_seeds"] == summary["stats"]["vae_first_phase_seeds"]
     weights = sorted(p.relative_to(first) for p in first.glob("*/**/*.safetensors") if "checkpoints" not in p.parts)
     assert len(weights) == 8  # judge, CLIP, text encoder, UNet, VAE, inpainting UNet, concept VAE and LoRA
-    for path in weights:  # every stage after the UNet trained again, from the resumed weights: the same numbers
-        a, b = load_file(first / path), load_file(second / path)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
-    for path in sorted((first / "toy-sd").glob("*/config.json")):  # no checkpoint's path recorded in them
-        assert json.loads(path.read_text()) == json.loads((second / path.relative_to(first)).read_text()), path
+
+    def same_family() -> None:
+        for path in weights:
+            a, b = load_file(first / path), load_file(second / path)
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
+        for path in sorted((first / "toy-sd").glob("*/config.json")):  # no checkpoint's path recorded in them
+            assert json.loads(path.read_text()) == json.loads((second / path.relative_to(first)).read_text()), path
+
+    same_family()  # every stage after the UNet trained again, from the resumed weights: the same numbers
+    # every stage finished: a resumed run trains nothing and saves the same family from the checkpoints alone
+    shutil.rmtree(second / "toy-sd")
+    third = module.main([*args, "--out", str(second), "--resume"])
+    assert third["resumed_stages"] == stages and third["times_s"]["concept LoRA"] == again["times_s"]["concept LoRA"]
+    same_family()
