@@ -453,7 +453,7 @@ class StageCheckpoints:
 
     def __init__(self, out: Path, fingerprint: dict, resume: bool):
         self.root = out / CHECKPOINTS
-        self.fingerprint = json.loads(json.dumps(fingerprint, default=list))  # tuples as lists, as JSON reads back
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # tuples as lists, as the saved record reads back
         self.resume = resume
         self.resumed: list[str] = []
         record = self.root / "recipe.json"
@@ -852,11 +852,10 @@ def train_v2(args) -> dict:
                     seed=args.seed + seed_offset, combos=vae_combos, size=V2_IMAGE_SIZE, edges=sched.vae_edges,
                 )  # fmt: skip
             concept_vae.eval().requires_grad_(False)
-        concept_vae.register_to_config(scaling_factor=scaling_factor)  # the UNet's latents keep the family's factor
-        tr.save_half(concept_vae, sd_dir / tr.CONCEPT_VAE_SUBFOLDER)
-        if "concept-vae" not in ckpt.resumed:
+            concept_vae.register_to_config(scaling_factor=scaling_factor)  # the UNet's latents keep the family's factor
             times["concept VAE"] = time.perf_counter() - t0
             ckpt.save("concept-vae", {"concept VAE": times["concept VAE"]}, {}, models={"vae": concept_vae})
+        tr.save_half(concept_vae, sd_dir / tr.CONCEPT_VAE_SUBFOLDER)
         if sched.concept_lora and resumed("concept-lora"):
             restore("concept-lora", f"toy-sd/{tr.CONCEPT_LORA_FOLDER}")
         elif sched.concept_lora:
